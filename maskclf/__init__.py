@@ -1,0 +1,6 @@
+"""maskclf: does each face in a photo wear a mask? Thin package behind the study's notebooks."""
+
+__version__ = "0.1.0"
+
+CLASS_NAMES: tuple[str, str] = ("with_mask", "without_mask")
+"""Binary labels in model output order; index 1 (`without_mask`) is the positive class."""
