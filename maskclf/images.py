@@ -1,0 +1,64 @@
+"""Reading any image file as 8-bit RGB, with errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MAX_PIXELS = 64_000_000
+"""Refuse images larger than this (a decompression bomb or a mistake, not a photo of faces)."""
+
+
+class ImageError(ValueError):
+    """An image file is missing, unreadable, truncated or too large."""
+
+
+def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open `path` and return it fully decoded as an 8-bit RGB image.
+
+    Transparent pixels are composited over white; 16-bit and 32-bit grey levels are
+    scaled to 0-255 rather than clipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: image file not found")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > max_pixels:
+                raise ImageError(f"{path}: {img.width}x{img.height} pixels exceeds the limit of {max_pixels}")
+            img.load()
+            return to_rgb(img)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: too large ({exc})") from exc
+    except OSError as exc:  # PIL's UnidentifiedImageError and truncation errors are OSErrors
+        raise ImageError(f"{path}: unreadable or truncated image ({exc})") from exc
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a decoded PIL image of any mode to 8-bit RGB."""
+    if img.mode == "RGB":
+        return img.copy()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _grey_to_rgb(img)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _grey_to_rgb(img: Image.Image) -> Image.Image:
+    arr = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+    if img.mode == "F":
+        top = max(float(arr.max(initial=0)), 1.0)
+    grey = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")

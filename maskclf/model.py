@@ -1,0 +1,101 @@
+"""Run folders: the end-to-end model a user deploys, with its config, history and metrics.
+
+A run folder `models/<run>/` holds
+
+- `model.keras`: raw 0-255 RGB crops of `image_size` in, softmax probabilities over
+  `class_names` out; preprocessing lives inside the model;
+- `config.json`: how it was made (backbone, weights, image size, class names, format);
+- `history.json` and `metrics.json` when training wrote them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from . import __version__
+from .fsutil import atomic_dir, write_json_atomic
+
+FORMAT_VERSION = 1
+"""Bumped whenever the model's input/output contract changes."""
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+
+
+class RunFolderError(ValueError):
+    """A model folder is missing, incomplete or from an incompatible version."""
+
+
+def save_run(
+    run_dir: str | Path,
+    model: keras.Model,
+    config: dict[str, Any],
+    history: dict[str, list[float]] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write a complete run folder atomically and return its path.
+
+    `config` must name at least `image_size` and `class_names`.
+    """
+    for key in ("image_size", "class_names"):
+        if key not in config:
+            raise ValueError(f"run config needs {key!r}")
+    config = {**config, "format_version": FORMAT_VERSION, "maskclf_version": __version__}
+    run_dir = Path(run_dir)
+    with atomic_dir(run_dir) as tmp:
+        model.save(tmp / MODEL_FILE)
+        write_json_atomic(tmp / CONFIG_FILE, config)
+        if history is not None:
+            write_json_atomic(tmp / "history.json", history)
+        if metrics is not None:
+            write_json_atomic(tmp / "metrics.json", metrics)
+    return run_dir
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """Read and check `config.json` of a run folder."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir}: no such model folder (train one with notebooks/02_train.ipynb)")
+    if not path.is_file():
+        raise RunFolderError(f"{path}: missing; {run_dir} is not a complete model folder")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RunFolderError(f"{path}: not valid JSON ({exc})") from exc
+    found = config.get("format_version")
+    if found != FORMAT_VERSION:
+        raise RunFolderError(
+            f"{path}: model format {found!r}, this maskclf reads format {FORMAT_VERSION}; "
+            "retrain the model or use the maskclf version that wrote it"
+        )
+    return config
+
+
+def load_run(run_dir: str | Path) -> tuple[keras.Model, dict[str, Any]]:
+    """Load the end-to-end model and config of a run folder."""
+    from . import layers  # noqa: F401  (registers the custom layers for deserialisation)
+
+    config = read_config(run_dir)
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise RunFolderError(f"{path}: missing; {run_dir} is not a complete model folder")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a corrupt archive
+        raise RunFolderError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
+    return model, config
+
+
+def latest_run(models_dir: str | Path = "models") -> Path:
+    """Return the most recently written complete run folder under `models_dir`."""
+    models_dir = Path(models_dir)
+    runs = [p.parent for p in models_dir.glob(f"*/{CONFIG_FILE}") if (p.parent / MODEL_FILE).is_file()]
+    if not runs:
+        raise RunFolderError(f"{models_dir}: no trained model found (run notebooks/02_train.ipynb or `python -m maskclf reports`)")
+    return max(runs, key=lambda p: (p / CONFIG_FILE).stat().st_mtime)

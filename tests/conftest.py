@@ -1,0 +1,29 @@
+"""Shared fixtures: a synthetic VOC data set, made once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from synthetic import make_voc_dataset  # noqa: E402
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "face-mask-detection"
+
+
+@pytest.fixture(scope="session")
+def voc_master(tmp_path_factory) -> Path:
+    """A read-only synthetic data set; copy it (`voc_dir`) before changing it."""
+    return make_voc_dataset(tmp_path_factory.mktemp("voc"))
+
+
+@pytest.fixture
+def voc_dir(voc_master, tmp_path) -> Path:
+    """A private, writable copy of the synthetic data set."""
+    return Path(shutil.copytree(voc_master, tmp_path / "voc"))
