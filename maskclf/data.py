@@ -19,7 +19,7 @@ from typing import Mapping
 
 import pandas as pd
 from lxml import etree
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .fsutil import atomic_dir
 from .images import ImageError, load_rgb

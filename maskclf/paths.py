@@ -16,3 +16,15 @@ NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 DATASET_NAME = "face-mask-detection"
 DEFAULT_FACES_DIR = INTERIM_DIR / DATASET_NAME
 """Default output of `extract`: crops under `faces/<label>/` and the manifest `faces.csv`."""
+
+
+def project_path(path: str | Path | None, default: Path | None = None) -> Path | None:
+    """A parameter path: absolute as given, relative to the project root, or `default` when empty.
+
+    Notebooks resolve paths this way so that one parameter file works from JupyterLab
+    (kernel in notebooks/) and from papermill (kernel anywhere).
+    """
+    if path is None or str(path) == "":
+        return default
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path

@@ -1,0 +1,116 @@
+"""Figures for the notebooks: each has a title and labelled axes, and returns its Figure."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from PIL import Image
+
+from . import CLASS_NAMES
+
+PALETTE = {"with_mask": "#2a9d8f", "without_mask": "#e76f51"}
+TINY_FACE_PX = 16
+
+
+def face_size(manifest: pd.DataFrame) -> pd.Series:
+    """Short side of each annotated box in pixels."""
+    return manifest[["width", "height"]].min(axis=1)
+
+
+def plot_class_counts(manifest: pd.DataFrame) -> plt.Figure:
+    """Faces per original three-way class and per merged binary label."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+    original = manifest["original_label"].value_counts()
+    merged = manifest["label"].value_counts().reindex(CLASS_NAMES, fill_value=0)
+    axes[0].bar(original.index, original.values, color="#8d99ae")
+    axes[1].bar(merged.index, merged.values, color=[PALETTE[c] for c in merged.index])
+    for ax, title, counts in ((axes[0], "Original classes", original), (axes[1], "After merging", merged)):
+        ax.set_title(title)
+        ax.set_xlabel("class")
+        for i, v in enumerate(counts.values):
+            ax.annotate(str(v), (i, v), ha="center", va="bottom")
+    axes[0].set_ylabel("faces")
+    fig.suptitle("Faces per class before and after merging mask_weared_incorrect into without_mask")
+    fig.tight_layout()
+    return fig
+
+
+def plot_faces_per_photo(manifest: pd.DataFrame) -> plt.Figure:
+    """Histogram of the number of annotated faces per photo."""
+    per_photo = manifest.groupby("source_image").size()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    bins = np.arange(1, per_photo.max() + 2) - 0.5 if per_photo.max() < 40 else 40
+    ax.hist(per_photo, bins=bins, color="#8d99ae")
+    ax.set_yscale("log")
+    ax.set_title(f"Faces per photo ({len(per_photo)} photos, median {per_photo.median():.0f}, max {per_photo.max()})")
+    ax.set_xlabel("faces in the photo")
+    ax.set_ylabel("photos (log scale)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_face_sizes(manifest: pd.DataFrame) -> plt.Figure:
+    """Histogram of face size (short side, log scale) by binary label, with the tiny-face line."""
+    df = manifest.assign(size=face_size(manifest))
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    sns.histplot(data=df, x="size", hue="label", hue_order=list(CLASS_NAMES), palette=PALETTE,
+                 log_scale=True, element="step", stat="count", common_norm=False, ax=ax)
+    ax.axvline(TINY_FACE_PX, color="black", linestyle="--", linewidth=1)
+    tiny = (df["size"] < TINY_FACE_PX).mean()
+    ax.set_title(f"Face size by class: {tiny:.0%} of faces are under {TINY_FACE_PX} px (dashed line)")
+    ax.set_xlabel("short side of the box (pixels, log scale)")
+    ax.set_ylabel("faces")
+    fig.tight_layout()
+    return fig
+
+
+def plot_crop_grid(
+    paths: Sequence[str],
+    captions: Sequence[str],
+    title: str,
+    image_size: int = 224,
+    ncols: int = 8,
+) -> plt.Figure:
+    """Crops resized to the model's input size, as the model sees them, with one caption each."""
+    nrows = max(1, int(np.ceil(len(paths) / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.9 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, path, caption in zip(axes.flat, paths, captions):
+        with Image.open(path) as img:
+            ax.imshow(img.convert("RGB").resize((image_size, image_size), Image.BILINEAR))
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_samples_per_class(manifest: pd.DataFrame, n_per_class: int = 8, image_size: int = 224, seed: int = 0) -> plt.Figure:
+    """A row of random crops per label, captioned with original class and size."""
+    rows = []
+    for label in CLASS_NAMES:
+        group = manifest[manifest["label"] == label]
+        rows.append(group.sample(min(n_per_class, len(group)), random_state=seed))
+    sample = pd.concat(rows)
+    captions = [f"{r.label}\n{r.original_label if r.original_label != r.label else ''} {r.width}x{r.height}px"
+                for r in sample.itertuples()]
+    return plot_crop_grid(list(sample["crop_file"]), captions,
+                          f"Random crops per class, resized to {image_size}x{image_size}", image_size, n_per_class)
+
+
+def plot_folds(table: pd.DataFrame) -> plt.Figure:
+    """Faces per fold and class: grouped folds stay balanced."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(table.index.astype(str), table["with_mask"], color=PALETTE["with_mask"], label="with_mask")
+    ax.bar(table.index.astype(str), table["without_mask"], bottom=table["with_mask"],
+           color=PALETTE["without_mask"], label="without_mask")
+    ax.set_title("Faces per fold (grouped by photo, stratified by class)")
+    ax.set_xlabel("fold (fold 0 is the default validation set)")
+    ax.set_ylabel("faces")
+    ax.legend()
+    fig.tight_layout()
+    return fig

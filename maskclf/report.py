@@ -1,0 +1,275 @@
+"""The main job: run the numbered notebooks with papermill and regenerate `reports/`.
+
+All notebooks get one shared set of parameters (`notebooks/params.yaml` plus overrides);
+each receives the ones its `parameters` cell declares. Everything is built in a
+temporary folder that replaces `reports/` only when every notebook has succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import html
+import json
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import yaml
+
+from .fsutil import atomic_dir, write_text_atomic
+from .paths import NOTEBOOKS_DIR, REPORTS_DIR
+
+PIPELINE = ("01_extract", "02_train", "03_evaluate", "04_error_analysis")
+PARAMS_FILE = NOTEBOOKS_DIR / "params.yaml"
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+BUILD_DIR_NAME = "_build"  # failed executed notebooks are kept here (git-ignored)
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; the message names the cell and the executed notebook to open."""
+
+
+@dataclass
+class NotebookRun:
+    """One executed notebook of the pipeline."""
+
+    name: str
+    executed: Path
+    html: Path
+    seconds: float
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def load_params(path: str | Path | None = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Shared notebook parameters from a YAML/JSON file, updated with `overrides`."""
+    params: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: parameter file not found")
+        try:
+            params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML/JSON ({exc})") from exc
+        if not isinstance(params, dict):
+            raise ValueError(f"{path}: expected a mapping of parameter names to values")
+    return {**params, **(overrides or {})}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`name=value` with value parsed as YAML (numbers, booleans, null, lists)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), yaml.safe_load(value)
+
+
+def declared_parameters(notebook: Path) -> set[str]:
+    """Names assigned in the notebook's cell tagged `parameters`."""
+    nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            return set(re.findall(r"^([A-Za-z_]\w*)\s*=", cell.source, flags=re.M))
+    return set()
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_notebook(notebook: Path, executed: Path, params: dict[str, Any], cwd: Path, progress: bool = True) -> None:
+    """Execute `notebook` with the parameters it declares; raise NotebookFailed on an error."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    mine = {k: v for k, v in params.items() if k in declared_parameters(notebook)}
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(executed), parameters=mine, kernel_name="python3",
+            cwd=str(cwd), progress_bar=progress,
+        )
+    except PapermillExecutionError as exc:
+        raise NotebookFailed(
+            f"{notebook.name} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}); "
+            f"executed notebook: {executed}"
+        ) from exc
+
+
+def export_html(executed: str | Path, target: str | Path) -> Path:
+    """Export an executed notebook to self-contained HTML: images embedded, no scripts, code folded."""
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(
+        extra_template_basedirs=[str(TEMPLATE_DIR)], template_name="report", embed_images=True,
+        exclude_input_prompt=True, exclude_output_prompt=True,
+    )
+    nb = nbformat.read(str(executed), as_version=4)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                output["text"] = collapse_carriage_returns(output["text"])
+    body, _ = exporter.from_notebook_node(nb)
+    remote = network_references(body)
+    if remote:
+        raise RuntimeError(f"{executed}: the HTML export would fetch from the network: {remote[:3]}")
+    return write_text_atomic(target, body)
+
+
+def collapse_carriage_returns(text: str) -> str:
+    """Keep what a terminal would show: for each line, the text after its last carriage return.
+
+    Progress bars redraw one line with '\r'; a saved notebook keeps every redraw.
+    """
+    return "\n".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r") for line in text.split("\n"))
+
+
+def network_references(page: str) -> list[str]:
+    """URLs that a browser would fetch when opening `page` (scripts, styles, images, frames)."""
+    tags = re.findall(r"<(?:script|link|img|iframe|source|embed)\b[^>]*>", page, flags=re.I)
+    urls = [u for tag in tags for u in re.findall(r"""(?:src|href)\s*=\s*["']?((?:https?:)?//[^"'\s>]+)""", tag, flags=re.I)]
+    urls += re.findall(r"""@import\s+(?:url\()?["']?((?:https?:)?//[^"')\s]+)""", page)
+    urls += re.findall(r"""url\(\s*["']?((?:https?:)?//[^"')\s]+)""", page)
+    return urls
+
+
+def run_reports(
+    params: dict[str, Any],
+    notebooks: tuple[str, ...] = PIPELINE,
+    reports_dir: str | Path = REPORTS_DIR,
+    notebooks_dir: str | Path = NOTEBOOKS_DIR,
+    progress: bool = True,
+) -> list[NotebookRun]:
+    """Run `notebooks` in order and replace `reports_dir` with their HTML, index and metrics.
+
+    On a failure the previous `reports_dir` is left as it was and the failed executed
+    notebook is kept under `reports_dir/_build/`.
+    """
+    reports_dir, notebooks_dir = Path(reports_dir), Path(notebooks_dir)
+    missing = [str(notebooks_dir / f"{n}.ipynb") for n in notebooks if not (notebooks_dir / f"{n}.ipynb").is_file()]
+    if missing:
+        raise FileNotFoundError(f"notebooks not found: {', '.join(missing)}")
+    runs: list[NotebookRun] = []
+    started = dt.datetime.now(dt.timezone.utc)
+    with atomic_dir(reports_dir) as tmp:
+        (tmp / "executed").mkdir()
+        for i, name in enumerate(notebooks, 1):
+            if progress:
+                print(f"[{i}/{len(notebooks)}] {name}", file=sys.stderr, flush=True)
+            executed = tmp / "executed" / f"{name}.ipynb"
+            t0 = time.perf_counter()
+            try:
+                run_notebook(notebooks_dir / f"{name}.ipynb", executed, params, cwd=notebooks_dir, progress=progress)
+            except NotebookFailed as exc:
+                kept = _keep_failed(executed, reports_dir)
+                raise NotebookFailed(str(exc).replace(str(executed), str(kept))) from exc
+            runs.append(NotebookRun(name, executed, export_html(executed, tmp / f"{name}.html"), time.perf_counter() - t0))
+        metrics = collect_metrics(params)
+        if metrics is not None:
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (tmp / "index.html").write_text(render_index(runs, params, metrics, started), encoding="utf-8")
+    # the runs' paths pointed into the temporary folder, which is now reports_dir
+    return [NotebookRun(r.name, reports_dir / "executed" / r.executed.name, reports_dir / r.html.name, r.seconds) for r in runs]
+
+
+def _keep_failed(executed: Path, reports_dir: Path) -> Path:
+    kept = reports_dir / BUILD_DIR_NAME / f"{executed.stem}.failed.ipynb"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    if executed.exists():
+        shutil.copyfile(executed, kept)
+    return kept
+
+
+def collect_metrics(params: dict[str, Any]) -> dict[str, Any] | None:
+    """Headline metrics written by 03_evaluate (`metrics_path` parameter), if it ran."""
+    path = params.get("metrics_path")
+    if path and Path(path).is_file():
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    return None
+
+
+# --------------------------------------------------------------------------- index page
+
+
+def render_index(runs: list[NotebookRun], params: dict[str, Any], metrics: dict[str, Any] | None, started: dt.datetime) -> str:
+    """`reports/index.html`: headline metrics with CIs, provenance, links to each report."""
+    rows = "".join(
+        f'<tr><td><a href="{html.escape(r.html.name)}">{html.escape(r.name)}</a></td><td>{r.seconds:.0f} s</td></tr>'
+        for r in runs
+    )
+    headline = _headline_html(metrics) if metrics else "<p>No evaluation was run.</p>"
+    shown = {k: v for k, v in sorted(params.items()) if not str(k).startswith("_")}
+    params_rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td><code>{html.escape(json.dumps(v))}</code></td></tr>" for k, v in shown.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>maskclf reports</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 900px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border-bottom: 1px solid #ddd; padding: 4px 12px; text-align: left; }}
+code {{ font-size: 0.9em; }} .muted {{ color: #666; }}
+</style></head><body>
+<h1>maskclf: does each face wear a mask?</h1>
+<p class="muted">Generated {started:%Y-%m-%d %H:%M} UTC by <code>python -m maskclf reports</code>.</p>
+<h2>Headline</h2>
+{headline}
+<h2>Reports</h2>
+<table><tr><th>notebook</th><th>run time</th></tr>{rows}</table>
+<h2>Parameters</h2>
+<table>{params_rows}</table>
+</body></html>
+"""
+
+
+def _headline_html(m: dict[str, Any]) -> str:
+    def ci(name: str) -> str:
+        lo, hi = m.get("ci95", {}).get(name, [float("nan"), float("nan")])
+        return f"{m[name]:.3f} <span class='muted'>(95% CI {lo:.3f}–{hi:.3f})</span>"
+
+    cv = m.get("cv", {}).get("mean", {})
+    items = [
+        ("backbone / weights", f"{html.escape(str(m.get('backbone')))} / {html.escape(str(m.get('weights')))}"),
+        ("split", html.escape(str(m.get("split")))),
+        ("faces (validation)", f"{m.get('n_faces')} ({m.get('n_val')})"),
+        ("accuracy", ci("accuracy")),
+        ("ROC AUC", ci("roc_auc")),
+        ("balanced accuracy", f"{m['balanced_accuracy']:.3f}"),
+        ("recall of without_mask", f"{m['recall']['without_mask']:.3f}"),
+        ("5-fold CV mean accuracy / AUC", f"{cv.get('accuracy', float('nan')):.3f} / {cv.get('roc_auc', float('nan')):.3f}"),
+        ("data sha256", f"<code>{html.escape(str(m.get('data_sha256', ''))[:16])}…</code>"),
+    ]
+    return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in items) + "</table>"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Options of `python -m maskclf reports`."""
+    parser.add_argument("--params", default=str(PARAMS_FILE), help="shared parameter file, YAML or JSON (default: %(default)s)")
+    parser.add_argument("--data", help="data set folder (shortcut for -p data_dir=DIR)")
+    parser.add_argument("-p", "--param", action="append", type=parse_override, default=[], metavar="NAME=VALUE",
+                        help="override one parameter (value parsed as YAML); repeatable")
+    parser.add_argument("--reports-dir", default=str(REPORTS_DIR), help="output folder (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `reports` from parsed arguments."""
+    overrides = dict(args.param)
+    if args.data:
+        overrides["data_dir"] = str(Path(args.data).resolve())
+    params = load_params(args.params, overrides)
+    t0 = time.perf_counter()
+    try:
+        runs = run_reports(params, reports_dir=args.reports_dir)
+    except NotebookFailed as exc:
+        print(f"error: {exc}\nthe previous reports in {args.reports_dir} are unchanged", file=sys.stderr)
+        return 1
+    for r in runs:
+        print(f"{r.name}: {r.html} ({r.seconds:.0f} s)")
+    print(f"index: {Path(args.reports_dir) / 'index.html'}; total {time.perf_counter() - t0:.0f} s")
+    return 0
