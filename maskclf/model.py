@@ -36,10 +36,12 @@ def save_run(
     config: dict[str, Any],
     history: dict[str, list[float]] | None = None,
     metrics: dict[str, Any] | None = None,
+    extras: dict[str, str] | None = None,
 ) -> Path:
     """Write a complete run folder atomically and return its path.
 
-    `config` must name at least `image_size` and `class_names`.
+    `config` must name at least `image_size` and `class_names`; `extras` maps further
+    file names to their text (e.g. CSV tables).
     """
     for key in ("image_size", "class_names"):
         if key not in config:
@@ -53,6 +55,8 @@ def save_run(
             write_json_atomic(tmp / "history.json", history)
         if metrics is not None:
             write_json_atomic(tmp / "metrics.json", metrics)
+        for name, text in (extras or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
     return run_dir
 
 

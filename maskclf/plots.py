@@ -114,3 +114,46 @@ def plot_folds(table: pd.DataFrame) -> plt.Figure:
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_history(history: dict[str, dict[str, list[float]]], title: str = "Learning curves") -> plt.Figure:
+    """Accuracy and loss per epoch, training vs validation, phases (head, fine-tune) one after the other."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    offset = 0
+    for phase, h in history.items():
+        epochs = np.arange(offset + 1, offset + len(h["loss"]) + 1)
+        for ax, metric in zip(axes, ("accuracy", "loss")):
+            ax.plot(epochs, h[metric], marker=".", label=f"train ({phase})")
+            ax.plot(epochs, h[f"val_{metric}"], marker=".", linestyle="--", label=f"validation ({phase})")
+        offset += len(h["loss"])
+        if offset and phase != list(history)[-1]:
+            for ax in axes:
+                ax.axvline(offset + 0.5, color="grey", linewidth=0.8)
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric.capitalize()} per epoch")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_cv(table: pd.DataFrame, title: str = "Cross-validation over grouped folds") -> plt.Figure:
+    """Per-fold accuracy, ROC AUC and recall of without_mask, with the mean as a line."""
+    folds = table.drop(index=["mean", "std"], errors="ignore")
+    metrics = [c for c in ("accuracy", "roc_auc", "recall_without_mask") if c in folds]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / len(metrics)
+    x = np.arange(len(folds))
+    for i, metric in enumerate(metrics):
+        bars = ax.bar(x + i * width, folds[metric], width, label=metric)
+        ax.axhline(folds[metric].mean(), color=bars.patches[0].get_facecolor(), linestyle="--", linewidth=1)
+    ax.set_xticks(x + width * (len(metrics) - 1) / 2, [f"fold {f}" for f in folds.index])
+    ax.set_ylim(max(0.0, float(folds[metrics].min().min()) - 0.1), 1.0)
+    ax.set_xlabel("held-out fold")
+    ax.set_ylabel("score")
+    ax.set_title(title + " (dashed: mean)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

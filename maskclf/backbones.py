@@ -1,0 +1,174 @@
+"""The frozen image models: one registry, one name each, raw 0-255 RGB in, feature map out.
+
+Every backbone is returned as a Keras model whose first layer does its own
+preprocessing (ResNet-50's caffe BGR mean subtraction, EfficientNet-Lite's
+(x - 127) / 128, ...), so callers never feed preprocessed arrays and no NumPy
+array is overwritten in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+
+from .layers import CaffePreprocess
+
+Weights = str | Path | None
+"""`"imagenet"` (downloaded or packaged), a path to a local weights file, or None (random)."""
+
+
+class BackboneWeightsError(RuntimeError):
+    """Pretrained weights could not be found or downloaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How to build one backbone and what it expects."""
+
+    name: str
+    image_size: int
+    build: Callable[[Weights, int], keras.Model]
+    """(weights, image_size) -> model mapping preprocessed images to the last feature map."""
+    preprocess: Callable[[], keras.layers.Layer]
+    """A layer mapping raw 0-255 RGB to the backbone's input."""
+    offline_weights: bool
+    """True when "imagenet" weights ship in an installed package (no download)."""
+    keras_weights_file: str | None = None
+    """File name that keras.applications caches under ~/.keras/models for "imagenet"."""
+
+
+# --------------------------------------------------------------------------- keras.applications
+
+
+def _keras_app(constructor: Callable[..., keras.Model], weights_file: str) -> Callable[[Weights, int], keras.Model]:
+    def build(weights: Weights, image_size: int) -> keras.Model:
+        resolved = _resolve_keras_weights(weights, weights_file)
+        try:
+            return constructor(include_top=False, weights=resolved, input_shape=(image_size, image_size, 3))
+        except Exception as exc:  # keras raises a bare Exception("URL fetch failure ...") offline
+            if resolved != "imagenet":
+                raise
+            raise BackboneWeightsError(_offline_message(constructor.__name__, weights_file, exc)) from exc
+
+    return build
+
+
+def keras_weights_cache(weights_file: str) -> Path:
+    """Where keras.applications looks for (and downloads) a weights file."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / weights_file
+
+
+def _resolve_keras_weights(weights: Weights, weights_file: str) -> str | None:
+    if weights is None or weights == "imagenet":
+        return weights
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise BackboneWeightsError(f"{path}: weights file not found")
+    return str(path)
+
+
+def _offline_message(model: str, weights_file: str, exc: Exception) -> str:
+    url = f"https://storage.googleapis.com/tensorflow/keras-applications/{_keras_subdir(weights_file)}/{weights_file}"
+    return (
+        f"ImageNet weights for {model} could not be downloaded ({type(exc).__name__}: {exc}). "
+        f"On a machine with internet, download {url} and either put it at {keras_weights_cache(weights_file)} "
+        f"or pass its path as weights=... (papermill: -p weights PATH). Offline, use backbone='efficientnet_lite0', "
+        "whose ImageNet weights ship in a pip package."
+    )
+
+
+def _keras_subdir(weights_file: str) -> str:
+    for prefix, subdir in (("resnet", "resnet"), ("mobilenet_v2", "mobilenet_v2"), ("efficientnetb", "efficientnetb0")):
+        if weights_file.startswith(prefix):
+            return subdir
+    return ""
+
+
+def _rescale_minus_one_to_one() -> keras.layers.Layer:
+    return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")
+
+
+def _identity() -> keras.layers.Layer:
+    return keras.layers.Identity(name="preprocess")
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite
+
+
+def _lite(variant: str) -> Callable[[Weights, int], keras.Model]:
+    def build(weights: Weights, image_size: int) -> keras.Model:
+        from .efficientnet_lite import build_efficientnet_lite
+
+        return build_efficientnet_lite(variant, weights=weights, input_shape=(image_size, image_size, 3))
+
+    return build
+
+
+def _lite_preprocess() -> keras.layers.Layer:
+    from .efficientnet_lite import normalization_layer
+
+    return normalization_layer()
+
+
+BACKBONES: dict[str, Backbone] = {
+    "resnet50": Backbone(
+        "resnet50", 224, _keras_app(keras.applications.ResNet50, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        lambda: CaffePreprocess(name="preprocess"), offline_weights=False,
+        keras_weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    "efficientnet_lite0": Backbone("efficientnet_lite0", 224, _lite("lite0"), _lite_preprocess, offline_weights=True),
+    "efficientnet_lite1": Backbone("efficientnet_lite1", 240, _lite("lite1"), _lite_preprocess, offline_weights=True),
+    "efficientnet_lite2": Backbone("efficientnet_lite2", 260, _lite("lite2"), _lite_preprocess, offline_weights=True),
+    "mobilenet_v2": Backbone(
+        "mobilenet_v2", 224,
+        _keras_app(keras.applications.MobileNetV2, "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
+        _rescale_minus_one_to_one, offline_weights=False,
+        keras_weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+    ),
+    "efficientnet_b0": Backbone(
+        "efficientnet_b0", 224, _keras_app(keras.applications.EfficientNetB0, "efficientnetb0_notop.h5"),
+        _identity, offline_weights=False, keras_weights_file="efficientnetb0_notop.h5",
+    ),
+}
+"""Backbones by name. resnet50 is the study's model; efficientnet_lite* are the pretrained
+backbones that work offline (tests, CI and the committed reports use efficientnet_lite0)."""
+
+
+def get_backbone(name: str) -> Backbone:
+    """The registry entry for `name`, with a clear error for an unknown one."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
+
+
+def build_backbone(name: str, weights: Weights = "imagenet", image_size: int | None = None) -> keras.Model:
+    """Frozen feature extractor: raw 0-255 RGB (image_size x image_size) in, last feature map out."""
+    spec = get_backbone(name)
+    size = image_size or spec.image_size
+    inputs = keras.Input((size, size, 3), name="image")
+    base = spec.build(weights, size)
+    base.trainable = False
+    outputs = base(spec.preprocess()(inputs), training=False)
+    return keras.Model(inputs, outputs, name=f"{name}_features")
+
+
+def weights_id(weights: Weights) -> str:
+    """A stable identifier of the weights for cache keys: the name, or a file's content hash."""
+    if weights is None:
+        return "random"
+    if weights == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise BackboneWeightsError(f"{path}: weights file not found")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"file-{digest.hexdigest()[:16]}"

@@ -1,0 +1,462 @@
+"""Training: a frozen backbone run once over the crops, a small head fitted on its cached outputs.
+
+The flow, for one configuration:
+
+1. `prepare_features` splits the backbone at the fine-tuning cut (or keeps it whole),
+   runs the frozen lower part once per crop (and augmented view) and caches the result;
+2. `fit_head` trains dropout + 2-way softmax on globally pooled features;
+3. `fine_tune` (optional) unfreezes the top blocks, BatchNorm kept in inference mode, and
+   trains them with a low learning rate on the cached activations at the cut;
+4. `end_to_end_model` assembles raw crop in -> probabilities out, the model that is saved.
+
+All models are built and fitted inside a `tf.distribute` strategy scope, so the same
+code runs with MirroredStrategy or MultiWorkerMirroredStrategy on GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from . import CLASS_NAMES
+from .augment import view_names
+from .backbones import Weights, get_backbone, weights_id
+from .data import DataError, hash_extraction, read_manifest
+from .evaluate import binary_metrics, encode_labels, summarize_folds
+from .features import FEATURES_DIR, cached_outputs
+from .model import save_run
+from .paths import DEFAULT_FACES_DIR, MODELS_DIR
+from .splits import train_val_indices
+
+BLOCK_PATTERN = re.compile(r"^(block\d+[a-z]|conv\d_block\d+|block_\d+)_")
+"""Block prefixes of EfficientNet(-Lite), ResNet and MobileNetV2 layer names."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines one training run (also written to the run's config.json)."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: Weights = "imagenet"
+    image_size: int | None = None  # None: the backbone's native size
+    epochs: int = 40
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    dropout: float = 0.2
+    class_weight: bool = True
+    patience: int = 6
+    fine_tune_blocks: int = 0  # top blocks to unfreeze; 0: frozen backbone only
+    fine_tune_epochs: int = 15
+    fine_tune_learning_rate: float = 1e-4
+    augment_views: int = 0  # augmented views per crop, cached (1: a horizontal flip)
+    val_fold: int = 0
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        spec = get_backbone(self.backbone)
+        self.image_size = self.image_size or spec.image_size
+        if self.weights not in (None, "imagenet"):
+            self.weights = str(self.weights)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class FeatureSet:
+    """The frozen parts of a backbone and their cached outputs for every crop."""
+
+    config: TrainConfig
+    preprocess: keras.layers.Layer
+    lower: keras.Model  # preprocessed image -> activations at the cut
+    upper: keras.Model | None  # activations at the cut -> last feature map (None: no fine-tuning)
+    activations: np.ndarray  # (views, faces, ...) at the cut, or pooled features without fine-tuning
+    pooled: np.ndarray  # (views, faces, channels): globally pooled last feature map
+    data_sha256: str
+    cache_hit: bool
+    seconds: float
+    views: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    """A trained model and what it measured on its validation fold."""
+
+    model: keras.Model  # end to end: raw crops in, probabilities out
+    head: keras.Model
+    upper: keras.Model | None
+    history: dict[str, dict[str, list[float]]]
+    metrics: dict[str, Any]
+    val_index: np.ndarray
+    val_probabilities: np.ndarray
+
+
+# --------------------------------------------------------------------------- reproducibility
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow and make TensorFlow ops deterministic."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def class_weights(y: Sequence[int]) -> dict[int, float]:
+    """Weights n / (2 * count) per class, so that both classes weigh the same in the loss."""
+    y = np.asarray(y)
+    counts = np.bincount(y, minlength=2)
+    return {c: float(len(y) / (2 * counts[c])) if counts[c] else 0.0 for c in (0, 1)}
+
+
+# --------------------------------------------------------------------------- model parts
+
+
+def block_names(base: keras.Model) -> list[str]:
+    """The backbone's blocks, in order (e.g. block1a ... block7a, or conv2_block1 ... conv5_block3)."""
+    names: list[str] = []
+    for layer in base.layers:
+        m = BLOCK_PATTERN.match(layer.name)
+        if m and m.group(1) not in names:
+            names.append(m.group(1))
+    return names
+
+
+def split_at_block(base: keras.Model, n_top_blocks: int) -> tuple[keras.Model, keras.Model | None, str | None]:
+    """Split `base` before its last `n_top_blocks` blocks: (lower, upper, first upper block).
+
+    With 0 the whole base is the lower part and there is no upper part.
+    """
+    if n_top_blocks <= 0:
+        return base, None, None
+    blocks = block_names(base)
+    if n_top_blocks > len(blocks):
+        raise ValueError(f"{base.name} has {len(blocks)} blocks; cannot fine-tune {n_top_blocks}")
+    first = blocks[-n_top_blocks]
+    cut = next(layer for layer in base.layers if layer.name.startswith(first + "_")).input
+    lower = keras.Model(base.input, cut, name=f"{base.name}_below_{first}")
+    upper = keras.Model(cut, base.output, name=f"{base.name}_from_{first}")
+    return lower, upper, first
+
+
+def build_head(feature_dim: int, dropout: float) -> keras.Model:
+    """Dropout and a 2-way softmax over pooled features."""
+    inputs = keras.Input((feature_dim,), name="pooled_features")
+    x = keras.layers.Dropout(dropout, name="head_dropout")(inputs)
+    outputs = keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="head_softmax")(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
+    """Adam, sparse categorical cross-entropy, accuracy: the study's training set-up."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return model
+
+
+def end_to_end_model(fs: FeatureSet, head: keras.Model, upper: keras.Model | None) -> keras.Model:
+    """Raw 0-255 RGB crops in, class probabilities out: preprocessing, backbone, pooling, head."""
+    size = fs.config.image_size
+    inputs = keras.Input((size, size, 3), name="crop_rgb_0_255")
+    x = fs.lower(fs.preprocess(inputs), training=False)
+    if upper is not None:
+        x = upper(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return keras.Model(inputs, head(x, training=False), name=f"maskclf_{fs.config.backbone}")
+
+
+# --------------------------------------------------------------------------- features
+
+
+def prepare_features(
+    manifest: pd.DataFrame,
+    faces_dir: str | Path,
+    config: TrainConfig,
+    cache_dir: str | Path = FEATURES_DIR,
+    strategy: tf.distribute.Strategy | None = None,
+    verbose: int = 1,
+) -> FeatureSet:
+    """Build the frozen backbone and get its outputs for every crop, from the cache when possible."""
+    set_determinism(config.seed)  # random weights (weights=None) are then reproducible
+    spec = get_backbone(config.backbone)
+    strategy = strategy or tf.distribute.get_strategy()
+    t0 = time.perf_counter()
+    with strategy.scope():
+        base = spec.build(config.weights, config.image_size)
+        base.trainable = False
+        preprocess = spec.preprocess()
+        lower, upper, first = split_at_block(base, config.fine_tune_blocks)
+        inputs = keras.Input((config.image_size, config.image_size, 3))
+        x = lower(preprocess(inputs), training=False)
+        if upper is None:
+            x = keras.layers.GlobalAveragePooling2D()(x)
+        frozen = keras.Model(inputs, x)
+    data_sha256 = hash_extraction(faces_dir)
+    views = view_names(config.augment_views)
+    key = {"backbone": config.backbone, "weights": weights_id(config.weights), "cut": first or "pooled",
+           "data_sha256": data_sha256, "init_seed": config.seed if config.weights is None else None}
+    acts, hit = cached_outputs(frozen, list(manifest["crop_file"]), config.image_size, key, cache_dir,
+                               batch_size=config.batch_size, views=views, seed=config.seed, verbose=verbose)
+    pooled = acts if upper is None else pool_upper(upper, acts, config.batch_size)
+    return FeatureSet(config, preprocess, lower, upper, acts, pooled, data_sha256, hit, time.perf_counter() - t0, views)
+
+
+def pool_upper(upper: keras.Model, activations: np.ndarray, batch_size: int) -> np.ndarray:
+    """Globally pooled output of the (frozen) upper part for every view."""
+    pooled = keras.Sequential([upper, keras.layers.GlobalAveragePooling2D()])
+    return np.stack([pooled.predict(a, batch_size=batch_size, verbose=0) for a in activations])
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def _dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: bool) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _train_views(values: np.ndarray, y: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every view of the training faces as training samples."""
+    x = values[:, idx].reshape((-1, *values.shape[2:]))
+    return x, np.tile(y[idx], values.shape[0])
+
+
+def _fit(model: keras.Model, x, y, xv, yv, config: TrainConfig, epochs: int, verbose: int) -> dict[str, list[float]]:
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
+    history = model.fit(
+        _dataset(x, y, config.batch_size, config.seed, shuffle=True),
+        validation_data=_dataset(xv, yv, config.batch_size, config.seed, shuffle=False),
+        epochs=epochs, callbacks=[stop], verbose=verbose, shuffle=False,
+        class_weight=class_weights(y) if config.class_weight else None,
+    )
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def fit_head(fs: FeatureSet, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+             strategy: tf.distribute.Strategy | None = None, verbose: int = 0) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Train dropout + softmax on pooled features of the training faces (all views)."""
+    config = fs.config
+    keras.utils.set_random_seed(config.seed)
+    x, yt = _train_views(fs.pooled, y, train_idx)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        head = compile_model(build_head(fs.pooled.shape[-1], config.dropout), config.learning_rate)
+        history = _fit(head, x, yt, fs.pooled[0, val_idx], y[val_idx], config, config.epochs, verbose)
+    return head, history
+
+
+def fine_tune(fs: FeatureSet, head: keras.Model, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+              strategy: tf.distribute.Strategy | None = None, verbose: int = 0) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Unfreeze the upper blocks (BatchNorm frozen and in inference mode) and train them with the head.
+
+    Works on a copy of the upper part, so the pretrained weights stay available for other folds.
+    """
+    config = fs.config
+    keras.utils.set_random_seed(config.seed)
+    x, yt = _train_views(fs.activations, y, train_idx)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        upper = keras.models.clone_model(fs.upper)
+        upper.set_weights(fs.upper.get_weights())
+        upper.trainable = True
+        for layer in upper.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+        inputs = keras.Input(fs.activations.shape[2:])
+        pooled = keras.layers.GlobalAveragePooling2D()(upper(inputs, training=False))
+        model = compile_model(keras.Model(inputs, head(pooled)), config.fine_tune_learning_rate)
+        history = _fit(model, x, yt, fs.activations[0, val_idx], y[val_idx], config, config.fine_tune_epochs, verbose)
+    return upper, history
+
+
+def train_fold(fs: FeatureSet, manifest: pd.DataFrame, val_fold: int,
+               strategy: tf.distribute.Strategy | None = None, verbose: int = 0) -> TrainResult:
+    """Head (and fine-tuning) with `val_fold` held out; metrics on the held-out faces."""
+    y = encode_labels(manifest["label"])
+    train_idx, val_idx = train_val_indices(manifest["fold"], val_fold)
+    head, history = fit_head(fs, y, train_idx, val_idx, strategy, verbose)
+    histories = {"head": history}
+    upper = None
+    if fs.upper is not None:
+        upper, histories["fine_tune"] = fine_tune(fs, head, y, train_idx, val_idx, strategy, verbose)
+    p = predict_cached(fs, head, upper, val_idx)
+    metrics = binary_metrics(y[val_idx], p)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = end_to_end_model(fs, head, upper)
+    return TrainResult(model, head, upper, histories, metrics, val_idx, p)
+
+
+def predict_cached(fs: FeatureSet, head: keras.Model, upper: keras.Model | None, idx: np.ndarray) -> np.ndarray:
+    """P(without_mask) for faces `idx` from cached outputs (original view)."""
+    if upper is None:
+        features = fs.pooled[0, idx]
+    else:
+        features = pool_upper(upper, fs.activations[:1, idx], fs.config.batch_size)[0]
+    return head.predict(features, batch_size=256, verbose=0)[:, 1]
+
+
+def cross_validate(
+    fs: FeatureSet, manifest: pd.DataFrame, strategy: tf.distribute.Strategy | None = None, keep_fold: int | None = None,
+) -> tuple[dict[str, Any], TrainResult | None]:
+    """One model per grouped fold: per-fold metrics, mean and spread, out-of-fold scores.
+
+    Returns the summary and the trained result of `keep_fold` (None if not asked for).
+    """
+    per_fold, oof, kept = [], np.full(len(manifest), np.nan), None
+    for k in sorted(manifest["fold"].unique()):
+        result = train_fold(fs, manifest, int(k), strategy)
+        oof[result.val_index] = result.val_probabilities
+        kept = result if k == keep_fold else kept
+        m = result.metrics
+        per_fold.append({"fold": int(k), "accuracy": m["accuracy"], "roc_auc": m["roc_auc"],
+                         "recall_without_mask": m["recall"]["without_mask"], "balanced_accuracy": m["balanced_accuracy"],
+                         "epochs": sum(len(h["loss"]) for h in result.history.values())})
+    table = summarize_folds(per_fold, ("accuracy", "roc_auc", "recall_without_mask", "balanced_accuracy"))
+    summary = {"per_fold": per_fold, "mean": table.loc["mean"].to_dict(), "std": table.loc["std"].to_dict(),
+               "oof_probability": oof.tolist()}
+    return summary, kept
+
+
+# --------------------------------------------------------------------------- one call for notebooks and the CLI
+
+
+def train_and_save(
+    faces_dir: str | Path,
+    config: TrainConfig,
+    run_dir: str | Path,
+    cv: bool = True,
+    cache_dir: str | Path = FEATURES_DIR,
+    strategy: tf.distribute.Strategy | None = None,
+    verbose: int = 1,
+) -> tuple[TrainResult, FeatureSet, dict[str, Any] | None]:
+    """Features, the model of `config.val_fold`, optional 5-fold CV; writes the run folder."""
+    manifest = read_manifest(faces_dir)
+    fs = prepare_features(manifest, faces_dir, config, cache_dir, strategy, verbose)
+    if cv:
+        cv_result, result = cross_validate(fs, manifest, strategy, keep_fold=config.val_fold)
+    else:
+        cv_result, result = None, train_fold(fs, manifest, config.val_fold, strategy)
+    save_result(run_dir, result, fs, manifest, cv_result)
+    return result, fs, cv_result
+
+
+def save_result(
+    run_dir: str | Path,
+    result: TrainResult,
+    fs: FeatureSet,
+    manifest: pd.DataFrame,
+    cv: dict[str, Any] | None = None,
+    comparison: pd.DataFrame | None = None,
+) -> Path:
+    """Write the run folder: model, config, history, metrics, CV results and comparison table."""
+    config = fs.config
+    metrics = {**result.metrics, "val_fold": config.val_fold, "n_faces": len(manifest), "n_val": len(result.val_index),
+               "data_sha256": fs.data_sha256}
+    run_config = {**config.to_dict(), "class_names": list(CLASS_NAMES), "data_sha256": fs.data_sha256,
+                  "fine_tune_from": fs.upper.name if fs.upper is not None else None,
+                  "feature_seconds": round(fs.seconds, 2), "feature_cache_hit": fs.cache_hit}
+    extras = {}
+    if cv is not None:
+        metrics["cv"] = {k: cv[k] for k in ("per_fold", "mean", "std")}
+        oof = manifest[["crop_path", "source_image", "label", "fold"]].assign(p_without_mask=cv["oof_probability"])
+        extras["cv_predictions.csv"] = oof.to_csv(index=False)
+    if comparison is not None and len(comparison):
+        extras["comparison.csv"] = comparison.to_csv()
+    return save_run(run_dir, result.model, run_config, history=result.history, metrics=metrics, extras=extras)
+
+
+def cv_row(name: str, fs: FeatureSet, cv: dict[str, Any]) -> dict[str, Any]:
+    """One line of a comparison table: a configuration's feature cost and its 5-fold mean and spread."""
+    row: dict[str, Any] = {"configuration": name, "feature_seconds": round(fs.seconds, 1), "cache_hit": fs.cache_hit}
+    for metric in ("accuracy", "roc_auc", "recall_without_mask"):
+        row[f"{metric}_mean"] = cv["mean"][metric]
+        row[f"{metric}_std"] = cv["std"][metric]
+    return row
+
+
+def compare_configs(
+    faces_dir: str | Path,
+    base: TrainConfig,
+    variants: Sequence[dict[str, Any]],
+    cache_dir: str | Path = FEATURES_DIR,
+    strategy: tf.distribute.Strategy | None = None,
+) -> pd.DataFrame:
+    """5-fold CV of `base` updated with each dict of `variants`: one table row per configuration."""
+    manifest = read_manifest(faces_dir)
+    rows = []
+    for overrides in variants:
+        if "backbone" in overrides:  # another backbone brings its own native input size
+            overrides = {"image_size": None, **overrides}
+        config = dataclasses.replace(base, **overrides)
+        fs = prepare_features(manifest, faces_dir, config, cache_dir, strategy, verbose=0)
+        cv, _ = cross_validate(fs, manifest, strategy)
+        rows.append(cv_row(default_run_name(config).rsplit("-fold", 1)[0], fs, cv))
+    return pd.DataFrame(rows).set_index("configuration")
+
+
+def default_run_name(config: TrainConfig) -> str:
+    """e.g. `efficientnet_lite0-imagenet-ft2-aug1-fold0`."""
+    weights = "random" if config.weights is None else "imagenet" if config.weights == "imagenet" else "file"
+    parts = [config.backbone, weights]
+    if config.fine_tune_blocks:
+        parts.append(f"ft{config.fine_tune_blocks}")
+    if config.augment_views:
+        parts.append(f"aug{config.augment_views}")
+    return "-".join(parts + [f"fold{config.val_fold}"])
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Options of `python -m maskclf train`."""
+    defaults = TrainConfig()
+    parser.add_argument("--faces", default=str(DEFAULT_FACES_DIR), help="extraction output folder (default: %(default)s)")
+    parser.add_argument("--out", help="run folder (default: models/<backbone>-<weights>-...-fold<k>)")
+    parser.add_argument("--backbone", default=defaults.backbone, help="one of maskclf.backbones.BACKBONES (default: %(default)s)")
+    parser.add_argument("--weights", default="imagenet", help="'imagenet', a weights file, or 'none' (default: %(default)s)")
+    for name in ("epochs", "batch_size", "fine_tune_blocks", "fine_tune_epochs", "augment_views", "val_fold", "seed", "patience"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    for name in ("learning_rate", "dropout", "fine_tune_learning_rate"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    parser.add_argument("--no-class-weight", action="store_true", help="do not reweight the classes")
+    parser.add_argument("--no-cv", action="store_true", help="skip the 5-fold cross-validation")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `train` from parsed arguments."""
+    from .backbones import BackboneWeightsError
+    from .data import DataNotFoundError
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    values = {k: getattr(args, k) for k in names if hasattr(args, k)}
+    values["weights"] = None if str(args.weights).lower() == "none" else args.weights
+    values["class_weight"] = not args.no_class_weight
+    try:
+        config = TrainConfig(**values)
+        run_dir = Path(args.out) if args.out else MODELS_DIR / default_run_name(config)
+        result, fs, cv = train_and_save(args.faces, config, run_dir, cv=not args.no_cv)
+    except (BackboneWeightsError, DataError, DataNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    m = result.metrics
+    print(f"features: {'cache hit' if fs.cache_hit else 'computed'} in {fs.seconds:.1f} s")
+    print(f"fold {config.val_fold}: accuracy {m['accuracy']:.4f}, ROC AUC {m['roc_auc']:.4f}, "
+          f"recall without_mask {m['recall']['without_mask']:.4f}")
+    if cv:
+        print("5-fold mean: " + ", ".join(f"{k} {v:.4f}" for k, v in cv["mean"].items()))
+        print("5-fold std:  " + ", ".join(f"{k} {v:.4f}" for k, v in cv["std"].items()))
+    print(f"model: {run_dir}")
+    return 0

@@ -1,0 +1,164 @@
+"""Backbones, cached features and training, on tiny synthetic crops with random weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from maskclf import backbones, train
+from maskclf.backbones import BackboneWeightsError, build_backbone
+from maskclf.data import extract_faces, read_manifest
+from maskclf.features import load_crop
+from maskclf.model import load_run
+
+TINY = dict(backbone="efficientnet_lite0", weights="imagenet", image_size=32, epochs=3, fine_tune_epochs=2, batch_size=16, patience=2)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory, voc_master):
+    out = tmp_path_factory.mktemp("faces") / "faces"
+    extract_faces(voc_master, out, progress=False)
+    return out
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return tmp_path / "cache"
+
+
+def _fs(faces, cache, **overrides):
+    config = train.TrainConfig(**{**TINY, **overrides})
+    return train.prepare_features(read_manifest(faces), faces, config, cache_dir=cache, verbose=0)
+
+
+def test_feature_shapes(faces, cache):
+    n = len(read_manifest(faces))
+    frozen = _fs(faces, cache)
+    assert frozen.upper is None and frozen.pooled.shape == (1, n, 1280) and frozen.activations is frozen.pooled
+    tuned = _fs(faces, cache, fine_tune_blocks=1, augment_views=2)
+    assert tuned.views == ["none", "flip", "random1"]
+    assert tuned.activations.shape[:2] == (3, n) and tuned.activations.ndim == 5
+    assert tuned.pooled.shape == (3, n, 1280)
+    assert not np.allclose(tuned.activations[0], tuned.activations[2]), "random views differ (synthetic faces are symmetric)"
+
+
+def test_cache_hit_miss_and_invalidation(faces, cache, tmp_path, voc_master):
+    first = _fs(faces, cache)
+    again = _fs(faces, cache)
+    assert not first.cache_hit and again.cache_hit
+    np.testing.assert_array_equal(first.pooled, again.pooled)
+    assert len(list(cache.glob("*.npz"))) == 1
+    other = _fs(faces, cache, image_size=48)
+    assert not other.cache_hit, "another input size is another configuration"
+    moved = tmp_path / "faces2"
+    extract_faces(voc_master, moved, margin=0.3, progress=False)  # same crop names, other pixels
+    changed = _fs(moved, cache)
+    assert not changed.cache_hit and changed.data_sha256 != first.data_sha256
+
+
+@pytest.mark.parametrize("fine_tune_blocks", [0, 1])
+def test_end_to_end_model_equals_head_on_cached_features(faces, cache, fine_tune_blocks):
+    fs = _fs(faces, cache, fine_tune_blocks=fine_tune_blocks)
+    manifest = read_manifest(faces)
+    result = train.train_fold(fs, manifest, 0)
+    crops = np.stack([load_crop(p, 32) for p in manifest["crop_file"].iloc[result.val_index]]).astype("float32")
+    p = result.model.predict(crops, verbose=0)
+    assert p.shape == (len(crops), 2)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(p[:, 1], result.val_probabilities, atol=1e-4)
+
+
+def test_same_seed_same_metrics(faces, cache):
+    manifest = read_manifest(faces)
+    runs = [train.train_fold(_fs(faces, cache, seed=7), manifest, 0) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0].val_probabilities, runs[1].val_probabilities)
+    assert runs[0].history == runs[1].history
+    other = train.train_fold(_fs(faces, cache, seed=8), manifest, 0)
+    assert not np.array_equal(other.val_probabilities, runs[0].val_probabilities)
+
+
+def test_cross_validation_and_saved_run(faces, cache, tmp_path):
+    config = train.TrainConfig(**TINY)
+    result, fs, cv = train.train_and_save(faces, config, tmp_path / "run", cv=True, cache_dir=cache, verbose=0)
+    assert [f["fold"] for f in cv["per_fold"]] == [0, 1, 2, 3, 4]
+    oof = np.array(cv["oof_probability"])
+    assert not np.isnan(oof).any(), "every face is scored exactly once, by the fold that held it out"
+    model, run_config = load_run(tmp_path / "run")
+    assert run_config["backbone"] == "efficientnet_lite0" and run_config["image_size"] == 32
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["accuracy"] == result.metrics["accuracy"] and set(metrics["cv"]["mean"]) >= {"accuracy", "roc_auc"}
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert set(history["head"]) >= {"loss", "val_loss", "accuracy", "val_accuracy"}
+    crops = np.stack([load_crop(p, 32) for p in read_manifest(faces)["crop_file"].iloc[result.val_index]]).astype("float32")
+    np.testing.assert_allclose(model.predict(crops, verbose=0)[:, 1], result.val_probabilities, atol=1e-4)
+
+
+def test_class_weights_balance_the_classes():
+    w = train.class_weights([0, 0, 0, 1])
+    assert w[0] * 3 == pytest.approx(w[1] * 1) and w[0] == pytest.approx(4 / 6)
+
+
+def test_split_at_block_composes_to_the_whole_backbone():
+    keras.utils.set_random_seed(0)
+    base = backbones.get_backbone("resnet50").build(None, 64)
+    assert train.block_names(base)[-3:] == ["conv5_block1", "conv5_block2", "conv5_block3"]
+    lower, upper, first = train.split_at_block(base, 3)
+    assert first == "conv5_block1"
+    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(upper.predict(lower.predict(x, verbose=0), verbose=0), base.predict(x, verbose=0), atol=1e-4)
+    with pytest.raises(ValueError, match="blocks"):
+        train.split_at_block(base, 99)
+
+
+def test_resnet50_caffe_preprocessing_inside_the_model_does_not_touch_the_input():
+    keras.utils.set_random_seed(0)
+    model = build_backbone("resnet50", None, 32)
+    x = np.full((1, 32, 32, 3), 200.0, dtype="float32")
+    before = x.copy()
+    model.predict(x, verbose=0)
+    np.testing.assert_array_equal(x, before)
+    pre = model.get_layer("preprocess")(x)
+    expected = keras.applications.resnet50.preprocess_input(x.copy())
+    np.testing.assert_allclose(np.asarray(pre), expected, atol=1e-4)
+
+
+def test_weights_file_path(tmp_path):
+    keras.utils.set_random_seed(1)
+    source = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path / "resnet50_notop.weights.h5"
+    source.save_weights(path)
+    loaded = backbones.get_backbone("resnet50").build(str(path), 32)
+    for a, b in zip(source.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert backbones.weights_id(str(path)).startswith("file-")
+    with pytest.raises(BackboneWeightsError, match="not found"):
+        backbones.get_backbone("resnet50").build(str(tmp_path / "missing.h5"), 32)
+
+
+def test_offline_imagenet_download_fails_with_a_way_out(tmp_path, monkeypatch):
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3] no network")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(BackboneWeightsError) as info:
+        build_backbone("resnet50", "imagenet")
+    text = str(info.value)
+    expected_path = tmp_path / "keras" / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    assert str(expected_path) in text and "efficientnet_lite0" in text and "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in text
+
+
+def test_unknown_backbone():
+    with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
+        train.TrainConfig(backbone="vgg")
+
+
+def test_run_name():
+    config = dataclasses.replace(train.TrainConfig(), fine_tune_blocks=2, augment_views=1, val_fold=3)
+    assert train.default_run_name(config) == "efficientnet_lite0-imagenet-ft2-aug1-fold3"
