@@ -6,6 +6,7 @@ model's probability of without_mask) for the same faces in the same order.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -56,3 +57,220 @@ def summarize_folds(per_fold: list[dict], keys: Sequence[str] = ("accuracy", "ro
     table = pd.DataFrame([{k: f[k] for k in ("fold", *keys)} for f in per_fold]).set_index("fold")
     summary = pd.DataFrame([table.mean(), table.std(ddof=1)], index=["mean", "std"])
     return pd.concat([table, summary])
+
+
+# --------------------------------------------------------------------------- predictions, aligned
+
+
+class MisalignedPredictionsError(ValueError):
+    """Predictions and labels do not describe the same faces in the same order."""
+
+
+def predict_crops(model, paths: Sequence[str], image_size: int, batch_size: int = 64) -> tuple[list[str], np.ndarray]:
+    """P(without_mask) of each crop, in one pass over an unshuffled set.
+
+    Returns the paths in the order the pass saw them, together with the scores, so the
+    caller can check alignment instead of trusting two separate iterations.
+    """
+    import tensorflow as tf
+
+    from .features import crop_dataset
+
+    ds = tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(list(map(str, paths))).batch(batch_size),
+                             crop_dataset(paths, image_size, batch_size))
+    seen, scores = [], []
+    for batch_paths, images in ds:
+        seen += [p.decode() for p in batch_paths.numpy()]
+        scores.append(model(images, training=False).numpy()[:, 1])
+    return seen, np.concatenate(scores) if scores else np.zeros(0)
+
+
+def prediction_table(faces: pd.DataFrame, seen_paths: Sequence[str], p: Sequence[float], threshold: float = 0.5) -> pd.DataFrame:
+    """One row per face: its manifest fields, label, score and prediction.
+
+    Raises MisalignedPredictionsError unless `seen_paths` lists exactly the faces'
+    `crop_file`s in the same order: the error behind a study that reported 0.71 for a
+    model at 0.97 (labels and predictions read from two shuffled passes).
+    """
+    expected = [str(x) for x in faces["crop_file"]]
+    if list(map(str, seen_paths)) != expected:
+        mismatched = sum(a != b for a, b in zip(seen_paths, expected)) + abs(len(seen_paths) - len(expected))
+        raise MisalignedPredictionsError(
+            f"{mismatched} of {len(expected)} predictions are not aligned with their labels; "
+            "predict over one unshuffled pass and keep each crop's path with its score"
+        )
+    table = faces.reset_index(drop=True).copy()
+    table["y_true"] = encode_labels(table["label"])
+    table["p_without_mask"] = np.asarray(p, dtype=float)
+    table["predicted"] = np.where(table["p_without_mask"] >= threshold, CLASS_NAMES[1], CLASS_NAMES[0])
+    table["correct"] = table["predicted"] == table["label"]
+    table["face_px"] = table[["width", "height"]].min(axis=1)
+    table["size_bucket"] = size_buckets(table["face_px"])
+    return table
+
+
+SIZE_BINS = (0, 16, 32, 64, 1_000_000)
+SIZE_LABELS = ("<16 px", "16-31 px", "32-63 px", ">=64 px")
+
+
+def size_buckets(face_px: Sequence[int]) -> pd.Categorical:
+    """Face size buckets by the short side of the box."""
+    return pd.cut(np.asarray(face_px), SIZE_BINS, right=False, labels=SIZE_LABELS)
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+
+def bootstrap_ci(
+    table: pd.DataFrame,
+    n_boot: int = 1000,
+    seed: int = 0,
+    group: str = "source_image",
+    threshold: float = 0.5,
+    level: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """Percentile confidence intervals of accuracy, balanced accuracy and ROC AUC.
+
+    Resamples source photos (with all their faces), not faces: faces of one photo are
+    not independent, and resampling them one by one gives intervals that are too narrow.
+    """
+    rng = np.random.default_rng(seed)
+    y, p = table["y_true"].to_numpy(), table["p_without_mask"].to_numpy()
+    codes, groups = pd.factorize(table[group])
+    members = [np.flatnonzero(codes == g) for g in range(len(groups))]
+    stats: dict[str, list[float]] = {"accuracy": [], "balanced_accuracy": [], "roc_auc": []}
+    for _ in range(n_boot):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(groups), len(groups))])
+        yb, pb = y[idx], p[idx]
+        predb = (pb >= threshold).astype(int)
+        stats["accuracy"].append(float((predb == yb).mean()))
+        if 0 < yb.sum() < len(yb):
+            stats["balanced_accuracy"].append(float(skm.balanced_accuracy_score(yb, predb)))
+            stats["roc_auc"].append(float(skm.roc_auc_score(yb, pb)))
+    tail = (1 - level) / 2 * 100
+    return {k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in stats.items() if v}
+
+
+# --------------------------------------------------------------------------- tables for the report
+
+
+def threshold_table(y_true: Sequence[int], p: Sequence[float], thresholds: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)) -> pd.DataFrame:
+    """What moving the threshold on P(without_mask) trades: non-compliant faces caught vs false alarms."""
+    y_true, p = np.asarray(y_true), np.asarray(p)
+    rows = []
+    for t in thresholds:
+        flagged = p >= t
+        tp, fp = int((flagged & (y_true == 1)).sum()), int((flagged & (y_true == 0)).sum())
+        rows.append({
+            "threshold": t,
+            "flagged_faces": int(flagged.sum()),
+            "non_compliant_caught": tp,
+            "non_compliant_missed": int((y_true == 1).sum()) - tp,
+            "false_alarms": fp,
+            "recall_without_mask": tp / max(int((y_true == 1).sum()), 1),
+            "precision_without_mask": tp / max(int(flagged.sum()), 1),
+            "false_alarms_per_1000_masked": 1000 * fp / max(int((y_true == 0).sum()), 1),
+            "accuracy": float(((p >= t).astype(int) == y_true).mean()),
+        })
+    return pd.DataFrame(rows).set_index("threshold")
+
+
+def calibration_table(y_true: Sequence[int], p: Sequence[float], n_bins: int = 10) -> pd.DataFrame:
+    """Mean predicted probability vs observed frequency of without_mask, per probability bin."""
+    y_true, p = np.asarray(y_true), np.asarray(p)
+    bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    rows = [{"bin": b, "mean_predicted": float(p[bins == b].mean()), "observed": float(y_true[bins == b].mean()),
+             "faces": int((bins == b).sum())} for b in range(n_bins) if (bins == b).any()]
+    return pd.DataFrame(rows).set_index("bin")
+
+
+def metrics_by(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Faces, share without_mask, accuracy, error rate and (where defined) ROC AUC per value of `column`."""
+    rows = []
+    for value, g in table.groupby(column, observed=True):
+        both = g["y_true"].nunique() == 2
+        rows.append({column: value, "faces": len(g), "share_without_mask": g["y_true"].mean(),
+                     "accuracy": g["correct"].mean(), "error_rate": 1 - g["correct"].mean(),
+                     "roc_auc": skm.roc_auc_score(g["y_true"], g["p_without_mask"]) if both else np.nan})
+    return pd.DataFrame(rows).set_index(column)
+
+
+def confident_errors(table: pd.DataFrame, n: int | None = None, min_confidence: float = 0.5) -> pd.DataFrame:
+    """Faces the model contradicts, most confident first (`confidence_against_label` > min_confidence).
+
+    At 0.5 these are the misclassified faces; at 0.9 and above, candidates for a human to
+    re-check as likely label errors.
+    """
+    confidence = np.where(table["y_true"] == 1, 1 - table["p_without_mask"], table["p_without_mask"])
+    out = table.assign(confidence_against_label=confidence)
+    out = out[out["confidence_against_label"] > min_confidence]
+    out = out.sort_values("confidence_against_label", ascending=False)
+    return out if n is None else out.head(n)
+
+
+def oof_table(run_dir: str | Path, manifest: pd.DataFrame, faces_dir: str | Path, threshold: float = 0.5) -> pd.DataFrame:
+    """Out-of-fold cross-validation scores of every face (written by 02_train) as a prediction table."""
+    oof = pd.read_csv(Path(run_dir) / "cv_predictions.csv")
+    return prediction_table(manifest, [str(Path(faces_dir) / c) for c in oof["crop_path"]], oof["p_without_mask"], threshold)
+
+
+def headline_metrics(table: pd.DataFrame, ci: dict[str, tuple[float, float]], run_config: dict, run_metrics: dict) -> dict:
+    """The `reports/metrics.json` document: metrics with CIs, provenance and the CV summary."""
+    m = binary_metrics(table["y_true"], table["p_without_mask"])
+    cv = run_metrics.get("cv", {})
+    return {
+        "backbone": run_config.get("backbone"),
+        "weights": run_config.get("weights"),
+        "split": f"StratifiedGroupKFold(5) by source photo; validation = fold {run_config.get('val_fold')}",
+        "n_faces": run_metrics.get("n_faces"),
+        "n_val": m["n"],
+        **{k: m[k] for k in ("accuracy", "balanced_accuracy", "roc_auc", "average_precision", "brier",
+                             "precision", "recall", "f1", "macro", "confusion_matrix", "threshold")},
+        "ci95": {k: list(v) for k, v in ci.items()},
+        "cv": {"per_fold": cv.get("per_fold", []), "mean": cv.get("mean", {}), "std": cv.get("std", {})},
+        "data_sha256": run_config.get("data_sha256"),
+    }
+
+
+# --------------------------------------------------------------------------- files
+
+
+PREDICTION_COLUMNS = [
+    "crop_path", "crop_file", "source_image", "face_index", "xmin", "ymin", "xmax", "ymax", "width", "height",
+    "original_label", "label", "fold", "y_true", "p_without_mask", "predicted", "correct", "face_px", "size_bucket",
+]
+
+
+def check_same_data(run_config: dict, faces_dir: str | Path) -> None:
+    """Refuse to evaluate a model on crops other than those it was trained and split on."""
+    from .data import hash_extraction
+
+    found = hash_extraction(faces_dir)
+    if run_config.get("data_sha256") != found:
+        raise ValueError(
+            f"{faces_dir}: these crops (sha256 {found[:12]}…) are not those the model was trained on "
+            f"({str(run_config.get('data_sha256'))[:12]}…); its folds would not be held out. Re-extract with the "
+            "same parameters or retrain."
+        )
+
+
+def save_evaluation(run_dir: str | Path, table: pd.DataFrame, headline: dict, metrics_path: str | Path | None = None) -> None:
+    """Write `evaluation.json` and `val_predictions.csv` beside the model (and the headline elsewhere)."""
+    from .fsutil import atomic_path, write_json_atomic
+
+    run_dir = Path(run_dir)
+    write_json_atomic(run_dir / "evaluation.json", headline)
+    with atomic_path(run_dir / "val_predictions.csv") as tmp:
+        table[PREDICTION_COLUMNS].to_csv(tmp, index=False)
+    if metrics_path:
+        write_json_atomic(metrics_path, headline)
+
+
+def read_predictions(run_dir: str | Path) -> pd.DataFrame:
+    """The validation predictions written by 03_evaluate."""
+    path = Path(run_dir) / "val_predictions.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run notebooks/03_evaluate.ipynb first")
+    table = pd.read_csv(path)
+    table["size_bucket"] = pd.Categorical(table["size_bucket"], categories=SIZE_LABELS, ordered=True)
+    return table

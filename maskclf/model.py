@@ -103,3 +103,11 @@ def latest_run(models_dir: str | Path = "models") -> Path:
     if not runs:
         raise RunFolderError(f"{models_dir}: no trained model found (run notebooks/02_train.ipynb or `python -m maskclf reports`)")
     return max(runs, key=lambda p: (p / CONFIG_FILE).stat().st_mtime)
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """`metrics.json` of a run folder (validation metrics and cross-validation)."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise RunFolderError(f"{path}: missing; {run_dir} is not a complete model folder")
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -157,3 +157,129 @@ def plot_cv(table: pd.DataFrame, title: str = "Cross-validation over grouped fol
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def plot_confusion(cm: Sequence[Sequence[int]], title: str = "Confusion matrix") -> plt.Figure:
+    """Counts and row-normalised rates side by side."""
+    cm = np.asarray(cm)
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=axes[0], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES)
+    sns.heatmap(rates, annot=True, fmt=".3f", cmap="Blues", vmin=0, vmax=1, cbar=False, ax=axes[1],
+                xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES)
+    for ax, sub in zip(axes, ("counts", "share of each true class")):
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(sub)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_roc_pr(y_true: Sequence[int], p: Sequence[float], title: str = "Ranking quality") -> plt.Figure:
+    """ROC curve with AUC and precision-recall curve with average precision (positive: without_mask)."""
+    from sklearn import metrics as skm
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fpr, tpr, _ = skm.roc_curve(y_true, p)
+    axes[0].plot(fpr, tpr, label=f"AUC = {skm.roc_auc_score(y_true, p):.3f}")
+    axes[0].plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    axes[0].set_xlabel("false positive rate (masked faces flagged)")
+    axes[0].set_ylabel("true positive rate (unmasked faces caught)")
+    axes[0].set_title("ROC curve")
+    precision, recall, _ = skm.precision_recall_curve(y_true, p)
+    axes[1].plot(recall, precision, label=f"AP = {skm.average_precision_score(y_true, p):.3f}")
+    axes[1].axhline(np.mean(y_true), linestyle="--", color="grey", label="chance (prevalence)")
+    axes[1].set_xlabel("recall of without_mask")
+    axes[1].set_ylabel("precision of without_mask")
+    axes[1].set_title("Precision-recall curve")
+    for ax in axes:
+        ax.legend(loc="lower right" if ax is axes[0] else "lower left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_thresholds(table: pd.DataFrame, chosen: float = 0.5) -> plt.Figure:
+    """Unmasked faces caught vs false alarms as the threshold on P(without_mask) moves."""
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    ax.plot(table.index, table["recall_without_mask"], marker="o", label="unmasked faces caught (recall)")
+    ax.plot(table.index, table["precision_without_mask"], marker="o", label="flags that are right (precision)")
+    ax.plot(table.index, table["accuracy"], marker="o", label="accuracy")
+    ax.axvline(chosen, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("threshold on P(without_mask)")
+    ax.set_ylabel("rate")
+    ax.set_title(f"Moving the threshold (dashed: {chosen})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(table: pd.DataFrame, brier: float) -> plt.Figure:
+    """Reliability diagram: observed share of without_mask per predicted-probability bin."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    ax.plot(table["mean_predicted"], table["observed"], marker="o", label="model")
+    for row in table.itertuples():
+        ax.annotate(str(row.faces), (row.mean_predicted, row.observed), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    ax.set_xlabel("mean predicted P(without_mask)")
+    ax.set_ylabel("observed share without_mask")
+    ax.set_title(f"Reliability diagram (Brier score {brier:.4f}; labels: faces per bin)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_metric_by(table: pd.DataFrame, column: str, metric: str = "accuracy") -> plt.Figure:
+    """One metric per group (e.g. per face-size bucket), with the number of faces on each bar."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    bars = ax.bar(table.index.astype(str), table[metric], color="#8d99ae")
+    for bar, n in zip(bars, table["faces"]):
+        ax.annotate(f"n={n}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel(column.replace("_", " "))
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(f"{metric.replace('_', ' ').capitalize()} by {column.replace('_', ' ')}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_errors_in_context(rows: pd.DataFrame, photos_dir: str, title: str, max_rows: int = 12) -> plt.Figure:
+    """Each face beside its source photo with the box drawn, captioned with label and score."""
+    from matplotlib.patches import Rectangle
+
+    from .images import load_rgb
+
+    rows = rows.head(max_rows)
+    n = max(len(rows), 1)
+    fig, axes = plt.subplots(n, 2, figsize=(9, 2.6 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 2.5]})
+    for ax in axes.flat:
+        ax.axis("off")
+    for (ax_crop, ax_photo), r in zip(axes, rows.itertuples()):
+        with Image.open(r.crop_file) as crop:
+            ax_crop.imshow(crop.convert("RGB"))
+        ax_crop.set_title(f"true {r.label} ({r.original_label})\nP(without_mask) = {r.p_without_mask:.2f}", fontsize=8)
+        ax_photo.imshow(load_rgb(f"{photos_dir}/{r.source_image}"))
+        ax_photo.add_patch(Rectangle((r.xmin, r.ymin), r.xmax - r.xmin, r.ymax - r.ymin, fill=False, color="yellow", linewidth=2))
+        ax_photo.set_title(f"{r.source_image} ({r.width}x{r.height} px face)", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_gradcam(images: np.ndarray, heatmaps: np.ndarray, captions: Sequence[str], title: str, ncols: int = 6) -> plt.Figure:
+    """Crops with their Grad-CAM heatmap overlaid."""
+    nrows = max(1, int(np.ceil(len(images) / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2 * ncols, 2.3 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, heat, caption in zip(axes.flat, images, heatmaps, captions):
+        ax.imshow(np.asarray(img, dtype=np.uint8))
+        ax.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

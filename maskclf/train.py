@@ -402,19 +402,24 @@ def compare_configs(
         config = dataclasses.replace(base, **overrides)
         fs = prepare_features(manifest, faces_dir, config, cache_dir, strategy, verbose=0)
         cv, _ = cross_validate(fs, manifest, strategy)
-        rows.append(cv_row(default_run_name(config).rsplit("-fold", 1)[0], fs, cv))
+        rows.append(cv_row(config_label(config), fs, cv))
     return pd.DataFrame(rows).set_index("configuration")
 
 
-def default_run_name(config: TrainConfig) -> str:
-    """e.g. `efficientnet_lite0-imagenet-ft2-aug1-fold0`."""
+def config_label(config: TrainConfig) -> str:
+    """Short name of a configuration, e.g. `efficientnet_lite0-imagenet-ft2-aug1`."""
     weights = "random" if config.weights is None else "imagenet" if config.weights == "imagenet" else "file"
     parts = [config.backbone, weights]
     if config.fine_tune_blocks:
         parts.append(f"ft{config.fine_tune_blocks}")
     if config.augment_views:
         parts.append(f"aug{config.augment_views}")
-    return "-".join(parts + [f"fold{config.val_fold}"])
+    return "-".join(parts)
+
+
+def default_run_name(config: TrainConfig) -> str:
+    """Run folder name, e.g. `efficientnet_lite0-imagenet-ft2-aug1-fold0`."""
+    return f"{config_label(config)}-fold{config.val_fold}"
 
 
 # --------------------------------------------------------------------------- CLI

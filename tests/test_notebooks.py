@@ -55,3 +55,54 @@ def test_progress_bar_redraws_are_collapsed_in_reports():
 
     assert collapse_carriage_returns("extract: 0%\rextract: 50%\rextract: 100%\nwrote 3 faces\n") == "extract: 100%\nwrote 3 faces\n"
     assert collapse_carriage_returns("windows line\r\nnext") == "windows line\nnext"
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory, voc_master):
+    """01 and 02 run once on the synthetic set with tiny parameters; later notebooks reuse them."""
+    root = tmp_path_factory.mktemp("pipeline")
+    params = {
+        "data_dir": str(voc_master), "faces_dir": str(root / "faces"), "models_dir": str(root / "models"),
+        "run_name": "tiny", "image_size": 32, "epochs": 2, "fine_tune_blocks": 1, "fine_tune_epochs": 1,
+        "batch_size": 16, "compare": [{"fine_tune_blocks": 0}], "seed": 1,
+    }
+    executed = {}
+    for name in ("01_extract", "02_train"):
+        executed[name] = root / f"{name}.ipynb"
+        run_notebook(NOTEBOOKS_DIR / f"{name}.ipynb", executed[name], params, cwd=root, progress=False)
+    return root, params, executed
+
+
+@pytest.mark.slow
+def test_02_train_runs_headless_and_writes_the_run_folder(tiny_pipeline):
+    root, params, executed = tiny_pipeline
+    run = root / "models" / "tiny"
+    assert {"model.keras", "config.json", "history.json", "metrics.json", "cv_predictions.csv", "comparison.csv"} <= {
+        p.name for p in run.iterdir()}
+    text = json.dumps([c.get("outputs", []) for c in nbformat.read(executed["02_train"], as_version=4).cells])
+    assert "max |end-to-end - cached|" in text
+    comparison = (run / "comparison.csv").read_text()
+    assert "efficientnet_lite0-imagenet-ft1" in comparison and "efficientnet_lite0-imagenet," in comparison
+
+
+@pytest.mark.slow
+def test_03_and_04_run_headless_and_export_readable_html(tiny_pipeline, tmp_path):
+    root, params, executed = tiny_pipeline
+    params = {**params, "n_bootstrap": 50, "worst_n": 4, "n_gradcam": 2, "metrics_path": str(tmp_path / "metrics.json")}
+    sections = {
+        "03_evaluate": ["Confusion matrix", "ROC and precision-recall", "Moving the threshold", "Calibration",
+                        "Accuracy by face size", "Cross-validation summary", "Headline metrics"],
+        "04_error_analysis": ["most confident first", "Grad-CAM", "By original class", "By photo", "Likely label errors"],
+    }
+    for name, expected in sections.items():
+        out = tmp_path / f"{name}.ipynb"
+        run_notebook(NOTEBOOKS_DIR / f"{name}.ipynb", out, params, cwd=root, progress=False)
+        page = export_html(out, tmp_path / f"{name}.html").read_text()
+        assert network_references(page) == [] and "<script" not in page
+        for section in expected:
+            assert section in page, f"{name}: section {section!r} missing"
+        assert page.count("data:image/png;base64") >= 4
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"backbone", "weights", "split", "n_faces", "n_val", "accuracy", "balanced_accuracy", "roc_auc",
+            "average_precision", "precision", "recall", "f1", "ci95", "cv", "data_sha256"} <= set(metrics)
+    assert set(metrics["ci95"]) >= {"accuracy", "roc_auc"} and len(metrics["cv"]["per_fold"]) == 5

@@ -1,0 +1,337 @@
+"""Classify faces: ready-made crops, or whole photos whose faces a detector (or VOC) boxes.
+
+The pure functions here (`crop_faces`, `classify_crops`, `classify_photo`, `annotate`)
+are what the notebooks, `video`, `demo` and `export` reuse; `predict_paths` runs them
+over files and folders, and the CLI only wires options to it.
+
+One JSON line per face:
+`{"path", "face", "box": [xmin, ymin, xmax, ymax], "label", "p_without_mask", "probabilities": {class: p}}`,
+plus `"annotation"` (the VOC class) when boxes come from `--boxes-from`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import CLASS_NAMES
+from .data import DataError, check_box, is_dataset_dir, parse_voc
+from .detect import DEFAULT_DETECTOR, DETECTORS, MIN_FACE, Box, Detector, make_detector
+from .fsutil import atomic_path, write_text_atomic
+from .images import ImageError, load_rgb
+from .paths import MODELS_DIR
+
+POSITIVE = CLASS_NAMES[1]
+"""The class whose probability the threshold applies to."""
+
+COLOURS = {"with_mask": (0, 190, 0), "without_mask": (230, 20, 20)}
+"""Box colour (RGB) per label."""
+
+IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+"""File name endings taken from folders (a file named explicitly is always tried)."""
+
+
+# --------------------------------------------------------------------------- model
+
+
+def resolve_model(model_dir: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """Load a run folder (default: the latest under models/); RunFolderError if unusable."""
+    from .model import RunFolderError, latest_run, load_run  # TensorFlow loads here
+
+    model, config = load_run(model_dir if model_dir else latest_run(MODELS_DIR))
+    if POSITIVE not in config["class_names"]:
+        raise RunFolderError(f"{model_dir}: class_names {config['class_names']} lack {POSITIVE!r}")
+    return model, config
+
+
+def predict_probabilities(model: Any, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Softmax outputs (N, n_classes) of an end-to-end Keras model on raw 0-255 crops."""
+    if len(crops) == 0:
+        return np.zeros((0, model.output_shape[-1]), np.float32)
+    out = [np.asarray(model.predict_on_batch(crops[i : i + batch_size])) for i in range(0, len(crops), batch_size)]
+    return np.concatenate(out).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def resize_crop(crop: np.ndarray, size: int) -> np.ndarray:
+    """An RGB uint8 crop resized to `size` x `size` (bilinear, as the crops the model was shown)."""
+    return np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
+
+
+def crop_faces(image: np.ndarray, boxes: Sequence[Box], size: int) -> np.ndarray:
+    """The faces `boxes` of an RGB image, each resized to `size`: float32 (N, size, size, 3), 0-255."""
+    crops = np.zeros((len(boxes), size, size, 3), np.float32)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        crops[i] = resize_crop(np.ascontiguousarray(image[y0:y1, x0:x1]), size)
+    return crops
+
+
+def to_batch(images: Iterable[np.ndarray], size: int) -> np.ndarray:
+    """RGB crops of any size as one float32 batch (N, size, size, 3) the model takes."""
+    arrays = [np.asarray(img) for img in images]
+    if not arrays:
+        return np.zeros((0, size, size, 3), np.float32)
+    return np.stack([a if a.shape[:2] == (size, size) else resize_crop(a.astype(np.uint8), size) for a in arrays]).astype(np.float32)
+
+
+def label_probabilities(probs: np.ndarray, class_names: Sequence[str], threshold: float = 0.5) -> list[dict[str, Any]]:
+    """One result per row of softmax outputs: label (P(without_mask) >= threshold), probabilities."""
+    positive = list(class_names).index(POSITIVE)
+    negative = next(name for name in class_names if name != POSITIVE)
+    return [
+        {
+            "label": POSITIVE if row[positive] >= threshold else negative,
+            "p_without_mask": round(float(row[positive]), 6),
+            "probabilities": {name: round(float(p), 6) for name, p in zip(class_names, row)},
+        }
+        for row in probs
+    ]
+
+
+def classify_crops(
+    model: Any, config: dict[str, Any], images: Iterable[np.ndarray], threshold: float = 0.5, batch_size: int = 32
+) -> list[dict[str, Any]]:
+    """Classify face crops (RGB arrays of any size): a label and probabilities for each."""
+    batch = to_batch(images, config["image_size"])
+    return label_probabilities(predict_probabilities(model, batch, batch_size), config["class_names"], threshold)
+
+
+def classify_photo(
+    model: Any,
+    config: dict[str, Any],
+    image: np.ndarray,
+    boxes: Sequence[Box],
+    threshold: float = 0.5,
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
+    """Classify the faces `boxes` of an RGB photo: each result also holds its `box`."""
+    crops = crop_faces(image, boxes, config["image_size"])
+    results = label_probabilities(predict_probabilities(model, crops, batch_size), config["class_names"], threshold)
+    return [{"box": list(box), **result} for box, result in zip(boxes, results)]
+
+
+def annotate(image: np.ndarray, faces: Sequence[dict[str, Any]]) -> np.ndarray:
+    """A copy of an RGB image with each face's box and "label NN%" drawn in its label's colour."""
+    out = np.ascontiguousarray(image, dtype=np.uint8).copy()
+    height, width = out.shape[:2]
+    thickness = max(1, round(max(height, width) / 400))
+    font_scale = max(0.35, max(height, width) / 1400)
+    for face in faces:
+        x0, y0, x1, y1 = face["box"]
+        colour = COLOURS.get(face["label"], (255, 200, 0))
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), colour, thickness)
+        text = f"{face['label']} {face['probabilities'][face['label']]:.0%}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        ty = y0 - base - 2 if y0 - th - base - 2 >= 0 else min(y1 + th + 2, height - base)
+        cv2.rectangle(out, (x0, ty - th - 1), (x0 + tw + 1, ty + base), colour, cv2.FILLED)
+        cv2.putText(out, text, (x0 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """An image file as an RGB uint8 array (any mode converted); ImageError naming the file."""
+    return np.asarray(load_rgb(path))
+
+
+def save_image(image: np.ndarray, path: str | Path) -> Path:
+    """Write an RGB array as an image file atomically (format from the suffix)."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format=Image.registered_extensions().get(Path(path).suffix.lower(), "PNG"))
+    return Path(path)
+
+
+def voc_boxes(image_path: Path, boxes_from: Path, width: int, height: int) -> list[tuple[str, Box]]:
+    """Ground-truth (class, box) of a photo from a VOC file, a folder of them, or a data set folder."""
+    if boxes_from.is_file():
+        xml = boxes_from
+    else:
+        folder = boxes_from / "annotations" if is_dataset_dir(boxes_from) else boxes_from
+        xml = folder / f"{image_path.stem}.xml"
+    if not xml.is_file():
+        raise DataError(f"{image_path}: no annotation file {xml}")
+    ann = parse_voc(xml)
+    return [(box.name, check_box(box, width, height, xml, i)) for i, box in enumerate(ann.boxes)]
+
+
+# --------------------------------------------------------------------------- files and folders
+
+
+@dataclass
+class FileResult:
+    """The faces found in one input file, or why it failed."""
+
+    path: Path
+    faces: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
+def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[FileResult]]:
+    """Input files (folders searched recursively for images, sorted) and the paths that do not exist."""
+    files: list[Path] = []
+    missing: list[FileResult] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files += sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            )
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append(FileResult(path, error=f"{path}: no such file or folder"))
+    return files, missing
+
+
+def predict_paths(
+    model: Any,
+    config: dict[str, Any],
+    files: Sequence[Path],
+    *,
+    crops: bool = False,
+    detector: Detector | None = None,
+    boxes_from: Path | None = None,
+    threshold: float = 0.5,
+    batch_size: int = 32,
+    draw_dir: Path | None = None,
+    progress: bool = False,
+) -> Iterator[FileResult]:
+    """Classify every file in order, one FileResult each; a bad file is reported, not raised.
+
+    `crops`: each file is one face. Otherwise each file is a photo whose faces come from
+    `boxes_from` (VOC) when given, else from `detector`. `draw_dir` gets annotated copies.
+    """
+    chunk = batch_size if crops else 1
+    bar = tqdm(total=len(files), unit="crop" if crops else "photo", disable=not progress, file=sys.stderr)
+    try:
+        for start in range(0, len(files), chunk):
+            group = files[start : start + chunk]
+            yield from (_crops(model, config, group, threshold, batch_size, draw_dir) if crops
+                        else [_photo(model, config, group[0], detector, boxes_from, threshold, batch_size, draw_dir)])
+            bar.update(len(group))
+    finally:
+        bar.close()
+
+
+def _crops(model, config, files, threshold, batch_size, draw_dir) -> list[FileResult]:
+    results, images = [], []
+    for path in files:
+        try:
+            images.append(load_image(path))
+            results.append(FileResult(path))
+        except ImageError as exc:
+            results.append(FileResult(path, error=str(exc)))
+    labelled = iter(classify_crops(model, config, images, threshold, batch_size))
+    good = (r for r in results if r.error is None)
+    for result, image in zip(good, images):
+        height, width = image.shape[:2]
+        result.faces = [{"box": [0, 0, width, height], **next(labelled)}]
+        if draw_dir is not None:
+            save_image(annotate(image, result.faces), draw_dir / f"{result.path.stem}.png")
+    return results
+
+
+def _photo(model, config, path, detector, boxes_from, threshold, batch_size, draw_dir) -> FileResult:
+    try:
+        image = load_image(path)
+        height, width = image.shape[:2]
+        if boxes_from is not None:
+            truth = voc_boxes(path, boxes_from, width, height)
+            faces = classify_photo(model, config, image, [box for _, box in truth], threshold, batch_size)
+            faces = [{**face, "annotation": name} for face, (name, _) in zip(faces, truth)]
+        else:
+            faces = classify_photo(model, config, image, detector(image), threshold, batch_size)
+    except (ImageError, DataError) as exc:
+        return FileResult(path, error=str(exc))
+    if draw_dir is not None:
+        save_image(annotate(image, faces), draw_dir / f"{path.stem}.png")
+    return FileResult(path, faces)
+
+
+def json_lines(result: FileResult) -> list[str]:
+    """The JSON lines (one per face) of one file."""
+    return [json.dumps({"path": str(result.path), "face": i, **face}) for i, face in enumerate(result.faces)]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def probability(text: str) -> float:
+    """argparse type: a float in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return value
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --detector, --min-face, --threshold: shared by predict, video and demo."""
+    parser.add_argument("--model", help="run folder (default: the latest complete one under models/)")
+    parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help="face detector (default: %(default)s)")
+    parser.add_argument("--min-face", type=int, default=MIN_FACE, help="smallest face to detect, px (default: %(default)s)")
+    parser.add_argument("--threshold", type=probability, default=0.5, help="label without_mask when P(without_mask) >= this (default: %(default)s)")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Options of `python -m maskclf predict`."""
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    parser.add_argument("--crops", action="store_true", help="inputs are face crops, not whole photos")
+    parser.add_argument("--boxes-from", metavar="VOC", type=Path, help="take face boxes from a VOC .xml, a folder of them, or a data set folder")
+    add_model_options(parser)
+    parser.add_argument("--batch-size", type=int, default=32, help="crops per model call (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="write the JSON lines here instead of stdout")
+    parser.add_argument("--draw", type=Path, metavar="DIR", help="write annotated copies of the inputs here")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `predict`: 0 if every file was read, 1 if some failed, 2 if nothing could start."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .model import RunFolderError
+
+    files, failed = expand_paths(args.paths)
+    try:
+        model, config = resolve_model(args.model)
+        detector = None if args.crops or args.boxes_from else make_detector(args.detector, args.min_face)
+    except (RunFolderError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    lines: list[str] = []
+    no_face: list[Path] = []
+    results = predict_paths(
+        model, config, files, crops=args.crops, detector=detector, boxes_from=args.boxes_from,
+        threshold=args.threshold, batch_size=args.batch_size, draw_dir=args.draw,
+        progress=any(Path(p).is_dir() for p in args.paths),
+    )
+    for result in results:
+        if result.error:
+            failed.append(result)
+        elif not result.faces:
+            no_face.append(result.path)
+        for line in json_lines(result):
+            lines.append(line)
+            if args.out is None:
+                print(line, flush=True)
+    if args.out is not None:
+        write_text_atomic(args.out, "".join(line + "\n" for line in lines))
+    n_ok = len(files) - sum(1 for f in failed if f.path in files)
+    print(f"{len(lines)} faces in {n_ok} files" + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
+    if no_face:
+        print(f"no face found in {len(no_face)} files: " + ", ".join(map(str, no_face)), file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} files failed:", file=sys.stderr)
+        for result in failed:
+            print(f"  {result.error}", file=sys.stderr)
+        return 1
+    return 0
