@@ -117,14 +117,17 @@ def plot_folds(table: pd.DataFrame) -> plt.Figure:
 
 
 def plot_history(history: dict[str, dict[str, list[float]]], title: str = "Learning curves") -> plt.Figure:
-    """Accuracy and loss per epoch, training vs validation, phases (head, fine-tune) one after the other."""
+    """Accuracy and loss per epoch, training vs validation, phases (head, fine-tune) one after the other.
+
+    The validation curve is the early-stopping set: a grouped tenth of the training photos.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     offset = 0
     for phase, h in history.items():
         epochs = np.arange(offset + 1, offset + len(h["loss"]) + 1)
         for ax, metric in zip(axes, ("accuracy", "loss")):
             ax.plot(epochs, h[metric], marker=".", label=f"train ({phase})")
-            ax.plot(epochs, h[f"val_{metric}"], marker=".", linestyle="--", label=f"validation ({phase})")
+            ax.plot(epochs, h[f"val_{metric}"], marker=".", linestyle="--", label=f"early-stopping photos ({phase})")
         offset += len(h["loss"])
         if offset and phase != list(history)[-1]:
             for ax in axes:

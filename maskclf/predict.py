@@ -37,6 +37,10 @@ POSITIVE = CLASS_NAMES[1]
 COLOURS = {"with_mask": (0, 190, 0), "without_mask": (230, 20, 20)}
 """Box colour (RGB) per label."""
 
+SHORT_LABELS = {"with_mask": "mask", "without_mask": "no mask"}
+DRAW_MIN_SIDE = 800
+"""`annotate` upscales smaller images to this longer side (the study's photos are ~400 px)."""
+
 IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 """File name endings taken from folders (a file named explicitly is always tried)."""
 
@@ -122,21 +126,27 @@ def classify_photo(
     return [{"box": list(box), **result} for box, result in zip(boxes, results)]
 
 
-def annotate(image: np.ndarray, faces: Sequence[dict[str, Any]]) -> np.ndarray:
-    """A copy of an RGB image with each face's box and "label NN%" drawn in its label's colour."""
-    out = np.ascontiguousarray(image, dtype=np.uint8).copy()
+def annotate(image: np.ndarray, faces: Sequence[dict[str, Any]], min_side: int = DRAW_MIN_SIDE) -> np.ndarray:
+    """A copy of an RGB image with each face's box and "label NN%" in its label's colour.
+
+    An image whose longer side is under `min_side` is upscaled first, so labels stay legible.
+    """
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    scale = max(1.0, min_side / max(image.shape[:2]))
+    out = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR) if scale > 1 else image.copy()
     height, width = out.shape[:2]
-    thickness = max(1, round(max(height, width) / 400))
-    font_scale = max(0.35, max(height, width) / 1400)
+    thickness = max(1, round(max(height, width) / 500))
+    font_scale = max(height, width) / 1600
     for face in faces:
-        x0, y0, x1, y1 = face["box"]
+        x0, y0, x1, y1 = (round(v * scale) for v in face["box"])
         colour = COLOURS.get(face["label"], (255, 200, 0))
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), colour, thickness)
-        text = f"{face['label']} {face['probabilities'][face['label']]:.0%}"
+        text = f"{SHORT_LABELS.get(face['label'], face['label'])} {face['probabilities'][face['label']]:.0%}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-        ty = y0 - base - 2 if y0 - th - base - 2 >= 0 else min(y1 + th + 2, height - base)
-        cv2.rectangle(out, (x0, ty - th - 1), (x0 + tw + 1, ty + base), colour, cv2.FILLED)
-        cv2.putText(out, text, (x0 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
+        tx = max(0, min(x0, width - tw - 2))
+        ty = y0 - base - 1 if y0 - th - base - 1 >= 0 else min(y1 + th + 1, height - base)
+        cv2.rectangle(out, (tx, ty - th - 1), (tx + tw + 1, ty + base), colour, cv2.FILLED)
+        cv2.putText(out, text, (tx + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 

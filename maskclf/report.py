@@ -159,6 +159,7 @@ def run_reports(
     started = dt.datetime.now(dt.timezone.utc)
     with atomic_dir(reports_dir) as tmp:
         (tmp / "executed").mkdir()
+        params = {**params, "metrics_path": str(tmp / "metrics.json")}  # 03_evaluate writes the headline here
         for i, name in enumerate(notebooks, 1):
             if progress:
                 print(f"[{i}/{len(notebooks)}] {name}", file=sys.stderr, flush=True)
@@ -170,10 +171,10 @@ def run_reports(
                 kept = _keep_failed(executed, reports_dir)
                 raise NotebookFailed(str(exc).replace(str(executed), str(kept))) from exc
             runs.append(NotebookRun(name, executed, export_html(executed, tmp / f"{name}.html"), time.perf_counter() - t0))
-        metrics = collect_metrics(params)
-        if metrics is not None:
-            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        (tmp / "index.html").write_text(render_index(runs, params, metrics, started), encoding="utf-8")
+        metrics_file = tmp / "metrics.json"
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
+        shown = {k: v for k, v in params.items() if k != "metrics_path"}
+        (tmp / "index.html").write_text(render_index(runs, shown, metrics, started), encoding="utf-8")
     # the runs' paths pointed into the temporary folder, which is now reports_dir
     return [NotebookRun(r.name, reports_dir / "executed" / r.executed.name, reports_dir / r.html.name, r.seconds) for r in runs]
 
@@ -184,14 +185,6 @@ def _keep_failed(executed: Path, reports_dir: Path) -> Path:
     if executed.exists():
         shutil.copyfile(executed, kept)
     return kept
-
-
-def collect_metrics(params: dict[str, Any]) -> dict[str, Any] | None:
-    """Headline metrics written by 03_evaluate (`metrics_path` parameter), if it ran."""
-    path = params.get("metrics_path")
-    if path and Path(path).is_file():
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    return None
 
 
 # --------------------------------------------------------------------------- index page

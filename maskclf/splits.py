@@ -43,3 +43,15 @@ def fold_table(manifest: pd.DataFrame) -> pd.DataFrame:
     table["share_faces"] = (table["faces"] / table["faces"].sum()).round(3)
     table["share_without_mask"] = (table["without_mask"] / table["faces"]).round(3)
     return table
+
+
+def early_stopping_split(labels: Sequence, groups: Sequence, train_idx: np.ndarray, n_folds: int = 10,
+                         seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    """Split training faces into fitting and early-stopping faces, grouped by photo and stratified.
+
+    About 1/n_folds of the training photos decide when to stop, so the held-out fold that is
+    reported never influences training (not even the choice of epoch).
+    """
+    labels, groups = np.asarray(labels)[train_idx], np.asarray(groups)[train_idx]
+    inner = assign_folds(labels, groups, n_folds=n_folds, seed=seed)
+    return train_idx[inner != 0], train_idx[inner == 0]

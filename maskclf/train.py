@@ -37,7 +37,7 @@ from .evaluate import binary_metrics, encode_labels, summarize_folds
 from .features import FEATURES_DIR, cached_outputs
 from .model import save_run
 from .paths import DEFAULT_FACES_DIR, MODELS_DIR
-from .splits import train_val_indices
+from .splits import early_stopping_split, train_val_indices
 
 BLOCK_PATTERN = re.compile(r"^(block\d+[a-z]|conv\d_block\d+|block_\d+)_")
 """Block prefixes of EfficientNet(-Lite), ResNet and MobileNetV2 layer names."""
@@ -248,7 +248,10 @@ def _fit(model: keras.Model, x, y, xv, yv, config: TrainConfig, epochs: int, ver
 
 def fit_head(fs: FeatureSet, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
              strategy: tf.distribute.Strategy | None = None, verbose: int = 0) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Train dropout + softmax on pooled features of the training faces (all views)."""
+    """Train dropout + softmax on pooled features of the training faces (all views).
+
+    `val_idx` are the faces whose loss decides early stopping.
+    """
     config = fs.config
     keras.utils.set_random_seed(config.seed)
     x, yt = _train_views(fs.pooled, y, train_idx)
@@ -283,14 +286,18 @@ def fine_tune(fs: FeatureSet, head: keras.Model, y: np.ndarray, train_idx: np.nd
 
 def train_fold(fs: FeatureSet, manifest: pd.DataFrame, val_fold: int,
                strategy: tf.distribute.Strategy | None = None, verbose: int = 0) -> TrainResult:
-    """Head (and fine-tuning) with `val_fold` held out; metrics on the held-out faces."""
+    """Head (and fine-tuning) with `val_fold` held out; metrics on the held-out faces.
+
+    Early stopping watches a grouped tenth of the training photos, never the held-out fold.
+    """
     y = encode_labels(manifest["label"])
     train_idx, val_idx = train_val_indices(manifest["fold"], val_fold)
-    head, history = fit_head(fs, y, train_idx, val_idx, strategy, verbose)
+    fit_idx, stop_idx = early_stopping_split(manifest["label"], manifest["source_image"], train_idx, seed=fs.config.seed)
+    head, history = fit_head(fs, y, fit_idx, stop_idx, strategy, verbose)
     histories = {"head": history}
     upper = None
     if fs.upper is not None:
-        upper, histories["fine_tune"] = fine_tune(fs, head, y, train_idx, val_idx, strategy, verbose)
+        upper, histories["fine_tune"] = fine_tune(fs, head, y, fit_idx, stop_idx, strategy, verbose)
     p = predict_cached(fs, head, upper, val_idx)
     metrics = binary_metrics(y[val_idx], p)
     with (strategy or tf.distribute.get_strategy()).scope():

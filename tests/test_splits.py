@@ -54,3 +54,16 @@ def test_train_val_indices_partition():
 def test_too_few_photos():
     with pytest.raises(ValueError, match="source photos"):
         assign_folds(["a", "b", "a"], ["x", "y", "x"])
+
+
+def test_early_stopping_split_stays_inside_training_photos():
+    from maskclf.splits import early_stopping_split
+
+    m = _faces(300)
+    m["fold"] = assign_folds(m["label"], m["source_image"])
+    train, val = train_val_indices(m["fold"], 0)
+    fit, stop = early_stopping_split(m["label"], m["source_image"], train)
+    assert sorted(np.concatenate([fit, stop]).tolist()) == sorted(train.tolist())
+    assert not set(m["source_image"].iloc[stop]) & set(m["source_image"].iloc[fit])
+    assert not set(stop) & set(val)
+    assert 0.05 < len(stop) / len(train) < 0.15

@@ -1,0 +1,204 @@
+"""Annotate a webcam stream or a video file: boxes, labels and the processing FPS on every frame.
+
+    python -m maskclf video --source 0                      # webcam, shown in a window
+    python -m maskclf video --source in.mp4 --out out.mp4 --no-show
+
+A window needs an OpenCV with GUI support (`opencv-python`, not the `-headless` wheel
+that requirements.txt pins for servers and CI); writing a file works with either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+
+from .detect import Detector, make_detector
+from .fsutil import atomic_path
+from .predict import add_model_options, annotate, classify_photo, resolve_model
+
+WINDOW = "maskclf (q or Esc to quit)"
+FOURCC = "mp4v"
+DEFAULT_FPS = 25.0
+"""Written file's frame rate when the source does not report one (webcams often don't)."""
+
+
+class VideoError(RuntimeError):
+    """A video source or output cannot be used; the message names it."""
+
+
+@dataclass
+class VideoStats:
+    """What `process_video` did."""
+
+    frames: int
+    faces: int
+    seconds: float
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+
+def open_source(source: str | int) -> cv2.VideoCapture:
+    """A capture for a camera index (`0`, `"1"`) or a video file; VideoError if it cannot be read."""
+    if isinstance(source, str) and source.isdigit():
+        source = int(source)
+    if isinstance(source, str) and not Path(source).is_file():
+        raise VideoError(f"{source}: no such video file")
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        what = f"camera {source}" if isinstance(source, int) else f"{source}: not a video OpenCV can read"
+        raise VideoError(f"cannot open {what}")
+    return capture
+
+
+def read_frames(capture: cv2.VideoCapture, max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """RGB frames of a capture until it ends (or `max_frames`)."""
+    count = 0
+    while max_frames is None or count < max_frames:
+        ok, bgr = capture.read()
+        if not ok:
+            return
+        count += 1
+        yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def draw_fps(frame: np.ndarray, fps: float) -> np.ndarray:
+    """Write "NN.N FPS" in the top-left corner of an RGB frame (in place) and return it."""
+    scale = max(0.5, frame.shape[1] / 1000)
+    origin = (8, 8 + round(22 * scale))
+    for colour, width in (((0, 0, 0), 4), ((255, 255, 255), 1)):
+        cv2.putText(frame, f"{fps:.1f} FPS", origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, width, cv2.LINE_AA)
+    return frame
+
+
+def annotate_frames(
+    frames: Iterator[np.ndarray],
+    model: Any,
+    config: dict[str, Any],
+    detector: Detector,
+    threshold: float = 0.5,
+) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
+    """(annotated RGB frame with its FPS, faces) for each frame; FPS is a moving average."""
+    fps = 0.0
+    last = time.perf_counter()
+    for frame in frames:
+        faces = classify_photo(model, config, frame, detector(frame), threshold)
+        now = time.perf_counter()
+        current = 1.0 / max(now - last, 1e-6)
+        fps = current if fps == 0.0 else 0.9 * fps + 0.1 * current
+        last = now
+        yield draw_fps(annotate(frame, faces, min_side=0), fps), faces
+
+
+def process_video(
+    source: str | int,
+    model: Any,
+    config: dict[str, Any],
+    detector: Detector,
+    *,
+    out: str | Path | None = None,
+    show: bool = True,
+    threshold: float = 0.5,
+    max_frames: int | None = None,
+) -> VideoStats:
+    """Annotate every frame of `source`, showing it in a window and/or writing it to `out`.
+
+    Stops at the end of the source, on q/Esc in the window, or on Ctrl-C; the file written
+    so far is kept. `out` appears only once complete.
+    """
+    capture = open_source(source)
+    fps_in = capture.get(cv2.CAP_PROP_FPS) or DEFAULT_FPS
+    start = time.perf_counter()
+    n_frames = n_faces = 0
+    try:
+        with atomic_path(out) if out is not None else nullcontext() as tmp:
+            writer = None
+            try:
+                for frame, faces in annotate_frames(read_frames(capture, max_frames), model, config, detector, threshold):
+                    n_frames += 1
+                    n_faces += len(faces)
+                    bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+                    if tmp is not None:
+                        writer = writer or _writer(tmp, out, fps_in, frame.shape)
+                        writer.write(bgr)
+                    if show and _show(bgr):
+                        break
+            except KeyboardInterrupt:
+                pass
+            finally:
+                if writer is not None:
+                    writer.release()
+            if tmp is not None and n_frames == 0:
+                raise VideoError(f"{source}: no frame could be read")
+    finally:
+        capture.release()
+        if show:
+            _close_windows()
+    return VideoStats(n_frames, n_faces, time.perf_counter() - start)
+
+
+def _writer(tmp: Path, out: str | Path, fps: float, shape: tuple[int, ...]) -> cv2.VideoWriter:
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*FOURCC), fps, (shape[1], shape[0]))
+    if not writer.isOpened():
+        raise VideoError(f"{out}: cannot write a {FOURCC} video there (use a .mp4 or .avi name)")
+    return writer
+
+
+def _show(bgr: np.ndarray) -> bool:
+    """Show a frame; True when the user asked to quit."""
+    try:
+        cv2.imshow(WINDOW, bgr)
+        key = cv2.waitKey(1) & 0xFF
+    except cv2.error as exc:
+        raise VideoError(
+            "cannot open a window: this OpenCV has no GUI support (opencv-python-headless); "
+            "use --no-show with --out FILE, or install opencv-python"
+        ) from exc
+    return key in (ord("q"), 27)
+
+
+def _close_windows() -> None:
+    try:
+        cv2.destroyAllWindows()
+    except cv2.error:
+        pass
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Options of `python -m maskclf video`."""
+    parser.add_argument("--source", default="0", help="camera index or video file (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="write the annotated video here (.mp4)")
+    parser.add_argument("--no-show", action="store_true", help="do not open a window")
+    parser.add_argument("--max-frames", type=int, help="stop after this many frames")
+    add_model_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `video`: 0 on success, 2 if the source, output or model cannot be used."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .model import RunFolderError
+
+    if args.no_show and args.out is None:
+        print("error: --no-show without --out would do nothing; add --out FILE.mp4", file=sys.stderr)
+        return 2
+    try:
+        model, config = resolve_model(args.model)
+        detector = make_detector(args.detector, args.min_face)
+        stats = process_video(args.source, model, config, detector, out=args.out, show=not args.no_show,
+                              threshold=args.threshold, max_frames=args.max_frames)
+    except (RunFolderError, VideoError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    written = f", written to {args.out}" if args.out else ""
+    print(f"{stats.frames} frames, {stats.faces} faces, {stats.fps:.1f} FPS{written}", file=sys.stderr)
+    return 0

@@ -1,0 +1,81 @@
+"""The main job: parameters, the papermill pipeline, and reports that survive a failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from maskclf import report
+from maskclf.report import NotebookFailed, load_params, parse_override, run_reports
+
+
+def _notebook(path: Path, body: str) -> None:
+    params = nbformat.v4.new_code_cell("x = 1")
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"), params, nbformat.v4.new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_params_file_and_overrides(tmp_path):
+    (tmp_path / "p.yaml").write_text("epochs: 40\nbackbone: resnet50\ncompare:\n  - {fine_tune_blocks: 2}\n")
+    params = load_params(tmp_path / "p.yaml", dict([parse_override("epochs=3"), parse_override("weights=null")]))
+    assert params == {"epochs": 3, "backbone": "resnet50", "weights": None, "compare": [{"fine_tune_blocks": 2}]}
+    (tmp_path / "bad.yaml").write_text("epochs: [1\n")
+    with pytest.raises(ValueError, match="bad.yaml"):
+        load_params(tmp_path / "bad.yaml")
+
+
+def test_every_default_parameter_is_declared_by_a_notebook():
+    declared = set().union(*(report.declared_parameters(report.NOTEBOOKS_DIR / f"{n}.ipynb") for n in report.PIPELINE))
+    assert set(load_params()) <= declared
+
+
+@pytest.mark.slow
+def test_a_failing_notebook_keeps_the_previous_reports(tmp_path):
+    nbs, reports = tmp_path / "nbs", tmp_path / "reports"
+    nbs.mkdir()
+    _notebook(nbs / "01_ok.ipynb", "print('fine', x)")
+    _notebook(nbs / "02_bad.ipynb", "raise RuntimeError('boom in cell')")
+    run_reports({"x": 2}, notebooks=("01_ok",), reports_dir=reports, notebooks_dir=nbs, progress=False)
+    before = {p.relative_to(reports): p.read_bytes() for p in reports.rglob("*") if p.is_file()}
+    assert Path("01_ok.html") in before and Path("index.html") in before
+    with pytest.raises(NotebookFailed) as info:
+        run_reports({"x": 3}, notebooks=("01_ok", "02_bad"), reports_dir=reports, notebooks_dir=nbs, progress=False)
+    message = str(info.value)
+    assert "02_bad" in message and "RuntimeError: boom in cell" in message and "cell" in message
+    failed = reports / "_build" / "02_bad.failed.ipynb"
+    assert str(failed) in message and failed.is_file()
+    after = {p.relative_to(reports): p.read_bytes() for p in reports.rglob("*") if p.is_file() and "_build" not in p.parts}
+    assert after == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".reports")], "no temporary folder left behind"
+
+
+def test_missing_notebook_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="99_nope.ipynb"):
+        run_reports({}, notebooks=("99_nope",), reports_dir=tmp_path / "r", notebooks_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_main_job_regenerates_all_reports_on_fixtures(voc_master, tmp_path):
+    from maskclf.cli import main
+
+    overrides = {
+        "faces_dir": tmp_path / "faces", "models_dir": tmp_path / "models", "image_size": 32, "epochs": 2,
+        "fine_tune_blocks": 0, "compare": [], "batch_size": 16, "n_bootstrap": 20, "worst_n": 3, "n_gradcam": 2,
+    }
+    args = ["reports", "--data", str(voc_master), "--reports-dir", str(tmp_path / "reports")]
+    for k, v in overrides.items():
+        args += ["-p", f"{k}={json.dumps(str(v)) if isinstance(v, Path) else json.dumps(v)}"]
+    assert main(args) == 0
+    out = tmp_path / "reports"
+    for name in report.PIPELINE:
+        assert (out / f"{name}.html").is_file() and (out / "executed" / f"{name}.ipynb").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["backbone"] == "efficientnet_lite0" and metrics["n_faces"] > 0
+    index = (out / "index.html").read_text()
+    assert "95% CI" in index and "01_extract.html" in index and metrics["data_sha256"][:16] in index
+    assert report.network_references(index) == []

@@ -1,0 +1,45 @@
+"""A tiny end-to-end model with the run-folder contract and a predictable answer, for tests.
+
+Its logit for `without_mask` grows with redness, R - (G + B) / 2, of the mean colour:
+a red or skin-coloured crop (the synthetic unmasked face) -> without_mask; a green or
+blue one (the synthetic masked face has a blue lower half) -> with_mask.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SIZE = 32
+
+
+def make_tiny_model():
+    """Input (N, 32, 32, 3) raw RGB -> softmax over (with_mask, without_mask)."""
+    import keras
+
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(3, 1, use_bias=False, name="identity")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, activation="softmax", name="head")(x)
+    model = keras.Model(inputs, outputs)
+    model.get_layer("identity").set_weights([np.eye(3, dtype="float32").reshape(1, 1, 3, 3)])
+    kernel = np.zeros((3, 2), "float32")
+    kernel[:, 1] = 20 * np.array([1.0, -0.5, -0.5])
+    model.get_layer("head").set_weights([kernel, np.array([0.0, -2.0], "float32")])
+    return model
+
+
+def make_tiny_run(run_dir: str | Path) -> Path:
+    """Write the tiny model as a complete run folder and return its path."""
+    from maskclf import CLASS_NAMES
+    from maskclf.model import save_run
+
+    config = {"image_size": IMAGE_SIZE, "class_names": list(CLASS_NAMES), "backbone": "tiny", "weights": None}
+    return save_run(run_dir, make_tiny_model(), config)
+
+
+def solid(colour: tuple[int, int, int], size: int = 40) -> np.ndarray:
+    """A `size` x `size` RGB crop of one colour."""
+    return np.full((size, size, 3), colour, np.uint8)
