@@ -53,5 +53,5 @@ def early_stopping_split(labels: Sequence, groups: Sequence, train_idx: np.ndarr
     reported never influences training (not even the choice of epoch).
     """
     labels, groups = np.asarray(labels)[train_idx], np.asarray(groups)[train_idx]
-    inner = assign_folds(labels, groups, n_folds=n_folds, seed=seed)
+    inner = assign_folds(labels, groups, n_folds=min(n_folds, max(len(np.unique(groups)), 2)), seed=seed)
     return train_idx[inner != 0], train_idx[inner == 0]
