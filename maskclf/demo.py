@@ -49,21 +49,18 @@ def decode_upload(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.nd
         raise UploadError(f"“{name}” is empty (0 bytes). Please choose a photo.")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                if img.width * img.height > max_pixels:
-                    raise UploadError(
-                        f"“{name}” is {img.width}×{img.height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels.", 413
-                    )
-                img.load()
-                return np.asarray(to_rgb(img))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
         raise UploadError(f"“{name}” has too many pixels to analyse.", 413) from exc
-    except Image.UnidentifiedImageError as exc:
+    except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
         raise UploadError(f"“{name}” is not an image this demo can read. Please upload a JPEG or PNG photo.") from exc
+    if img.width * img.height > max_pixels:
+        raise UploadError(f"“{name}” is {img.width}×{img.height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels.", 413)
+    try:
+        img.load()
+        return np.asarray(to_rgb(img))
     except (OSError, SyntaxError, ValueError) as exc:
-        if isinstance(exc, UploadError):
-            raise
         raise UploadError(f"“{name}” looks truncated or corrupt: the image could not be decoded.") from exc
 
 

@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -67,7 +68,8 @@ def export_model(model: Any, fmt: str, path: str | Path, calibration: np.ndarray
             "optimizations": [tf.lite.Optimize.DEFAULT],
             "representative_dataset": lambda: ([samples[i : i + 1]] for i in range(len(samples))),
         }
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # tf2onnx probes np.object
         model.export(str(tmp), format="onnx" if fmt == "onnx" else "litert", verbose=False, **options)
     return Path(path)
 
@@ -233,10 +235,10 @@ def export_run(
 
 def format_report(report: dict[str, Any]) -> str:
     """The export report as a small text table."""
-    lines = [f"{'format':<12} {'MB':>7} {'agreement':>10} {'max|dp|':>9} {'AUC keras':>10} {'AUC export':>11} {'AUC diff':>9}  ok"]
+    lines = [f"{'format':<12} {'MB':>8} {'agreement':>10} {'max|dp|':>9} {'AUC keras':>10} {'AUC export':>11} {'AUC diff':>9}  ok"]
     for fmt, entry in report["formats"].items():
         p = entry.get("parity", {})
-        cells = [f"{fmt:<12}", f"{entry['bytes'] / 1e6:>7.2f}",
+        cells = [f"{fmt:<12}", f"{entry['bytes'] / 1e6:>8.3f}",
                  f"{p['agreement']:>10.4f}" if p else f"{'-':>10}",
                  f"{p['max_abs_diff']:>9.4f}" if p else f"{'-':>9}",
                  f"{p['auc_reference']:>10.4f}" if "auc_reference" in p else f"{'-':>10}",

@@ -250,24 +250,26 @@ def plot_metric_by(table: pd.DataFrame, column: str, metric: str = "accuracy") -
     return fig
 
 
-def plot_errors_in_context(rows: pd.DataFrame, photos_dir: str, title: str, max_rows: int = 12) -> plt.Figure:
+def plot_errors_in_context(rows: pd.DataFrame, photos_dir: str, title: str, max_rows: int = 12, per_row: int = 3) -> plt.Figure:
     """Each face beside its source photo with the box drawn, captioned with label and score."""
     from matplotlib.patches import Rectangle
 
     from .images import load_rgb
 
     rows = rows.head(max_rows)
-    n = max(len(rows), 1)
-    fig, axes = plt.subplots(n, 2, figsize=(9, 2.6 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 2.5]})
+    nrows = max(1, int(np.ceil(len(rows) / per_row)))
+    fig, axes = plt.subplots(nrows, 2 * per_row, figsize=(5.5 * per_row, 2.4 * nrows), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 2.2] * per_row})
     for ax in axes.flat:
         ax.axis("off")
-    for (ax_crop, ax_photo), r in zip(axes, rows.itertuples()):
+    pairs = axes.reshape(nrows * per_row, 2)
+    for (ax_crop, ax_photo), r in zip(pairs, rows.itertuples()):
         with Image.open(r.crop_file) as crop:
             ax_crop.imshow(crop.convert("RGB"))
-        ax_crop.set_title(f"true {r.label} ({r.original_label})\nP(without_mask) = {r.p_without_mask:.2f}", fontsize=8)
+        ax_crop.set_title(f"true {r.label}\n({r.original_label})\nP(without) = {r.p_without_mask:.2f}", fontsize=7)
         ax_photo.imshow(load_rgb(f"{photos_dir}/{r.source_image}"))
-        ax_photo.add_patch(Rectangle((r.xmin, r.ymin), r.xmax - r.xmin, r.ymax - r.ymin, fill=False, color="yellow", linewidth=2))
-        ax_photo.set_title(f"{r.source_image} ({r.width}x{r.height} px face)", fontsize=8)
+        ax_photo.add_patch(Rectangle((r.xmin, r.ymin), r.xmax - r.xmin, r.ymax - r.ymin, fill=False, color="yellow", linewidth=1.5))
+        ax_photo.set_title(f"{r.source_image}\n{r.width}x{r.height} px face", fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -92,16 +92,16 @@ def to_batch(images: Iterable[np.ndarray], size: int) -> np.ndarray:
 
 def label_probabilities(probs: np.ndarray, class_names: Sequence[str], threshold: float = 0.5) -> list[dict[str, Any]]:
     """One result per row of softmax outputs: label (P(without_mask) >= threshold), probabilities."""
-    positive = list(class_names).index(POSITIVE)
     negative = next(name for name in class_names if name != POSITIVE)
-    return [
-        {
-            "label": POSITIVE if row[positive] >= threshold else negative,
-            "p_without_mask": round(float(row[positive]), 6),
-            "probabilities": {name: round(float(p), 6) for name, p in zip(class_names, row)},
-        }
-        for row in probs
-    ]
+    results = []
+    for row in probs:
+        rounded = {name: round(float(p), 6) for name, p in zip(class_names, row)}  # the label follows what is shown
+        results.append({
+            "label": POSITIVE if rounded[POSITIVE] >= threshold else negative,
+            "p_without_mask": rounded[POSITIVE],
+            "probabilities": rounded,
+        })
+    return results
 
 
 def classify_crops(
@@ -223,6 +223,8 @@ def predict_paths(
     `crops`: each file is one face. Otherwise each file is a photo whose faces come from
     `boxes_from` (VOC) when given, else from `detector`. `draw_dir` gets annotated copies.
     """
+    if not crops and boxes_from is None and detector is None:
+        raise ValueError("photos need a detector or boxes_from")
     chunk = batch_size if crops else 1
     bar = tqdm(total=len(files), unit="crop" if crops else "photo", disable=not progress, file=sys.stderr)
     try:
@@ -286,11 +288,19 @@ def probability(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model, --detector, --min-face, --threshold: shared by predict, video and demo."""
     parser.add_argument("--model", help="run folder (default: the latest complete one under models/)")
     parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help="face detector (default: %(default)s)")
-    parser.add_argument("--min-face", type=int, default=MIN_FACE, help="smallest face to detect, px (default: %(default)s)")
+    parser.add_argument("--min-face", type=positive_int, default=MIN_FACE, help="smallest face to detect, px (default: %(default)s)")
     parser.add_argument("--threshold", type=probability, default=0.5, help="label without_mask when P(without_mask) >= this (default: %(default)s)")
 
 
@@ -300,7 +310,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crops", action="store_true", help="inputs are face crops, not whole photos")
     parser.add_argument("--boxes-from", metavar="VOC", type=Path, help="take face boxes from a VOC .xml, a folder of them, or a data set folder")
     add_model_options(parser)
-    parser.add_argument("--batch-size", type=int, default=32, help="crops per model call (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="crops per model call (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="write the JSON lines here instead of stdout")
     parser.add_argument("--draw", type=Path, metavar="DIR", help="write annotated copies of the inputs here")
 
@@ -310,6 +320,9 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from .model import RunFolderError
 
+    if args.boxes_from is not None and not args.boxes_from.exists():
+        print(f"error: {args.boxes_from}: no such annotation file or folder", file=sys.stderr)
+        return 2
     files, failed = expand_paths(args.paths)
     try:
         model, config = resolve_model(args.model)
@@ -324,10 +337,13 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold, batch_size=args.batch_size, draw_dir=args.draw,
         progress=any(Path(p).is_dir() for p in args.paths),
     )
+    n_read = 0
     for result in results:
         if result.error:
             failed.append(result)
-        elif not result.faces:
+            continue
+        n_read += 1
+        if not result.faces:
             no_face.append(result.path)
         for line in json_lines(result):
             lines.append(line)
@@ -335,8 +351,7 @@ def run(args: argparse.Namespace) -> int:
                 print(line, flush=True)
     if args.out is not None:
         write_text_atomic(args.out, "".join(line + "\n" for line in lines))
-    n_ok = len(files) - sum(1 for f in failed if f.path in files)
-    print(f"{len(lines)} faces in {n_ok} files" + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
+    print(f"{len(lines)} faces in {n_read} files" + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
     if no_face:
         print(f"no face found in {len(no_face)} files: " + ", ".join(map(str, no_face)), file=sys.stderr)
     if failed:

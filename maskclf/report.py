@@ -114,7 +114,8 @@ def export_html(executed: str | Path, target: str | Path) -> Path:
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream":
-                output["text"] = collapse_carriage_returns(output["text"])
+                output["text"] = drop_native_logs(collapse_carriage_returns(output["text"]))
+        cell["outputs"] = [o for o in cell.get("outputs", []) if o.get("output_type") != "stream" or o["text"].strip()]
     body, _ = exporter.from_notebook_node(nb)
     remote = network_references(body)
     if remote:
@@ -128,6 +129,22 @@ def collapse_carriage_returns(text: str) -> str:
     Progress bars redraw one line with '\r'; a saved notebook keeps every redraw.
     """
     return "\n".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r") for line in text.split("\n"))
+
+
+NATIVE_LOG = re.compile(
+    r"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\]"  # TensorFlow/absl C++ log lines
+    r"|WARNING: All log messages before absl::InitializeLog\(\)"
+    r"|To enable the following instructions: .* rebuild TensorFlow)"
+)
+
+
+def drop_native_logs(text: str) -> str:
+    """Remove the C++ log lines TensorFlow prints on import (CUDA probing, oneDNN notes) from a stream.
+
+    They are written before any Python logging is set up, so no environment variable
+    silences them reliably; Python warnings and errors are kept.
+    """
+    return "".join(line for line in text.splitlines(keepends=True) if not NATIVE_LOG.match(line))
 
 
 def network_references(page: str) -> list[str]:

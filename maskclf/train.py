@@ -213,10 +213,15 @@ def prepare_features(
     return FeatureSet(config, preprocess, lower, upper, acts, pooled, data_sha256, hit, time.perf_counter() - t0, views)
 
 
+def run_batched(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """`model(x)` in inference mode, batch by batch (no per-model tf.function retracing, unlike predict)."""
+    return np.concatenate([np.asarray(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)])
+
+
 def pool_upper(upper: keras.Model, activations: np.ndarray, batch_size: int) -> np.ndarray:
     """Globally pooled output of the (frozen) upper part for every view."""
     pooled = keras.Sequential([upper, keras.layers.GlobalAveragePooling2D()])
-    return np.stack([pooled.predict(a, batch_size=batch_size, verbose=0) for a in activations])
+    return np.stack([run_batched(pooled, a, batch_size) for a in activations])
 
 
 # --------------------------------------------------------------------------- fitting
@@ -311,7 +316,7 @@ def predict_cached(fs: FeatureSet, head: keras.Model, upper: keras.Model | None,
         features = fs.pooled[0, idx]
     else:
         features = pool_upper(upper, fs.activations[:1, idx], fs.config.batch_size)[0]
-    return head.predict(features, batch_size=256, verbose=0)[:, 1]
+    return run_batched(head, features)[:, 1]
 
 
 def cross_validate(

@@ -23,7 +23,7 @@ import numpy as np
 
 from .detect import Detector, make_detector
 from .fsutil import atomic_path
-from .predict import add_model_options, annotate, classify_photo, resolve_model
+from .predict import add_model_options, annotate, classify_photo, positive_int, resolve_model
 
 WINDOW = "maskclf (q or Esc to quit)"
 FOURCC = "mp4v"
@@ -179,7 +179,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default="0", help="camera index or video file (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="write the annotated video here (.mp4)")
     parser.add_argument("--no-show", action="store_true", help="do not open a window")
-    parser.add_argument("--max-frames", type=int, help="stop after this many frames")
+    parser.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
     add_model_options(parser)
 
 

@@ -106,3 +106,16 @@ def test_03_and_04_run_headless_and_export_readable_html(tiny_pipeline, tmp_path
     assert {"backbone", "weights", "split", "n_faces", "n_val", "accuracy", "balanced_accuracy", "roc_auc",
             "average_precision", "precision", "recall", "f1", "ci95", "cv", "data_sha256"} <= set(metrics)
     assert set(metrics["ci95"]) >= {"accuracy", "roc_auc"} and len(metrics["cv"]["per_fold"]) == 5
+
+
+def test_native_tensorflow_logs_are_dropped_from_reports():
+    from maskclf.report import drop_native_logs
+
+    text = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1795683842.199327    5339 port.cc:153] oneDNN custom operations are on.\n"
+        "E0000 00:00:1795680911.855431    7569 cuda_platform.cc:52] failed call to cuInit\n"
+        "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the appropriate flags.\n"
+        "UserWarning: something the reader should see\n"
+    )
+    assert drop_native_logs(text) == "UserWarning: something the reader should see\n"

@@ -1,0 +1,118 @@
+"""Inference speed on this CPU: Keras vs every export, and the cold start of `maskclf predict`.
+
+Single-face latency is one (1, S, S, 3) crop per call (median and 90th percentile over
+`--repeats` calls after a warm-up); throughput is crops per second in batches of
+`--batch`. Exports are those found in `<model>/export/` (run `python -m maskclf export`
+first). Cold start is the wall time of a fresh `python -m maskclf predict PHOTO`
+process, per detector, including Python, TensorFlow and model loading.
+
+    python benchmarks/inference_speed.py --model models/<run>
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from maskclf.detect import DETECTORS  # noqa: E402
+from maskclf.export import EXPORT_DIR, FILES, load_runner  # noqa: E402
+from maskclf.model import latest_run  # noqa: E402
+from maskclf.paths import MODELS_DIR  # noqa: E402
+from maskclf.predict import resolve_model  # noqa: E402
+
+
+def latency_ms(fn: Callable[[np.ndarray], object], crop: np.ndarray, repeats: int) -> tuple[float, float]:
+    """Median and 90th percentile milliseconds of `fn(crop)` after 3 warm-up calls."""
+    for _ in range(3):
+        fn(crop)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(crop)
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times), float(np.percentile(times, 90))
+
+
+def throughput(fn: Callable[[np.ndarray], object], batch: np.ndarray, seconds: float = 3.0) -> float:
+    """Crops per second over whole batches for about `seconds`, after one warm-up batch."""
+    fn(batch)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn(batch)
+        n += len(batch)
+    return n / (time.perf_counter() - start)
+
+
+def cold_start(model_dir: Path, photo: Path, detector: str, runs: int) -> float:
+    """Median wall seconds of a fresh `python -m maskclf predict PHOTO` process."""
+    command = [sys.executable, "-m", "maskclf", "predict", str(photo), "--model", str(model_dir), "--detector", detector]
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def default_photo() -> Path:
+    """A photo of the study if the data set is beside the repository, else matplotlib's portrait."""
+    real = ROOT.parent / "shared" / "datasets" / "face-mask-detection" / "images" / "maksssksksss0.png"
+    if real.is_file():
+        return real
+    import matplotlib.cbook
+
+    return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="run folder (default: the latest under models/)")
+    parser.add_argument("--repeats", type=int, default=200, help="single-face calls timed (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=32, help="batch size for throughput (default: %(default)s)")
+    parser.add_argument("--photo", type=Path, help="photo for the cold start (default: a study photo)")
+    parser.add_argument("--cold-runs", type=int, default=3, help="cold starts per detector (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    model_dir = args.model or latest_run(MODELS_DIR)
+    model, config = resolve_model(model_dir)
+    size = config["image_size"]
+    rng = np.random.default_rng(0)
+    crop = rng.uniform(0, 255, (1, size, size, 3)).astype(np.float32)
+    batch = rng.uniform(0, 255, (args.batch, size, size, 3)).astype(np.float32)
+
+    engines: dict[str, Callable[[np.ndarray], object]] = {"keras": model.predict_on_batch}
+    for fmt, name in FILES.items():
+        path = model_dir / EXPORT_DIR / name
+        if path.is_file():
+            engines[fmt] = load_runner(path, num_threads=os.cpu_count())
+    if len(engines) == 1:
+        print(f"note: no exports in {model_dir / EXPORT_DIR}; run `python -m maskclf export --model {model_dir}`")
+
+    print(f"model {model_dir} ({config.get('backbone')}, {size}x{size}), {os.cpu_count()} CPU cores")
+    print(f"| engine | 1 face: median ms | 1 face: p90 ms | batch {args.batch}: crops/s |")
+    print("|---|---|---|---|")
+    for name, fn in engines.items():
+        median, p90 = latency_ms(fn, crop, args.repeats)
+        print(f"| {name} | {median:.2f} | {p90:.2f} | {throughput(fn, batch):.0f} |", flush=True)
+
+    photo = args.photo or default_photo()
+    print(f"\ncold start of `python -m maskclf predict {photo.name}` (median of {args.cold_runs}):")
+    for detector in DETECTORS:
+        print(f"- --detector {detector}: {cold_start(model_dir, photo, detector, args.cold_runs):.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""predict + detect: pure functions, the CLI on crops and photos, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REAL_DATA
+from synthetic import draw_face
+from tinymodel import make_tiny_run, solid
+
+from maskclf import CLASS_NAMES
+from maskclf.cli import main
+from maskclf.detect import clip_box, iou, make_detector
+from maskclf.model import RunFolderError, load_run
+from maskclf import predict
+from maskclf.predict import (
+    COLOURS, annotate, classify_crops, classify_photo, crop_faces, expand_paths, label_probabilities, predict_paths,
+)
+
+FACE_KEYS = {"path", "face", "box", "label", "p_without_mask", "probabilities"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_tiny_run(tmp_path_factory.mktemp("model") / "run")
+
+
+@pytest.fixture(scope="module")
+def tiny(run_dir):
+    return load_run(run_dir)
+
+
+def photo_with_faces() -> tuple[np.ndarray, list[tuple[int, int, int, int]], list[str]]:
+    """A 200x120 RGB photo with a masked face and an unmasked one, their boxes and labels."""
+    image = np.full((120, 200, 3), (90, 140, 90), np.uint8)
+    image[20:60, 20:60] = draw_face(40, "with_mask")
+    image[50:98, 120:168] = draw_face(48, "without_mask")
+    return image, [(20, 20, 60, 60), (120, 50, 168, 98)], ["with_mask", "without_mask"]
+
+
+def write_crops(folder: Path) -> dict[str, str]:
+    """Crops of both classes in sub-folders; returns file name -> expected label."""
+    expected = {}
+    for label, crops in {
+        "with_mask": [draw_face(40, "with_mask"), solid((0, 200, 0)), draw_face(17, "with_mask")],
+        "without_mask": [draw_face(40, "without_mask"), solid((220, 10, 10), 64)],
+    }.items():
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for i, crop in enumerate(crops):
+            Image.fromarray(crop).save(folder / label / f"{label}_{i}.png")
+            expected[f"{label}_{i}.png"] = label
+    return expected
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, list[dict], str]:
+    status = main(["predict", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return status, [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def test_classify_crops_labels_and_probabilities(tiny):
+    model, config = tiny
+    crops = [solid((230, 0, 0)), solid((0, 230, 0)), draw_face(40, "without_mask"), draw_face(56, "with_mask")]
+    results = classify_crops(model, config, crops)
+    assert [r["label"] for r in results] == ["without_mask", "with_mask", "without_mask", "with_mask"]
+    for r in results:
+        assert set(r["probabilities"]) == set(CLASS_NAMES)
+        assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert r["p_without_mask"] == r["probabilities"]["without_mask"]
+    assert classify_crops(model, config, []) == []
+
+
+def test_threshold_moves_the_label(tiny):
+    model, config = tiny
+    face = [draw_face(40, "without_mask")]
+    p = classify_crops(model, config, face)[0]["p_without_mask"]
+    assert classify_crops(model, config, face, threshold=p)[0]["label"] == "without_mask"
+    assert classify_crops(model, config, face, threshold=min(1.0, p + 1e-3))[0]["label"] == "with_mask"
+
+
+def test_label_probabilities_follows_config_class_order():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)
+    flipped = label_probabilities(probs, ["without_mask", "with_mask"])
+    assert [r["label"] for r in flipped] == ["without_mask", "with_mask"]
+    assert flipped[0]["p_without_mask"] == pytest.approx(0.9)
+
+
+def test_crop_faces_resizes_each_box():
+    image, boxes, _ = photo_with_faces()
+    crops = crop_faces(image, boxes, 32)
+    assert crops.shape == (2, 32, 32, 3) and crops.dtype == np.float32
+    assert crops.max() <= 255 and crops.min() >= 0
+    assert crops[0, 28, 16].tolist() == [40, 90, 200]  # the mask half of the first face
+    assert crop_faces(image, [], 32).shape == (0, 32, 32, 3)
+
+
+def test_classify_photo_and_annotate(tiny):
+    model, config = tiny
+    image, boxes, labels = photo_with_faces()
+    faces = classify_photo(model, config, image, boxes)
+    assert [f["label"] for f in faces] == labels
+    assert [tuple(f["box"]) for f in faces] == boxes
+    before = image.copy()
+    drawn = annotate(image, faces)
+    assert np.array_equal(image, before), "annotate must not draw on its input"
+    scale = drawn.shape[1] / image.shape[1]
+    assert scale == pytest.approx(800 / 200)
+    for face in faces:
+        x0, y0, x1, y1 = (round(v * scale) for v in face["box"])
+        assert drawn[(y0 + y1) // 2, x0].tolist() == list(COLOURS[face["label"]])  # left edge of the box
+    same_size = annotate(image, faces, min_side=0)
+    assert same_size.shape == image.shape
+
+
+def test_clip_box_and_iou():
+    assert clip_box((-3.4, 2.6, 401, 50), 400, 300) == (0, 3, 400, 50)
+    assert clip_box((410, 0, 420, 10), 400, 300) is None
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
+    assert iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+
+
+def test_unknown_detector_is_refused():
+    with pytest.raises(ValueError, match="unknown detector"):
+        make_detector("yolo")
+
+
+@pytest.mark.parametrize("name", ["haar", "mtcnn"])
+def test_real_detector_finds_the_face_in_a_bundled_photo(name):
+    """matplotlib ships a portrait (grace_hopper.jpg); both detectors must box her face."""
+    import matplotlib.cbook
+
+    image = np.asarray(Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))
+    detect = make_detector(name)
+    boxes = detect(image)
+    face = (177, 113, 347, 331)  # by hand, 512x600 image
+    assert max(iou(face, b) for b in boxes) >= 0.5
+    for x0, y0, x1, y1 in boxes:
+        assert 0 <= x0 < x1 <= image.shape[1] and 0 <= y0 < y1 <= image.shape[0]
+        assert all(isinstance(v, int) for v in (x0, y0, x1, y1))
+    assert detect(np.full((240, 320, 3), 128, np.uint8)) == []
+    assert detect(np.zeros((5, 5, 3), np.uint8)) == []
+
+
+# --------------------------------------------------------------------------- files and the CLI
+
+
+def test_predict_paths_with_a_detector_and_a_photo_without_faces(tiny, tmp_path):
+    model, config = tiny
+    image, boxes, labels = photo_with_faces()
+    Image.fromarray(image).save(tmp_path / "two.png")
+    Image.fromarray(np.full((50, 50, 3), 100, np.uint8)).save(tmp_path / "none.png")
+    detector = lambda img: boxes if img.shape[1] == 200 else []  # noqa: E731
+    files, missing = expand_paths([tmp_path])
+    results = {r.path.name: r for r in predict_paths(model, config, files, detector=detector)}
+    assert not missing and set(results) == {"two.png", "none.png"}
+    assert [f["label"] for f in results["two.png"].faces] == labels
+    assert results["none.png"].faces == [] and results["none.png"].error is None
+
+
+def test_cli_on_crop_folders_reports_every_bad_file(run_dir, tmp_path, capsys):
+    expected = write_crops(tmp_path / "crops")
+    bad = tmp_path / "crops" / "bad"
+    bad.mkdir()
+    (bad / "notes.png").write_text("not an image at all")
+    (bad / "empty.png").write_bytes(b"")
+    good = (tmp_path / "crops" / "with_mask" / "with_mask_0.png").read_bytes()
+    (bad / "truncated.png").write_bytes(good[: len(good) // 2])
+    status, lines, err = run_cli(capsys, tmp_path / "crops", tmp_path / "missing.png", "--crops", "--model", run_dir,
+                                 "--batch-size", "2")
+    assert status == 1
+    assert {Path(line["path"]).name: line["label"] for line in lines} == expected
+    for line in lines:
+        assert set(line) == FACE_KEYS and line["face"] == 0
+    for name in ("notes.png", "empty.png", "truncated.png", "missing.png"):
+        assert name in err
+    assert "4 files failed" in err
+
+
+def test_cli_photos_with_ground_truth_boxes_every_image_mode(run_dir, voc_dir, tmp_path, capsys):
+    out = tmp_path / "faces.jsonl"
+    status, _, err = run_cli(capsys, voc_dir / "images", "--model", run_dir, "--boxes-from", voc_dir,
+                             "--out", out, "--draw", tmp_path / "drawn")
+    assert status == 0, err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines and all(set(line) == FACE_KEYS | {"annotation"} for line in lines)
+    n_photos = len(list((voc_dir / "images").glob("*.png")))
+    assert len(list((tmp_path / "drawn").glob("*.png"))) == n_photos
+    colour = [line for line in lines if line["path"].endswith(("photo0.png", "photo5.png"))]  # RGB photos
+    assert colour and all(line["label"] == line["annotation"] for line in colour if line["annotation"] != "mask_weared_incorrect")
+    assert all(line["box"][2] <= 160 for line in lines), "boxes past the border must be clipped"
+
+
+def test_cli_single_xml_and_missing_annotation(run_dir, voc_dir, capsys):
+    photo = voc_dir / "images" / "photo0.png"
+    status, lines, _ = run_cli(capsys, photo, "--model", run_dir, "--boxes-from", voc_dir / "annotations" / "photo0.xml")
+    assert status == 0 and len(lines) == 2
+    (voc_dir / "annotations" / "photo1.xml").unlink()
+    status, _, err = run_cli(capsys, voc_dir / "images" / "photo1.png", "--model", run_dir, "--boxes-from", voc_dir)
+    assert status == 1 and "photo1.png: no annotation file" in err
+
+
+def test_cli_boxes_from_a_missing_path(run_dir, voc_dir, tmp_path, capsys):
+    status, _, err = run_cli(capsys, voc_dir / "images", "--model", run_dir, "--boxes-from", tmp_path / "nowhere")
+    assert status == 2 and "nowhere: no such annotation file or folder" in err
+
+
+def test_cli_with_the_detector_photo_without_face(run_dir, tmp_path, capsys, monkeypatch):
+    image, boxes, labels = photo_with_faces()
+    Image.fromarray(image).save(tmp_path / "two.png")
+    Image.fromarray(np.full((50, 50, 3), 100, np.uint8)).save(tmp_path / "blank.png")
+    monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: boxes if img.shape[1] == 200 else [])
+    status, lines, err = run_cli(capsys, tmp_path / "two.png", tmp_path / "blank.png", "--model", run_dir)
+    assert status == 0
+    assert [line["label"] for line in lines] == labels
+    assert "no face found in 1 files" in err and "blank.png" in err
+
+
+def test_cli_huge_image_is_refused_by_name(run_dir, tmp_path, capsys):
+    Image.new("L", (8100, 8000)).save(tmp_path / "huge.png")  # 64.8 Mpx, over the 64 Mpx limit
+    status, lines, err = run_cli(capsys, tmp_path / "huge.png", "--crops", "--model", run_dir)
+    assert status == 1 and not lines
+    assert "huge.png" in err and "exceeds the limit" in err
+
+
+def test_cli_missing_model_folder(tmp_path, capsys):
+    Image.fromarray(solid((0, 200, 0))).save(tmp_path / "a.png")
+    status, _, err = run_cli(capsys, tmp_path / "a.png", "--crops", "--model", tmp_path / "no-such-run")
+    assert status == 2 and "no-such-run: no such model folder" in err
+
+
+def test_cli_model_of_another_format_version(run_dir, tmp_path, capsys):
+    other = Path(shutil.copytree(run_dir, tmp_path / "old-run"))
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "format_version": 0}))
+    with pytest.raises(RunFolderError, match="format"):
+        load_run(other)
+    Image.fromarray(solid((0, 200, 0))).save(tmp_path / "a.png")
+    status, _, err = run_cli(capsys, tmp_path / "a.png", "--crops", "--model", other)
+    assert status == 2 and "config.json: model format 0" in err
+
+
+def test_cli_rejects_a_threshold_outside_0_1(run_dir, capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "x.png", "--threshold", "1.5"])
+    assert "not in [0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"{REAL_DATA} not present")
+def test_real_photo_with_ground_truth_boxes(run_dir, tmp_path, capsys):
+    status, lines, _ = run_cli(capsys, REAL_DATA / "images" / "maksssksksss5.png", "--model", run_dir,
+                               "--boxes-from", REAL_DATA, "--draw", tmp_path)
+    assert status == 0
+    assert [line["annotation"] for line in lines] == ["with_mask", "without_mask", "without_mask", "with_mask"]
+    assert lines[1]["box"] == [364, 30, 400, 66]  # xmax=401 in the XML, clipped to the 400-px image
+    assert Image.open(tmp_path / "maksssksksss5.png").size == (800, 532)
