@@ -26,9 +26,9 @@ import numpy as np
 
 from .data import DEFAULT_LABEL_MAP, DataError, check_box, is_dataset_dir, parse_voc
 from .fsutil import atomic_path, write_json_atomic
-from .images import ImageError, load_rgb
+from .images import ImageError, load_rgb, resize_crop
 from .paths import DEFAULT_FACES_DIR
-from .predict import POSITIVE, crop_faces, predict_probabilities, resize_crop, resolve_model
+from .predict import POSITIVE, crop_faces, predict_probabilities, resolve_model
 
 FILES = {
     "tflite-fp32": "model_fp32.tflite",
@@ -179,7 +179,7 @@ def _folder_items(folder: Path) -> list[tuple[Callable[[int], np.ndarray], str]]
     items = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
         for path in sorted(sub.glob("*.png")) + sorted(sub.glob("*.jpg")):
-            items.append((lambda size, path=path: resize_crop(np.asarray(load_rgb(path)), size), sub.name))
+            items.append((lambda size, path=path: resize_crop(load_rgb(path), size), sub.name))
     return items
 
 

@@ -15,21 +15,15 @@ from typing import Sequence
 import keras
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
 from .fsutil import atomic_path
-from .images import load_rgb
+from .images import load_rgb, resize_crop
 from .paths import PROCESSED_DIR
 
 FEATURE_FORMAT = 1
 """Bumped when the way features are computed changes, to invalidate old caches."""
 
 FEATURES_DIR = PROCESSED_DIR / "features"
-
-
-def resize_crop(img: Image.Image, image_size: int) -> np.ndarray:
-    """A face crop as the model sees it: bilinear resize to a square, uint8 RGB array."""
-    return np.asarray(img.convert("RGB").resize((image_size, image_size), Image.BILINEAR), dtype=np.uint8)
 
 
 def load_crop(path: str | Path, image_size: int) -> np.ndarray:

@@ -62,3 +62,12 @@ def _grey_to_rgb(img: Image.Image) -> Image.Image:
         top = max(float(arr.max(initial=0)), 1.0)
     grey = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
     return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def resize_crop(crop: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """A face crop as the model sees it: bilinear resize to `size` x `size`, uint8 RGB array.
+
+    Training, evaluation and inference all resize through this one function.
+    """
+    img = crop if isinstance(crop, Image.Image) else Image.fromarray(np.ascontiguousarray(crop, dtype=np.uint8))
+    return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)

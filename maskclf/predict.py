@@ -28,7 +28,7 @@ from . import CLASS_NAMES
 from .data import DataError, check_box, is_dataset_dir, parse_voc
 from .detect import DEFAULT_DETECTOR, DETECTORS, MIN_FACE, Box, Detector, make_detector
 from .fsutil import atomic_path, write_text_atomic
-from .images import ImageError, load_rgb
+from .images import ImageError, load_rgb, resize_crop
 from .paths import MODELS_DIR
 
 POSITIVE = CLASS_NAMES[1]
@@ -69,16 +69,11 @@ def predict_probabilities(model: Any, crops: np.ndarray, batch_size: int = 32) -
 # --------------------------------------------------------------------------- pure functions
 
 
-def resize_crop(crop: np.ndarray, size: int) -> np.ndarray:
-    """An RGB uint8 crop resized to `size` x `size` (bilinear, as the crops the model was shown)."""
-    return np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
-
-
 def crop_faces(image: np.ndarray, boxes: Sequence[Box], size: int) -> np.ndarray:
     """The faces `boxes` of an RGB image, each resized to `size`: float32 (N, size, size, 3), 0-255."""
     crops = np.zeros((len(boxes), size, size, 3), np.float32)
     for i, (x0, y0, x1, y1) in enumerate(boxes):
-        crops[i] = resize_crop(np.ascontiguousarray(image[y0:y1, x0:x1]), size)
+        crops[i] = resize_crop(image[y0:y1, x0:x1], size)
     return crops
 
 
@@ -87,7 +82,7 @@ def to_batch(images: Iterable[np.ndarray], size: int) -> np.ndarray:
     arrays = [np.asarray(img) for img in images]
     if not arrays:
         return np.zeros((0, size, size, 3), np.float32)
-    return np.stack([a if a.shape[:2] == (size, size) else resize_crop(a.astype(np.uint8), size) for a in arrays]).astype(np.float32)
+    return np.stack([a if a.shape[:2] == (size, size) else resize_crop(a, size) for a in arrays]).astype(np.float32)
 
 
 def label_probabilities(probs: np.ndarray, class_names: Sequence[str], threshold: float = 0.5) -> list[dict[str, Any]]:

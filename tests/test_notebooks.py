@@ -101,7 +101,7 @@ def test_03_and_04_run_headless_and_export_readable_html(tiny_pipeline, tmp_path
         assert network_references(page) == [] and "<script" not in page
         for section in expected:
             assert section in page, f"{name}: section {section!r} missing"
-        assert page.count("data:image/png;base64") >= 4
+        assert page.count("data:image/png;base64") + page.count("data:image/jpeg;base64") >= 4
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"backbone", "weights", "split", "n_faces", "n_val", "accuracy", "balanced_accuracy", "roc_auc",
             "average_precision", "precision", "recall", "f1", "ci95", "cv", "data_sha256"} <= set(metrics)

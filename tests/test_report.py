@@ -64,7 +64,8 @@ def test_main_job_regenerates_all_reports_on_fixtures(voc_master, tmp_path):
     from maskclf.cli import main
 
     overrides = {
-        "faces_dir": tmp_path / "faces", "models_dir": tmp_path / "models", "image_size": 32, "epochs": 2,
+        "faces_dir": tmp_path / "faces", "models_dir": tmp_path / "models", "backbone": "efficientnet_lite0",
+        "image_size": 32, "epochs": 2,
         "fine_tune_blocks": 0, "compare": [], "batch_size": 16, "n_bootstrap": 20, "worst_n": 3, "n_gradcam": 2,
     }
     args = ["reports", "--data", str(voc_master), "--reports-dir", str(tmp_path / "reports")]
