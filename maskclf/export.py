@@ -24,11 +24,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .data import DEFAULT_LABEL_MAP, DataError, check_box, is_dataset_dir, parse_voc
+from .data import DEFAULT_LABEL_MAP, DataError, check_box, is_dataset_dir, parse_voc, read_manifest
 from .fsutil import atomic_path, write_json_atomic
 from .images import ImageError, load_rgb, resize_crop
 from .paths import DEFAULT_FACES_DIR
 from .predict import POSITIVE, crop_faces, predict_probabilities, resolve_model
+from .splits import N_FOLDS
 
 FILES = {
     "tflite-fp32": "model_fp32.tflite",
@@ -150,16 +151,20 @@ def parity(
 
 
 def load_check_crops(
-    source: str | Path, size: int, limit: int | None = None, seed: int = 0
+    source: str | Path, size: int, limit: int | None = None, seed: int = 0, folds: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Labelled crops for parity: (crops (N, size, size, 3) float32, labels 1 = without_mask, problems).
 
-    `source` is a folder of class-named subfolders of crops, or a VOC data set folder
-    (boxes cropped, classes mapped as `extract` does). A random `limit` of them (seeded)
-    is kept; files that cannot be read are listed in `problems` and skipped.
+    `source` is the output of `extract` (its manifest; `folds` selects folds), a folder of
+    class-named subfolders of crops, or a VOC data set folder (boxes cropped, classes mapped
+    as `extract` does). A random `limit` of them (seeded) is kept; files that cannot be read
+    are listed in `problems` and skipped.
     """
     source = Path(source)
-    items = _voc_items(source) if is_dataset_dir(source) else _folder_items(source)
+    if (source / "faces.csv").is_file():
+        items = _manifest_items(source, folds)
+    else:
+        items = _voc_items(source) if is_dataset_dir(source) else _folder_items(source)
     if not items:
         raise DataError(f"{source}: no labelled crops (expected {source}/<class_name>/*.png or a VOC data set folder)")
     if limit is not None and len(items) > limit:
@@ -173,6 +178,14 @@ def load_check_crops(
         except (ImageError, DataError) as exc:
             problems.append(str(exc))
     return np.asarray(crops, np.float32).reshape(-1, size, size, 3), np.asarray(labels, np.int64), problems
+
+
+def _manifest_items(faces_dir: Path, folds: Sequence[int] | None) -> list[tuple[Callable[[int], np.ndarray], str]]:
+    manifest = read_manifest(faces_dir)
+    if folds is not None:
+        manifest = manifest[manifest["fold"].isin(folds)]
+    return [(lambda size, path=path: resize_crop(load_rgb(path), size), label)
+            for path, label in zip(manifest["crop_file"], manifest["label"])]
 
 
 def _folder_items(folder: Path) -> list[tuple[Callable[[int], np.ndarray], str]]:
@@ -213,16 +226,23 @@ def export_run(
 ) -> dict[str, Any]:
     """Export `formats` into `run_dir/export/`, measure parity on `check`, write `parity.json`."""
     out_dir = Path(run_dir) / EXPORT_DIR
-    crops = labels = None
+    crops = labels = calibration = None
     problems: list[str] = []
     if check is not None:
-        crops, labels, problems = load_check_crops(check, config["image_size"], limit)
+        # from an extraction: parity on the model's validation fold, int8 calibration on training folds
+        val_fold = config.get("val_fold")
+        folds = [val_fold] if val_fold is not None else None
+        crops, labels, problems = load_check_crops(check, config["image_size"], limit, folds=folds)
+        calibration = crops[:CALIBRATION_CROPS]
+        if folds is not None and (Path(check) / "faces.csv").is_file():
+            others = [f for f in range(N_FOLDS) if f != val_fold]
+            calibration = load_check_crops(check, config["image_size"], CALIBRATION_CROPS, folds=others)[0]
     reference = predict_probabilities(model, crops) if crops is not None else None
     report: dict[str, Any] = {"check": str(check) if check else None, "problems": problems, "formats": {}}
     for fmt in formats:
         path = out_dir / FILES[fmt]
         start = time.perf_counter()
-        export_model(model, fmt, path, calibration=None if crops is None else crops[:CALIBRATION_CROPS])
+        export_model(model, fmt, path, calibration=calibration)
         entry: dict[str, Any] = {"file": str(path), "bytes": path.stat().st_size,
                                  "export_seconds": round(time.perf_counter() - start, 1)}
         if crops is not None:
@@ -263,12 +283,13 @@ def parse_formats(text: str) -> list[str]:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Options of `python -m maskclf export`."""
-    default_check = DEFAULT_FACES_DIR / "faces"
+    default_check = DEFAULT_FACES_DIR
     parser.add_argument("--model", help="run folder (default: the latest complete one under models/)")
     parser.add_argument("--format", type=parse_formats, default=list(FORMATS), help=f"comma-separated, from {', '.join(FORMATS)} (default: all)")
     parser.add_argument("--check", type=Path, default=default_check if default_check.is_dir() else None,
-                        help="labelled crops (DIR/<class>/*.png) or a VOC data set folder, for int8 calibration "
-                             f"and the parity check (default: {default_check} when it exists)")
+                        help="an `extract` output (parity on the model's validation fold, int8 calibration on the "
+                             "training folds), labelled crops (DIR/<class>/*.png) or a VOC data set folder "
+                             f"(default: {default_check} when it exists)")
     parser.add_argument("--check-limit", type=int, default=1000, help="random sample of check crops (default: %(default)s)")
     parser.add_argument("--threshold", type=float, default=0.5, help="label threshold on P(without_mask) (default: %(default)s)")
 
