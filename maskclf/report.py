@@ -29,6 +29,7 @@ PIPELINE = ("01_extract", "02_train", "03_evaluate", "04_error_analysis")
 PARAMS_FILE = NOTEBOOKS_DIR / "params.yaml"
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 BUILD_DIR_NAME = "_build"  # failed executed notebooks are kept here (git-ignored)
+FIGURES_DIR_NAME = "figures"  # figures for the README, written by commands such as `predict --draw`
 
 
 class NotebookFailed(RuntimeError):
@@ -175,6 +176,8 @@ def run_reports(
     runs: list[NotebookRun] = []
     started = dt.datetime.now(dt.timezone.utc)
     with atomic_dir(reports_dir) as tmp:
+        if (reports_dir / FIGURES_DIR_NAME).is_dir():  # figures made outside the notebooks (the README's) stay
+            shutil.copytree(reports_dir / FIGURES_DIR_NAME, tmp / FIGURES_DIR_NAME)
         (tmp / "executed").mkdir()
         params = {**params, "metrics_path": str(tmp / "metrics.json")}  # 03_evaluate writes the headline here
         for i, name in enumerate(notebooks, 1):

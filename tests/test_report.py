@@ -40,7 +40,10 @@ def test_a_failing_notebook_keeps_the_previous_reports(tmp_path):
     nbs.mkdir()
     _notebook(nbs / "01_ok.ipynb", "print('fine', x)")
     _notebook(nbs / "02_bad.ipynb", "raise RuntimeError('boom in cell')")
+    (reports / "figures").mkdir(parents=True)
+    (reports / "figures" / "example.png").write_bytes(b"made by predict --draw")
     run_reports({"x": 2}, notebooks=("01_ok",), reports_dir=reports, notebooks_dir=nbs, progress=False)
+    assert (reports / "figures" / "example.png").read_bytes() == b"made by predict --draw"
     before = {p.relative_to(reports): p.read_bytes() for p in reports.rglob("*") if p.is_file()}
     assert Path("01_ok.html") in before and Path("index.html") in before
     with pytest.raises(NotebookFailed) as info:
