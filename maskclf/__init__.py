@@ -4,3 +4,6 @@ __version__ = "0.1.0"
 
 CLASS_NAMES: tuple[str, str] = ("with_mask", "without_mask")
 """Binary labels in model output order; index 1 (`without_mask`) is the positive class."""
+
+POSITIVE: str = CLASS_NAMES[1]
+"""The class a compliance check looks for: `without_mask`."""

@@ -13,9 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from . import CLASS_NAMES
-
-POSITIVE = CLASS_NAMES[1]
+from . import CLASS_NAMES, POSITIVE
 
 
 def encode_labels(labels: Sequence[str]) -> np.ndarray:

@@ -28,7 +28,9 @@ from .data import DEFAULT_LABEL_MAP, DataError, check_box, is_dataset_dir, parse
 from .fsutil import atomic_path, write_json_atomic
 from .images import ImageError, load_rgb, resize_crop
 from .paths import DEFAULT_FACES_DIR
-from .predict import POSITIVE, crop_faces, predict_probabilities, resolve_model
+from . import POSITIVE
+from .model import run_batched
+from .predict import crop_faces, predict_probabilities, resolve_model
 from .splits import N_FOLDS
 
 FILES = {
@@ -111,11 +113,6 @@ def _tflite_runner(path: Path, num_threads: int | None) -> Runner:
         return interpreter.get_tensor(out).copy()
 
     return run
-
-
-def run_batched(runner: Runner, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Apply a runner to crops in batches."""
-    return np.concatenate([runner(crops[i : i + batch_size]) for i in range(0, len(crops), batch_size)])
 
 
 # --------------------------------------------------------------------------- parity
@@ -246,7 +243,7 @@ def export_run(
         entry: dict[str, Any] = {"file": str(path), "bytes": path.stat().st_size,
                                  "export_seconds": round(time.perf_counter() - start, 1)}
         if crops is not None:
-            candidate = run_batched(load_runner(path), crops)
+            candidate = run_batched(load_runner(path), crops, batch_size=32)
             entry["parity"] = parity(reference, candidate, config["class_names"], labels, threshold)
         report["formats"][fmt] = entry
     write_json_atomic(out_dir / "parity.json", report)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
+import numpy as np
 
 from . import __version__
 from .fsutil import atomic_dir, write_json_atomic
@@ -94,6 +95,11 @@ def load_run(run_dir: str | Path) -> tuple[keras.Model, dict[str, Any]]:
     except Exception as exc:  # Keras raises many types for a corrupt archive
         raise RunFolderError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
     return model, config
+
+
+def run_batched(fn: Callable[[np.ndarray], Any], x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """`fn` applied to `x` batch by batch, the outputs concatenated as one NumPy array."""
+    return np.concatenate([np.asarray(fn(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
 
 
 def latest_run(models_dir: str | Path = "models") -> Path:

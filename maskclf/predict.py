@@ -24,14 +24,13 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import CLASS_NAMES
+from . import POSITIVE
 from .data import DataError, check_box, is_dataset_dir, parse_voc
 from .detect import DEFAULT_DETECTOR, DETECTORS, MIN_FACE, Box, Detector, make_detector
 from .fsutil import atomic_path, write_text_atomic
 from .images import ImageError, load_rgb, resize_crop
 from .paths import MODELS_DIR
 
-POSITIVE = CLASS_NAMES[1]
 """The class whose probability the threshold applies to."""
 
 COLOURS = {"with_mask": (0, 190, 0), "without_mask": (230, 20, 20)}
@@ -62,8 +61,9 @@ def predict_probabilities(model: Any, crops: np.ndarray, batch_size: int = 32) -
     """Softmax outputs (N, n_classes) of an end-to-end Keras model on raw 0-255 crops."""
     if len(crops) == 0:
         return np.zeros((0, model.output_shape[-1]), np.float32)
-    out = [np.asarray(model.predict_on_batch(crops[i : i + batch_size])) for i in range(0, len(crops), batch_size)]
-    return np.concatenate(out).astype(np.float32)
+    from .model import run_batched  # TensorFlow is loaded by now: `model` is a Keras model
+
+    return run_batched(model.predict_on_batch, crops, batch_size).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- pure functions

@@ -35,7 +35,7 @@ from .backbones import Weights, get_backbone, weights_id
 from .data import DataError, hash_extraction, read_manifest
 from .evaluate import binary_metrics, encode_labels, summarize_folds
 from .features import FEATURES_DIR, cached_outputs
-from .model import save_run
+from .model import run_batched, save_run
 from .paths import DEFAULT_FACES_DIR, MODELS_DIR
 from .splits import early_stopping_split, train_val_indices
 
@@ -213,15 +213,11 @@ def prepare_features(
     return FeatureSet(config, preprocess, lower, upper, acts, pooled, data_sha256, hit, time.perf_counter() - t0, views)
 
 
-def run_batched(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """`model(x)` in inference mode, batch by batch (no per-model tf.function retracing, unlike predict)."""
-    return np.concatenate([np.asarray(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)])
-
-
 def pool_upper(upper: keras.Model, activations: np.ndarray, batch_size: int) -> np.ndarray:
     """Globally pooled output of the (frozen) upper part for every view."""
     pooled = keras.Sequential([upper, keras.layers.GlobalAveragePooling2D()])
-    return np.stack([run_batched(pooled, a, batch_size) for a in activations])
+    # direct calls, not predict(): no tf.function retracing for every new model
+    return np.stack([run_batched(lambda b: pooled(b, training=False), a, batch_size) for a in activations])
 
 
 # --------------------------------------------------------------------------- fitting
@@ -316,7 +312,7 @@ def predict_cached(fs: FeatureSet, head: keras.Model, upper: keras.Model | None,
         features = fs.pooled[0, idx]
     else:
         features = pool_upper(upper, fs.activations[:1, idx], fs.config.batch_size)[0]
-    return run_batched(head, features)[:, 1]
+    return run_batched(lambda b: head(b, training=False), features)[:, 1]
 
 
 def cross_validate(
