@@ -34,8 +34,8 @@ class Backbone:
     image_size: int
     build: Callable[[Weights, int], keras.Model]
     """(weights, image_size) -> model mapping preprocessed images to the last feature map."""
-    preprocess: Callable[[], keras.layers.Layer]
-    """A layer mapping raw 0-255 RGB to the backbone's input."""
+    preprocess: Callable[[str], keras.layers.Layer]
+    """(layer name) -> a layer mapping raw 0-255 RGB to the backbone's input."""
     offline_weights: bool
     """True when "imagenet" weights ship in an installed package (no download)."""
     keras_weights_file: str | None = None
@@ -89,12 +89,12 @@ def _keras_subdir(weights_file: str) -> str:
     return ""
 
 
-def _rescale_minus_one_to_one() -> keras.layers.Layer:
-    return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")
+def _rescale_minus_one_to_one(name: str) -> keras.layers.Layer:
+    return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name=name)
 
 
-def _identity() -> keras.layers.Layer:
-    return keras.layers.Identity(name="preprocess")
+def _identity(name: str) -> keras.layers.Layer:
+    return keras.layers.Identity(name=name)
 
 
 # --------------------------------------------------------------------------- EfficientNet-Lite
@@ -109,16 +109,16 @@ def _lite(variant: str) -> Callable[[Weights, int], keras.Model]:
     return build
 
 
-def _lite_preprocess() -> keras.layers.Layer:
+def _lite_preprocess(name: str) -> keras.layers.Layer:
     from .efficientnet_lite import normalization_layer
 
-    return normalization_layer()
+    return normalization_layer(name)
 
 
 BACKBONES: dict[str, Backbone] = {
     "resnet50": Backbone(
         "resnet50", 224, _keras_app(keras.applications.ResNet50, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-        lambda: CaffePreprocess(name="preprocess"), offline_weights=False,
+        lambda name: CaffePreprocess(name=name), offline_weights=False,
         keras_weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
     ),
     "efficientnet_lite0": Backbone("efficientnet_lite0", 224, _lite("lite0"), _lite_preprocess, offline_weights=True),
@@ -154,7 +154,7 @@ def build_backbone(name: str, weights: Weights = "imagenet", image_size: int | N
     inputs = keras.Input((size, size, 3), name="image")
     base = spec.build(weights, size)
     base.trainable = False
-    outputs = base(spec.preprocess()(inputs), training=False)
+    outputs = base(spec.preprocess("preprocess")(inputs), training=False)
     return keras.Model(inputs, outputs, name=f"{name}_features")
 
 

@@ -1,6 +1,6 @@
 """Crops in, frozen-backbone outputs out, computed once per image and configuration.
 
-The cache file is keyed by backbone, weights, image size, cut point, augmentation
+A cache file is keyed by backbone, weights, image size, cut point, pooling, augmentation
 view and the content hash of the extraction (manifest + crops), so any change to
 those recomputes and nothing else does.
 """
@@ -62,25 +62,37 @@ def cached_outputs(
 ) -> tuple[np.ndarray, bool]:
     """Outputs of `model` on every crop (and augmented view), from the cache when present.
 
-    Returns an array of shape (len(views), len(paths), ...) and whether it was a cache hit.
-    `key_parts` must identify `model` (backbone, weights, cut...) and the data (hash).
+    Each view has its own cache file, so configurations that share views share their cost.
+    Returns an array of shape (len(views), len(paths), ...) and whether every view was a cache hit.
+    `key_parts` must identify `model` (backbone, weights, cut, pooling...) and the data (hash).
     """
     names = [Path(p).name for p in paths]
-    key = cache_key(**key_parts, image_size=image_size, views=list(views), seed=seed,
-                    crops=hashlib.sha256("\n".join(names).encode()).hexdigest())
-    cache_file = Path(cache_dir) / f"{key_parts.get('backbone', 'model')}-{image_size}-{key}.npz"
-    if cache_file.is_file():
-        with np.load(cache_file) as stored:
-            if stored["paths"].tolist() == names:
-                return stored["outputs"], True
+    crops = hashlib.sha256("\n".join(names).encode()).hexdigest()
+    outputs, hits = [], []
+    for v, view in enumerate(views):
+        key = cache_key(**key_parts, image_size=image_size, view=view, seed=seed + 10 * v, crops=crops)
+        cache_file = Path(cache_dir) / f"{key_parts.get('backbone', 'model')}-{image_size}-{view}-{key}.npz"
+        stored = _read_cache(cache_file, names)
+        hits.append(stored is not None)
+        if stored is None:
+            stored = _compute_view(model, paths, image_size, batch_size, view, seed + 10 * v, verbose)
+            with atomic_path(cache_file, suffix=".npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, outputs=stored, paths=np.array(names), key=json.dumps(key_parts, default=str))
+        outputs.append(stored)
+    return np.stack(outputs), all(hits)
+
+
+def _read_cache(cache_file: Path, names: list[str]) -> np.ndarray | None:
+    if not cache_file.is_file():
+        return None
+    with np.load(cache_file) as stored:
+        return stored["outputs"] if stored["paths"].tolist() == names else None
+
+
+def _compute_view(model: keras.Model, paths: Sequence[str], image_size: int, batch_size: int, view: str, seed: int,
+                  verbose: int) -> np.ndarray:
     from .augment import view_fn
 
-    outputs = []
-    for v, view in enumerate(views):
-        ds = crop_dataset(paths, image_size, batch_size).map(view_fn(view, seed=seed + 10 * v))
-        outputs.append(model.predict(ds, verbose=verbose))
-    stacked = np.stack(outputs)
-    with atomic_path(cache_file, suffix=".npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, outputs=stacked, paths=np.array(names), key=json.dumps(key_parts, default=str))
-    return stacked, False
+    ds = crop_dataset(paths, image_size, batch_size).map(view_fn(view, seed=seed))
+    return model.predict(ds, verbose=verbose)

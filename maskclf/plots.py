@@ -117,7 +117,7 @@ def plot_folds(table: pd.DataFrame) -> plt.Figure:
 
 
 def plot_history(history: dict[str, dict[str, list[float]]], title: str = "Learning curves") -> plt.Figure:
-    """Accuracy and loss per epoch, training vs validation, phases (head, fine-tune) one after the other.
+    """Accuracy and loss per epoch (or L-BFGS iteration), training vs validation, phases one after the other.
 
     The validation curve is the early-stopping set: a grouped tenth of the training photos.
     """
@@ -133,7 +133,7 @@ def plot_history(history: dict[str, dict[str, list[float]]], title: str = "Learn
             for ax in axes:
                 ax.axvline(offset + 0.5, color="grey", linewidth=0.8)
     for ax, metric in zip(axes, ("accuracy", "loss")):
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (L-BFGS head: iteration)")
         ax.set_ylabel(metric)
         ax.set_title(f"{metric.capitalize()} per epoch")
         ax.legend(fontsize=8)

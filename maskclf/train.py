@@ -4,7 +4,9 @@ The flow, for one configuration:
 
 1. `prepare_features` splits the backbone at the fine-tuning cut (or keeps it whole),
    runs the frozen lower part once per crop (and augmented view) and caches the result;
-2. `fit_head` trains dropout + 2-way softmax on globally pooled features;
+   several backbones ("a+b") each get their own cache and their features are concatenated;
+2. `fit_head` trains dropout + softmax on globally pooled features: with Adam and early
+   stopping (the study), or as a logistic regression fitted to convergence with L-BFGS;
 3. `fine_tune` (optional) unfreezes the top blocks, BatchNorm kept in inference mode, and
    trains them with a low learning rate on the cached activations at the cut;
 4. `end_to_end_model` assembles raw crop in -> probabilities out, the model that is saved.
@@ -35,6 +37,8 @@ from .backbones import Weights, get_backbone, weights_id
 from .data import DataError, hash_extraction, read_manifest
 from .evaluate import binary_metrics, encode_labels, summarize_folds
 from .features import FEATURES_DIR, cached_outputs
+from .layers import MergeClasses, Standardize
+from .logreg import fit_logistic, standardisation
 from .model import run_batched, save_run
 from .paths import DEFAULT_FACES_DIR, MODELS_DIR
 from .splits import early_stopping_split, train_val_indices
@@ -42,14 +46,21 @@ from .splits import early_stopping_split, train_val_indices
 BLOCK_PATTERN = re.compile(r"^(block\d+[a-z]|conv\d_block\d+|block_\d+)_")
 """Block prefixes of EfficientNet(-Lite), ResNet and MobileNetV2 layer names."""
 
+STAGE_OUTPUT_PATTERN = re.compile(r"^(block\d+)[a-z]_add$|^(conv\d)_block\d+_out$")
+"""Residual outputs of EfficientNet(-Lite) and ResNet blocks; the last one of a stage is its output."""
+
+POOLINGS = ("avg", "stages")
+HEADS = ("adam", "lbfgs")
+LABEL_SETS = ("binary", "original")
+
 
 @dataclass
 class TrainConfig:
     """Everything that defines one training run (also written to the run's config.json)."""
 
-    backbone: str = "efficientnet_lite0"
+    backbone: str = "efficientnet_lite0"  # a registry name, or several joined by "+" (features concatenated)
     weights: Weights = "imagenet"
-    image_size: int | None = None  # None: the backbone's native size
+    image_size: int | None = None  # None: the backbone's native size (the largest, for several)
     epochs: int = 40
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -60,14 +71,36 @@ class TrainConfig:
     fine_tune_epochs: int = 15
     fine_tune_learning_rate: float = 1e-4
     augment_views: int = 0  # augmented views per crop, cached (1: a horizontal flip)
+    pooling: str = "avg"  # "avg": average of the last feature map; "stages": average and max of every stage's output
+    head: str = "adam"  # "adam": the study's training; "lbfgs": logistic regression fitted to convergence
+    head_c: float = 0.01  # inverse L2 strength of the "lbfgs" head, as scikit-learn's C
+    labels: str = "binary"  # "original": train on the annotated classes, merge them into the two at the output
     val_fold: int = 0
     seed: int = 42
 
     def __post_init__(self) -> None:
-        spec = get_backbone(self.backbone)
-        self.image_size = self.image_size or spec.image_size
+        specs = [get_backbone(name) for name in self.backbones]
+        self.image_size = self.image_size or max(spec.image_size for spec in specs)
         if self.weights not in (None, "imagenet"):
             self.weights = str(self.weights)
+            if len(specs) > 1:
+                raise ValueError("a weights file needs a single backbone")
+        for name, value, allowed in (("pooling", self.pooling, POOLINGS), ("head", self.head, HEADS),
+                                     ("labels", self.labels, LABEL_SETS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.fine_tune_blocks and (len(specs) > 1 or self.pooling != "avg"):
+            raise ValueError("fine-tuning needs a single backbone and pooling='avg'")
+
+    @property
+    def backbones(self) -> list[str]:
+        """The backbone names, in order."""
+        return self.backbone.split("+")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> TrainConfig:
+        """A configuration from a mapping (notebook parameters, YAML) holding some of its fields."""
+        return cls(**{f.name: params[f.name] for f in dataclasses.fields(cls) if f.name in params})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,14 +108,13 @@ class TrainConfig:
 
 @dataclass
 class FeatureSet:
-    """The frozen parts of a backbone and their cached outputs for every crop."""
+    """The frozen parts of the backbone(s) and their cached outputs for every crop."""
 
     config: TrainConfig
-    preprocess: keras.layers.Layer
-    lower: keras.Model  # preprocessed image -> activations at the cut
+    frozen: keras.Model  # raw 0-255 crop -> activations at the cut, or pooled features without fine-tuning
     upper: keras.Model | None  # activations at the cut -> last feature map (None: no fine-tuning)
-    activations: np.ndarray  # (views, faces, ...) at the cut, or pooled features without fine-tuning
-    pooled: np.ndarray  # (views, faces, channels): globally pooled last feature map
+    activations: np.ndarray  # (views, faces, ...) outputs of `frozen`
+    pooled: np.ndarray  # (views, faces, features): the head's input, globally pooled
     data_sha256: str
     cache_hit: bool
     seconds: float
@@ -111,11 +143,34 @@ def set_determinism(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def class_weights(y: Sequence[int]) -> dict[int, float]:
-    """Weights n / (2 * count) per class, so that both classes weigh the same in the loss."""
+def class_weights(y: Sequence[int], n_classes: int = 2) -> dict[int, float]:
+    """Weights n / (n_classes * count) per class, so that every class weighs the same in the loss."""
     y = np.asarray(y)
-    counts = np.bincount(y, minlength=2)
-    return {c: float(len(y) / (2 * counts[c])) if counts[c] else 0.0 for c in (0, 1)}
+    counts = np.bincount(y, minlength=n_classes)
+    return {c: float(len(y) / (n_classes * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}
+
+
+@dataclass
+class TrainingLabels:
+    """The classes a head is trained on and how they merge into the reported CLASS_NAMES."""
+
+    names: list[str]
+    values: np.ndarray  # (faces,) index into `names`
+    merge: np.ndarray  # (len(names), len(CLASS_NAMES)) 0/1
+
+
+def training_labels(manifest: pd.DataFrame, labels: str = "binary") -> TrainingLabels:
+    """Binary labels, or the annotated classes (`original_label`) with the binary class each maps to."""
+    if labels == "binary":
+        return TrainingLabels(list(CLASS_NAMES), encode_labels(manifest["label"]), np.eye(len(CLASS_NAMES)))
+    pairs = manifest[["original_label", "label"]].drop_duplicates()
+    if pairs["original_label"].duplicated().any():
+        raise DataError("an original label maps to more than one class in the manifest")
+    order = pairs.assign(target=encode_labels(pairs["label"])).sort_values(["target", "original_label"])
+    names = order["original_label"].tolist()
+    merge = np.eye(len(CLASS_NAMES))[order["target"].to_numpy()]
+    values = manifest["original_label"].map({n: i for i, n in enumerate(names)}).to_numpy()
+    return TrainingLabels(names, values, merge)
 
 
 # --------------------------------------------------------------------------- model parts
@@ -148,12 +203,64 @@ def split_at_block(base: keras.Model, n_top_blocks: int) -> tuple[keras.Model, k
     return lower, upper, first
 
 
-def build_head(feature_dim: int, dropout: float) -> keras.Model:
-    """Dropout and a 2-way softmax over pooled features."""
+def stage_outputs(base: keras.Model) -> list[str]:
+    """Layers pooled with pooling="stages": each residual stage's last output, then the base's output."""
+    last: dict[str, str] = {}
+    for layer in base.layers:
+        m = STAGE_OUTPUT_PATTERN.match(layer.name)
+        if m:
+            last[m.group(1) or m.group(2)] = layer.name
+    top = base.layers[-1].name
+    if not last:
+        raise ValueError(f"{base.name}: no residual stages found for pooling='stages'")
+    return [name for name in last.values() if name != top] + [top]
+
+
+def pooled_features(name: str, base: keras.Model, preprocess: keras.layers.Layer, inputs: keras.KerasTensor,
+                    pooling: str, first: bool) -> keras.KerasTensor:
+    """One backbone's pooled features of `inputs` (raw 0-255 crops), built into the caller's graph.
+
+    The average of the last feature map is the layer `avg_pool` for the first backbone
+    (Grad-CAM reads its input) and `<name>_avg_pool` for the others.
+    """
+    x = preprocess(inputs)
+    if pooling == "avg":
+        maps, taps = [base(x, training=False)], [base.layers[-1].name]
+    else:
+        taps = stage_outputs(base)
+        stages = keras.Model(base.input, [base.get_layer(t).output for t in taps], name=f"{name}_stages")
+        maps = stages(x, training=False)
+    pooled = []
+    for tap, fmap in zip(taps, maps):
+        top = tap == taps[-1]
+        avg_name = ("avg_pool" if first else f"{name}_avg_pool") if top else f"{name}_{tap}_avg"
+        pooled.append(keras.layers.GlobalAveragePooling2D(name=avg_name)(fmap))
+        if pooling == "stages":
+            pooled.append(keras.layers.GlobalMaxPooling2D(name=f"{name}_{tap}_max")(fmap))
+    return pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name=f"{name}_features")(pooled)
+
+
+def build_head(feature_dim: int, dropout: float, n_classes: int = len(CLASS_NAMES),
+               standardization: tuple[np.ndarray, np.ndarray] | None = None) -> keras.Model:
+    """[Standardisation,] dropout and a softmax over pooled features."""
     inputs = keras.Input((feature_dim,), name="pooled_features")
-    x = keras.layers.Dropout(dropout, name="head_dropout")(inputs)
-    outputs = keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="head_softmax")(x)
+    x = inputs
+    if standardization is not None:
+        standardize = Standardize(feature_dim, name="head_standardize")
+        x = standardize(x)
+        standardize.set_weights([np.asarray(v, dtype="float32") for v in standardization])
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="head_softmax")(x)
     return keras.Model(inputs, outputs, name="head")
+
+
+def with_merge(head: keras.Model, merge: np.ndarray) -> keras.Model:
+    """`head` followed by MergeClasses when it was trained on more classes than it reports."""
+    if merge.shape[0] == merge.shape[1] and np.array_equal(merge, np.eye(len(merge))):
+        return head
+    outputs = MergeClasses(merge.tolist(), name="head_merge")(head.output)
+    return keras.Model(head.input, outputs, name="head")
 
 
 def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
@@ -167,14 +274,12 @@ def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
 
 
 def end_to_end_model(fs: FeatureSet, head: keras.Model, upper: keras.Model | None) -> keras.Model:
-    """Raw 0-255 RGB crops in, class probabilities out: preprocessing, backbone, pooling, head."""
-    size = fs.config.image_size
-    inputs = keras.Input((size, size, 3), name="crop_rgb_0_255")
-    x = fs.lower(fs.preprocess(inputs), training=False)
+    """Raw 0-255 RGB crops in, class probabilities out: preprocessing, backbone(s), pooling, head."""
+    x = fs.frozen.output
     if upper is not None:
-        x = upper(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    return keras.Model(inputs, head(x, training=False), name=f"maskclf_{fs.config.backbone}")
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(upper(x, training=False))
+    name = "maskclf_" + fs.config.backbone.replace("+", "_")
+    return keras.Model(fs.frozen.input, head(x, training=False), name=name)
 
 
 # --------------------------------------------------------------------------- features
@@ -190,27 +295,38 @@ def prepare_features(
 ) -> FeatureSet:
     """Build the frozen backbone and get its outputs for every crop, from the cache when possible."""
     set_determinism(config.seed)  # random weights (weights=None) are then reproducible
-    spec = get_backbone(config.backbone)
     strategy = strategy or tf.distribute.get_strategy()
     t0 = time.perf_counter()
+    size = config.image_size
     with strategy.scope():
-        base = spec.build(config.weights, config.image_size)
-        base.trainable = False
-        preprocess = spec.preprocess()
-        lower, upper, first = split_at_block(base, config.fine_tune_blocks)
-        inputs = keras.Input((config.image_size, config.image_size, 3))
-        x = lower(preprocess(inputs), training=False)
-        if upper is None:
-            x = keras.layers.GlobalAveragePooling2D()(x)
-        frozen = keras.Model(inputs, x)
+        inputs = keras.Input((size, size, 3), name="crop_rgb_0_255")
+        branches, upper, first = [], None, None
+        for i, name in enumerate(config.backbones):
+            spec = get_backbone(name)
+            base = spec.build(config.weights, size)
+            base.trainable = False
+            preprocess = spec.preprocess("preprocess" if i == 0 else f"{name}_preprocess")
+            if config.fine_tune_blocks:
+                lower, upper, first = split_at_block(base, config.fine_tune_blocks)
+                branches.append(lower(preprocess(inputs), training=False))
+            else:
+                branches.append(pooled_features(name, base, preprocess, inputs, config.pooling, first=i == 0))
+        outputs = branches[0] if len(branches) == 1 else keras.layers.Concatenate(name="features")(branches)
+        frozen = keras.Model(inputs, outputs, name="frozen")
     data_sha256 = hash_extraction(faces_dir)
     views = view_names(config.augment_views)
-    key = {"backbone": config.backbone, "weights": weights_id(config.weights), "cut": first or "pooled",
-           "data_sha256": data_sha256, "init_seed": config.seed if config.weights is None else None}
-    acts, hit = cached_outputs(frozen, list(manifest["crop_file"]), config.image_size, key, cache_dir,
-                               batch_size=config.batch_size, views=views, seed=config.seed, verbose=verbose)
+    parts, hits = [], []
+    for name, branch in zip(config.backbones, branches):
+        key = {"backbone": name, "weights": weights_id(config.weights), "cut": first or "pooled",
+               "pooling": config.pooling, "data_sha256": data_sha256,
+               "init_seed": config.seed if config.weights is None else None}
+        acts, hit = cached_outputs(keras.Model(inputs, branch), list(manifest["crop_file"]), size, key, cache_dir,
+                                   batch_size=config.batch_size, views=views, seed=config.seed, verbose=verbose)
+        parts.append(acts)
+        hits.append(hit)
+    acts = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
     pooled = acts if upper is None else pool_upper(upper, acts, config.batch_size)
-    return FeatureSet(config, preprocess, lower, upper, acts, pooled, data_sha256, hit, time.perf_counter() - t0, views)
+    return FeatureSet(config, frozen, upper, acts, pooled, data_sha256, all(hits), time.perf_counter() - t0, views)
 
 
 def pool_upper(upper: keras.Model, activations: np.ndarray, batch_size: int) -> np.ndarray:
@@ -238,28 +354,40 @@ def _train_views(values: np.ndarray, y: np.ndarray, idx: np.ndarray) -> tuple[np
 
 def _fit(model: keras.Model, x, y, xv, yv, config: TrainConfig, epochs: int, verbose: int) -> dict[str, list[float]]:
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
+    n_classes = model.output.shape[-1]
     history = model.fit(
         _dataset(x, y, config.batch_size, config.seed, shuffle=True),
         validation_data=_dataset(xv, yv, config.batch_size, config.seed, shuffle=False),
         epochs=epochs, callbacks=[stop], verbose=verbose, shuffle=False,
-        class_weight=class_weights(y) if config.class_weight else None,
+        class_weight=class_weights(y, n_classes) if config.class_weight else None,
     )
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
-def fit_head(fs: FeatureSet, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+def fit_head(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
              strategy: tf.distribute.Strategy | None = None, verbose: int = 0) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Train dropout + softmax on pooled features of the training faces (all views).
+    """Train the head on pooled features of the training faces (all views); it reports CLASS_NAMES.
 
-    `val_idx` are the faces whose loss decides early stopping.
+    `labels` are the classes it trains on; `y` the binary labels. `val_idx` are the faces
+    whose loss decides early stopping ("adam") or is only recorded per iteration ("lbfgs").
     """
     config = fs.config
     keras.utils.set_random_seed(config.seed)
-    x, yt = _train_views(fs.pooled, y, train_idx)
+    x, lt = _train_views(fs.pooled, labels.values, train_idx)
+    n_classes = len(labels.names)
     with (strategy or tf.distribute.get_strategy()).scope():
-        head = compile_model(build_head(fs.pooled.shape[-1], config.dropout), config.learning_rate)
-        history = _fit(head, x, yt, fs.pooled[0, val_idx], y[val_idx], config, config.epochs, verbose)
-    return head, history
+        if config.head == "lbfgs":
+            weights = class_weights(lt, n_classes) if config.class_weight else None
+            fit = fit_logistic(x, lt, n_classes, config.head_c, None if weights is None else np.vectorize(weights.get)(lt),
+                               validation=(fs.pooled[0, val_idx], y[val_idx]), merge=labels.merge)
+            core = build_head(x.shape[-1], 0.0, n_classes, (fit.mean, fit.scale))
+            core.get_layer("head_softmax").set_weights([fit.kernel.astype("float32"), fit.bias.astype("float32")])
+            history = fit.history
+        else:
+            standardization = standardisation(x) if config.pooling == "stages" else None
+            core = compile_model(build_head(x.shape[-1], config.dropout, n_classes, standardization), config.learning_rate)
+            history = _fit(core, x, lt, fs.pooled[0, val_idx], labels.values[val_idx], config, config.epochs, verbose)
+    return with_merge(core, labels.merge), history
 
 
 def fine_tune(fs: FeatureSet, head: keras.Model, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
@@ -289,12 +417,15 @@ def train_fold(fs: FeatureSet, manifest: pd.DataFrame, val_fold: int,
                strategy: tf.distribute.Strategy | None = None, verbose: int = 0) -> TrainResult:
     """Head (and fine-tuning) with `val_fold` held out; metrics on the held-out faces.
 
-    Early stopping watches a grouped tenth of the training photos, never the held-out fold.
+    Early stopping watches a grouped tenth of the training photos, never the held-out fold;
+    the "lbfgs" head does not stop early but also leaves that tenth out, so that both heads
+    learn from the same faces and their curves are comparable.
     """
     y = encode_labels(manifest["label"])
+    labels = training_labels(manifest, fs.config.labels)
     train_idx, val_idx = train_val_indices(manifest["fold"], val_fold)
     fit_idx, stop_idx = early_stopping_split(manifest["label"], manifest["source_image"], train_idx, seed=fs.config.seed)
-    head, history = fit_head(fs, y, fit_idx, stop_idx, strategy, verbose)
+    head, history = fit_head(fs, labels, y, fit_idx, stop_idx, strategy, verbose)
     histories = {"head": history}
     upper = None
     if fs.upper is not None:
@@ -415,13 +546,18 @@ def compare_configs(
 
 
 def config_label(config: TrainConfig) -> str:
-    """Short name of a configuration, e.g. `efficientnet_lite0-imagenet-ft2-aug1`."""
+    """Short name of a configuration, e.g. `efficientnet_lite0-imagenet-ft2-aug1`.
+
+    Non-default pooling, head and labels add `stages`, `lbfgs` and `original`.
+    """
     weights = "random" if config.weights is None else "imagenet" if config.weights == "imagenet" else "file"
     parts = [config.backbone, weights]
     if config.fine_tune_blocks:
         parts.append(f"ft{config.fine_tune_blocks}")
     if config.augment_views:
         parts.append(f"aug{config.augment_views}")
+    parts += [value for value, default in ((config.pooling, "avg"), (config.head, "adam"), (config.labels, "binary"))
+              if value != default]
     return "-".join(parts)
 
 
@@ -438,12 +574,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     parser.add_argument("--faces", default=str(DEFAULT_FACES_DIR), help="extraction output folder (default: %(default)s)")
     parser.add_argument("--out", help="run folder (default: models/<backbone>-<weights>-...-fold<k>)")
-    parser.add_argument("--backbone", default=defaults.backbone, help="one of maskclf.backbones.BACKBONES (default: %(default)s)")
+    parser.add_argument("--backbone", default=defaults.backbone,
+                        help="one of maskclf.backbones.BACKBONES, or several joined by '+' (default: %(default)s)")
     parser.add_argument("--weights", default="imagenet", help="'imagenet', a weights file, or 'none' (default: %(default)s)")
     for name in ("epochs", "batch_size", "fine_tune_blocks", "fine_tune_epochs", "augment_views", "val_fold", "seed", "patience"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("learning_rate", "dropout", "fine_tune_learning_rate"):
+    for name in ("learning_rate", "dropout", "fine_tune_learning_rate", "head_c"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    for name, choices in (("pooling", POOLINGS), ("head", HEADS), ("labels", LABEL_SETS)):
+        parser.add_argument(f"--{name}", choices=choices, default=getattr(defaults, name))
     parser.add_argument("--no-class-weight", action="store_true", help="do not reweight the classes")
     parser.add_argument("--no-cv", action="store_true", help="skip the 5-fold cross-validation")
 

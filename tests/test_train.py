@@ -60,9 +60,13 @@ def test_cache_hit_miss_and_invalidation(faces, cache, tmp_path, voc_master):
     assert not changed.cache_hit and changed.data_sha256 != first.data_sha256
 
 
-@pytest.mark.parametrize("fine_tune_blocks", [0, 1])
-def test_end_to_end_model_equals_head_on_cached_features(faces, cache, fine_tune_blocks):
-    fs = _fs(faces, cache, fine_tune_blocks=fine_tune_blocks)
+ENSEMBLE = dict(backbone="efficientnet_lite0+efficientnet_lite1", pooling="stages", head="lbfgs", labels="original")
+
+
+@pytest.mark.parametrize("overrides", [{}, {"fine_tune_blocks": 1}, ENSEMBLE, {**ENSEMBLE, "head": "adam"}],
+                         ids=["frozen", "fine-tuned", "ensemble-lbfgs", "ensemble-adam"])
+def test_end_to_end_model_equals_head_on_cached_features(faces, cache, overrides):
+    fs = _fs(faces, cache, **overrides)
     manifest = read_manifest(faces)
     result = train.train_fold(fs, manifest, 0)
     crops = np.stack([load_crop(p, 32) for p in manifest["crop_file"].iloc[result.val_index]]).astype("float32")
@@ -100,6 +104,55 @@ def test_cross_validation_and_saved_run(faces, cache, tmp_path):
 def test_class_weights_balance_the_classes():
     w = train.class_weights([0, 0, 0, 1])
     assert w[0] * 3 == pytest.approx(w[1] * 1) and w[0] == pytest.approx(4 / 6)
+    w3 = train.class_weights([0, 0, 1, 2, 2, 2], n_classes=3)
+    assert w3[0] * 2 == pytest.approx(w3[1]) == pytest.approx(w3[2] * 3)
+
+
+def test_views_and_backbones_are_cached_separately(faces, cache):
+    single = _fs(faces, cache, pooling="stages")
+    assert not single.cache_hit and len(list(cache.glob("*.npz"))) == 1
+    flipped = _fs(faces, cache, pooling="stages", augment_views=1)
+    assert not flipped.cache_hit and len(list(cache.glob("*.npz"))) == 2, "only the flip view is new"
+    np.testing.assert_array_equal(flipped.pooled[0], single.pooled[0])
+    both = _fs(faces, cache, backbone="efficientnet_lite0+efficientnet_lite1", pooling="stages")
+    assert len(list(cache.glob("*.npz"))) == 3, "only efficientnet_lite1 is new"
+    np.testing.assert_array_equal(both.pooled[0, :, : single.pooled.shape[-1]], single.pooled[0])
+
+
+def test_stage_pooling_reads_every_residual_stage():
+    base = backbones.get_backbone("efficientnet_lite0").build(None, 64)
+    assert train.stage_outputs(base) == ["block2b_add", "block3b_add", "block4c_add", "block5c_add", "block6d_add",
+                                         "top_activation"]
+    fs_dim = 2 * sum(base.get_layer(n).output.shape[-1] for n in train.stage_outputs(base))
+    assert fs_dim == 2 * (24 + 40 + 80 + 112 + 192 + 1280)
+
+
+def test_training_on_the_original_classes_merges_them_at_the_output(faces):
+    manifest = read_manifest(faces)
+    labels = train.training_labels(manifest, "original")
+    assert labels.names == ["with_mask", "mask_weared_incorrect", "without_mask"]
+    np.testing.assert_array_equal(labels.merge, [[1, 0], [0, 1], [0, 1]])
+    np.testing.assert_array_equal(labels.merge[labels.values].argmax(axis=1), train.encode_labels(manifest["label"]))
+    clash = manifest.assign(original_label="with_mask")
+    with pytest.raises(train.DataError, match="more than one class"):
+        train.training_labels(clash, "original")
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(backbone="efficientnet_lite0+efficientnet_lite1", fine_tune_blocks=1), "single backbone"),
+    (dict(pooling="stages", fine_tune_blocks=1), "pooling='avg'"),
+    (dict(head="sgd"), "head must be one of"),
+    (dict(backbone="efficientnet_lite0+efficientnet_lite1", weights="/tmp/w.h5"), "weights file needs a single"),
+])
+def test_invalid_configurations(bad, match):
+    with pytest.raises(ValueError, match=match):
+        train.TrainConfig(**bad)
+
+
+def test_config_from_notebook_parameters():
+    config = train.TrainConfig.from_params({"backbone": "efficientnet_lite0+efficientnet_lite2", "head": "lbfgs", "np": np})
+    assert config.backbones == ["efficientnet_lite0", "efficientnet_lite2"] and config.image_size == 260
+    assert train.config_label(config) == "efficientnet_lite0+efficientnet_lite2-imagenet-lbfgs"
 
 
 def test_split_at_block_composes_to_the_whole_backbone():

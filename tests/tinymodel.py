@@ -15,19 +15,29 @@ IMAGE_SIZE = 32
 
 
 def make_tiny_model():
-    """Input (N, 32, 32, 3) raw RGB -> softmax over (with_mask, without_mask)."""
+    """Input (N, 32, 32, 3) raw RGB -> softmax over (with_mask, without_mask).
+
+    Its head has the custom layers of the real heads, so exporters meet them too: a
+    standardisation, a softmax over three training classes and their merge into two.
+    """
     import keras
+
+    from maskclf.layers import MergeClasses, Standardize
 
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
     x = keras.layers.Conv2D(3, 1, use_bias=False, name="identity")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(2, activation="softmax", name="head")(x)
+    x = Standardize(3, name="standardize")(x)  # z = (x - 0.5) / 0.5
+    x = keras.layers.Dense(3, activation="softmax", name="head")(x)
+    outputs = MergeClasses([[1, 0], [0, 1], [0, 1]], name="merge")(x)
     model = keras.Model(inputs, outputs)
     model.get_layer("identity").set_weights([np.eye(3, dtype="float32").reshape(1, 1, 3, 3)])
-    kernel = np.zeros((3, 2), "float32")
-    kernel[:, 1] = 20 * np.array([1.0, -0.5, -0.5])
-    model.get_layer("head").set_weights([kernel, np.array([0.0, -2.0], "float32")])
+    model.get_layer("standardize").set_weights([np.full(3, 0.5, "float32"), np.full(3, 0.5, "float32")])
+    kernel = np.zeros((3, 3), "float32")
+    kernel[:, 1] = kernel[:, 2] = 10 * np.array([1.0, -0.5, -0.5])  # 20 * redness of x, on z
+    bias = np.array([0.0, -2.0 - np.log(2), -2.0 - np.log(2)], "float32")  # two halves of one 2-way logit
+    model.get_layer("head").set_weights([kernel, bias])
     return model
 
 
