@@ -36,6 +36,7 @@ from .augment import view_names
 from .backbones import Weights, get_backbone, weights_id
 from .data import DataError, hash_extraction, read_manifest
 from .evaluate import binary_metrics, encode_labels, summarize_folds
+from .explain import FEATURE_MAP_LAYER
 from .features import FEATURES_DIR, cached_outputs
 from .layers import MergeClasses, Standardize
 from .logreg import fit_logistic, standardisation
@@ -220,8 +221,8 @@ def pooled_features(name: str, base: keras.Model, preprocess: keras.layers.Layer
                     pooling: str, first: bool) -> keras.KerasTensor:
     """One backbone's pooled features of `inputs` (raw 0-255 crops), built into the caller's graph.
 
-    The average of the last feature map is the layer `avg_pool` for the first backbone
-    (Grad-CAM reads its input) and `<name>_avg_pool` for the others.
+    The average of the last feature map is the layer FEATURE_MAP_LAYER (`avg_pool`) for the
+    first backbone (Grad-CAM reads its input) and `<name>_avg_pool` for the others.
     """
     x = preprocess(inputs)
     if pooling == "avg":
@@ -233,7 +234,7 @@ def pooled_features(name: str, base: keras.Model, preprocess: keras.layers.Layer
     pooled = []
     for tap, fmap in zip(taps, maps):
         top = tap == taps[-1]
-        avg_name = ("avg_pool" if first else f"{name}_avg_pool") if top else f"{name}_{tap}_avg"
+        avg_name = (FEATURE_MAP_LAYER if first else f"{name}_avg_pool") if top else f"{name}_{tap}_avg"
         pooled.append(keras.layers.GlobalAveragePooling2D(name=avg_name)(fmap))
         if pooling == "stages":
             pooled.append(keras.layers.GlobalMaxPooling2D(name=f"{name}_{tap}_max")(fmap))
@@ -257,7 +258,7 @@ def build_head(feature_dim: int, dropout: float, n_classes: int = len(CLASS_NAME
 
 def with_merge(head: keras.Model, merge: np.ndarray) -> keras.Model:
     """`head` followed by MergeClasses when it was trained on more classes than it reports."""
-    if merge.shape[0] == merge.shape[1] and np.array_equal(merge, np.eye(len(merge))):
+    if np.array_equal(merge, np.eye(len(CLASS_NAMES))):
         return head
     outputs = MergeClasses(merge.tolist(), name="head_merge")(head.output)
     return keras.Model(head.input, outputs, name="head")
@@ -277,7 +278,7 @@ def end_to_end_model(fs: FeatureSet, head: keras.Model, upper: keras.Model | Non
     """Raw 0-255 RGB crops in, class probabilities out: preprocessing, backbone(s), pooling, head."""
     x = fs.frozen.output
     if upper is not None:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(upper(x, training=False))
+        x = keras.layers.GlobalAveragePooling2D(name=FEATURE_MAP_LAYER)(upper(x, training=False))
     name = "maskclf_" + fs.config.backbone.replace("+", "_")
     return keras.Model(fs.frozen.input, head(x, training=False), name=name)
 
@@ -377,8 +378,8 @@ def fit_head(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray, train_idx: n
     n_classes = len(labels.names)
     with (strategy or tf.distribute.get_strategy()).scope():
         if config.head == "lbfgs":
-            weights = class_weights(lt, n_classes) if config.class_weight else None
-            fit = fit_logistic(x, lt, n_classes, config.head_c, None if weights is None else np.vectorize(weights.get)(lt),
+            per_class = np.array(list(class_weights(lt, n_classes).values())) if config.class_weight else None
+            fit = fit_logistic(x, lt, n_classes, config.head_c, None if per_class is None else per_class[lt],
                                validation=(fs.pooled[0, val_idx], y[val_idx]), merge=labels.merge)
             core = build_head(x.shape[-1], 0.0, n_classes, (fit.mean, fit.scale))
             core.get_layer("head_softmax").set_weights([fit.kernel.astype("float32"), fit.bias.astype("float32")])
@@ -592,12 +593,9 @@ def run(args: argparse.Namespace) -> int:
     from .backbones import BackboneWeightsError
     from .data import DataNotFoundError
 
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
-    values = {k: getattr(args, k) for k in names if hasattr(args, k)}
-    values["weights"] = None if str(args.weights).lower() == "none" else args.weights
-    values["class_weight"] = not args.no_class_weight
+    weights = None if str(args.weights).lower() == "none" else args.weights
     try:
-        config = TrainConfig(**values)
+        config = TrainConfig.from_params({**vars(args), "weights": weights, "class_weight": not args.no_class_weight})
         run_dir = Path(args.out) if args.out else MODELS_DIR / default_run_name(config)
         result, fs, cv = train_and_save(args.faces, config, run_dir, cv=not args.no_cv)
     except (BackboneWeightsError, DataError, DataNotFoundError, ValueError) as exc:

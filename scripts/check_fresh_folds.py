@@ -23,11 +23,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faces", default=str(DEFAULT_FACES_DIR))
     parser.add_argument("--seeds", type=int, nargs="+", default=[7], help="fold seeds (the default folds use 42)")
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+    parser.add_argument("-p", "--param", action="append", type=parse_override, default=[], metavar="NAME=VALUE",
                         help="override a notebooks/params.yaml value")
     args = parser.parse_args()
 
-    params = load_params(overrides=dict(parse_override(p) for p in args.param))
+    params = load_params(overrides=dict(args.param))
     config = train.TrainConfig.from_params(params)
     manifest = read_manifest(args.faces)
     fs = train.prepare_features(manifest, args.faces, config, verbose=0)
