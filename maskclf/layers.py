@@ -26,7 +26,8 @@ class MergeClasses(keras.layers.Layer):
     """Sums probabilities of the classes a head was trained on into the reported classes.
 
     `groups[i][j]` is 1 when training class i counts as reported class j (for example
-    `mask_weared_incorrect` -> `without_mask`), else 0.
+    `mask_weared_incorrect` -> `without_mask`), else 0. A float32 sum can round above 1;
+    the output is clipped to [0, 1] so that it stays a probability.
     """
 
     def __init__(self, groups: list[list[float]], **kwargs):
@@ -34,7 +35,7 @@ class MergeClasses(keras.layers.Layer):
         self.groups = [[float(v) for v in row] for row in groups]
 
     def call(self, inputs):
-        return ops.matmul(inputs, ops.convert_to_tensor(self.groups, dtype=inputs.dtype))
+        return ops.clip(ops.matmul(inputs, ops.convert_to_tensor(self.groups, dtype=inputs.dtype)), 0.0, 1.0)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "groups": self.groups}
@@ -60,3 +61,41 @@ class Standardize(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "n_features": self.n_features}
+
+
+@keras.saving.register_keras_serializable(package="maskclf")
+class HorizontalBands(keras.layers.Layer):
+    """Average and max of each of `bands` horizontal bands of a feature map, top to bottom.
+
+    A face's eyes, nose and mouth lie in bands, and a mask covers the lower ones; global
+    pooling throws that layout away. Band i spans rows round(H*i/bands) to
+    round(H*(i+1)/bands); on a map with fewer rows than bands, each band keeps at least one row.
+    Output: (batch, bands * 2 * channels), ordered band by band, average then max.
+    """
+
+    def __init__(self, bands: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        if bands < 1:
+            raise ValueError(f"bands must be >= 1, got {bands}")
+        self.bands = int(bands)
+
+    def band_rows(self, height: int) -> list[tuple[int, int]]:
+        """(start, stop) rows of each band on a map `height` rows high."""
+        rows = []
+        for i in range(self.bands):
+            start = min(round(height * i / self.bands), height - 1)
+            rows.append((start, max(round(height * (i + 1) / self.bands), start + 1)))
+        return rows
+
+    def call(self, inputs):
+        pooled = []
+        for start, stop in self.band_rows(inputs.shape[1]):
+            band = inputs[:, start:stop]
+            pooled += [ops.mean(band, axis=(1, 2)), ops.max(band, axis=(1, 2))]
+        return ops.concatenate(pooled, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.bands * 2 * input_shape[-1])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "bands": self.bands}

@@ -38,7 +38,7 @@ from .data import DataError, hash_extraction, read_manifest
 from .evaluate import binary_metrics, encode_labels, summarize_folds
 from .explain import FEATURE_MAP_LAYER
 from .features import FEATURES_DIR, cached_outputs
-from .layers import MergeClasses, Standardize
+from .layers import HorizontalBands, MergeClasses, Standardize
 from .logreg import fit_logistic, standardisation
 from .model import run_batched, save_run
 from .paths import DEFAULT_FACES_DIR, MODELS_DIR
@@ -50,7 +50,9 @@ BLOCK_PATTERN = re.compile(r"^(block\d+[a-z]|conv\d_block\d+|block_\d+)_")
 STAGE_OUTPUT_PATTERN = re.compile(r"^(block\d+)[a-z]_add$|^(conv\d)_block\d+_out$")
 """Residual outputs of EfficientNet(-Lite) and ResNet blocks; the last one of a stage is its output."""
 
-POOLINGS = ("avg", "stages")
+POOLINGS = ("avg", "stages", "bands")
+BANDS = 4
+"""Horizontal bands of each stage output pooled with pooling="bands"."""
 HEADS = ("adam", "lbfgs")
 LABEL_SETS = ("binary", "original")
 
@@ -72,7 +74,8 @@ class TrainConfig:
     fine_tune_epochs: int = 15
     fine_tune_learning_rate: float = 1e-4
     augment_views: int = 0  # augmented views per crop, cached (1: a horizontal flip)
-    pooling: str = "avg"  # "avg": average of the last feature map; "stages": average and max of every stage's output
+    pooling: str = "avg"  # "avg": average of the last feature map; "stages": average and max of every stage's output;
+    # "bands": "stages" plus average and max of BANDS horizontal bands of every stage output below the last
     head: str = "adam"  # "adam": the study's training; "lbfgs": logistic regression fitted to convergence
     head_c: float = 0.01  # inverse L2 strength of the "lbfgs" head, as scikit-learn's C
     labels: str = "binary"  # "original": train on the annotated classes, merge them into the two at the output
@@ -205,7 +208,7 @@ def split_at_block(base: keras.Model, n_top_blocks: int) -> tuple[keras.Model, k
 
 
 def stage_outputs(base: keras.Model) -> list[str]:
-    """Layers pooled with pooling="stages": each residual stage's last output, then the base's output."""
+    """Layers pooled with pooling="stages" or "bands": each residual stage's last output, then the base's output."""
     last: dict[str, str] = {}
     for layer in base.layers:
         m = STAGE_OUTPUT_PATTERN.match(layer.name)
@@ -222,7 +225,8 @@ def pooled_features(name: str, base: keras.Model, preprocess: keras.layers.Layer
     """One backbone's pooled features of `inputs` (raw 0-255 crops), built into the caller's graph.
 
     The average of the last feature map is the layer FEATURE_MAP_LAYER (`avg_pool`) for the
-    first backbone (Grad-CAM reads its input) and `<name>_avg_pool` for the others.
+    first backbone (Grad-CAM reads its input) and `<name>_avg_pool` for the others. With
+    pooling="bands", the stage outputs below the last are also pooled band by band.
     """
     x = preprocess(inputs)
     if pooling == "avg":
@@ -236,8 +240,10 @@ def pooled_features(name: str, base: keras.Model, preprocess: keras.layers.Layer
         top = tap == taps[-1]
         avg_name = (FEATURE_MAP_LAYER if first else f"{name}_avg_pool") if top else f"{name}_{tap}_avg"
         pooled.append(keras.layers.GlobalAveragePooling2D(name=avg_name)(fmap))
-        if pooling == "stages":
+        if pooling != "avg":
             pooled.append(keras.layers.GlobalMaxPooling2D(name=f"{name}_{tap}_max")(fmap))
+        if pooling == "bands" and not top:
+            pooled.append(HorizontalBands(BANDS, name=f"{name}_{tap}_bands")(fmap))
     return pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name=f"{name}_features")(pooled)
 
 
@@ -385,7 +391,7 @@ def fit_head(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray, train_idx: n
             core.get_layer("head_softmax").set_weights([fit.kernel.astype("float32"), fit.bias.astype("float32")])
             history = fit.history
         else:
-            standardization = standardisation(x) if config.pooling == "stages" else None
+            standardization = standardisation(x) if config.pooling != "avg" else None
             core = compile_model(build_head(x.shape[-1], config.dropout, n_classes, standardization), config.learning_rate)
             history = _fit(core, x, lt, fs.pooled[0, val_idx], labels.values[val_idx], config, config.epochs, verbose)
     return with_merge(core, labels.merge), history
@@ -549,7 +555,7 @@ def compare_configs(
 def config_label(config: TrainConfig) -> str:
     """Short name of a configuration, e.g. `efficientnet_lite0-imagenet-ft2-aug1`.
 
-    Non-default pooling, head and labels add `stages`, `lbfgs` and `original`.
+    Non-default pooling, head and labels add `stages` or `bands`, `lbfgs` and `original`.
     """
     weights = "random" if config.weights is None else "imagenet" if config.weights == "imagenet" else "file"
     parts = [config.backbone, weights]

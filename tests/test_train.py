@@ -63,8 +63,9 @@ def test_cache_hit_miss_and_invalidation(faces, cache, tmp_path, voc_master):
 ENSEMBLE = dict(backbone="efficientnet_lite0+efficientnet_lite1", pooling="stages", head="lbfgs", labels="original")
 
 
-@pytest.mark.parametrize("overrides", [{}, {"fine_tune_blocks": 1}, ENSEMBLE, {**ENSEMBLE, "head": "adam"}],
-                         ids=["frozen", "fine-tuned", "ensemble-lbfgs", "ensemble-adam"])
+@pytest.mark.parametrize("overrides", [{}, {"fine_tune_blocks": 1}, ENSEMBLE, {**ENSEMBLE, "head": "adam"},
+                                       {**ENSEMBLE, "pooling": "bands"}],
+                         ids=["frozen", "fine-tuned", "ensemble-lbfgs", "ensemble-adam", "ensemble-bands"])
 def test_end_to_end_model_equals_head_on_cached_features(faces, cache, overrides):
     fs = _fs(faces, cache, **overrides)
     manifest = read_manifest(faces)
@@ -125,6 +126,15 @@ def test_stage_pooling_reads_every_residual_stage():
                                          "top_activation"]
     fs_dim = 2 * sum(base.get_layer(n).output.shape[-1] for n in train.stage_outputs(base))
     assert fs_dim == 2 * (24 + 40 + 80 + 112 + 192 + 1280)
+
+
+def test_band_pooling_adds_the_bands_of_every_stage_below_the_top():
+    spec = backbones.get_backbone("efficientnet_lite0")
+    base = spec.build(None, 64)
+    inputs = keras.Input((64, 64, 3))
+    features = train.pooled_features(spec.name, base, spec.preprocess("preprocess"), inputs, "bands", first=True)
+    below_top = 24 + 40 + 80 + 112 + 192
+    assert features.shape[-1] == 2 * (below_top + 1280) + train.BANDS * 2 * below_top
 
 
 def test_training_on_the_original_classes_merges_them_at_the_output(faces):

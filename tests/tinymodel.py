@@ -17,22 +17,26 @@ IMAGE_SIZE = 32
 def make_tiny_model():
     """Input (N, 32, 32, 3) raw RGB -> softmax over (with_mask, without_mask).
 
-    Its head has the custom layers of the real heads, so exporters meet them too: a
-    standardisation, a softmax over three training classes and their merge into two.
+    It has the custom layers of the real models, so exporters meet them too: band pooling
+    (whose two band averages give back the mean colour), a standardisation, a softmax over
+    three training classes and their merge into two.
     """
     import keras
 
-    from maskclf.layers import MergeClasses, Standardize
+    from maskclf.layers import HorizontalBands, MergeClasses, Standardize
 
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
     x = keras.layers.Conv2D(3, 1, use_bias=False, name="identity")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = HorizontalBands(2, name="bands")(x)  # (avg, max) of the top half, then of the bottom half
+    x = keras.layers.Dense(3, use_bias=False, name="band_mean")(x)
     x = Standardize(3, name="standardize")(x)  # z = (x - 0.5) / 0.5
     x = keras.layers.Dense(3, activation="softmax", name="head")(x)
     outputs = MergeClasses([[1, 0], [0, 1], [0, 1]], name="merge")(x)
     model = keras.Model(inputs, outputs)
     model.get_layer("identity").set_weights([np.eye(3, dtype="float32").reshape(1, 1, 3, 3)])
+    eye = np.eye(3, dtype="float32")
+    model.get_layer("band_mean").set_weights([np.vstack([eye / 2, 0 * eye, eye / 2, 0 * eye])])
     model.get_layer("standardize").set_weights([np.full(3, 0.5, "float32"), np.full(3, 0.5, "float32")])
     kernel = np.zeros((3, 3), "float32")
     kernel[:, 1] = kernel[:, 2] = 10 * np.array([1.0, -0.5, -0.5])  # 20 * redness of x, on z
