@@ -36,9 +36,9 @@ class LinearFit:
 
 
 def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and standard deviation, with 1 for (nearly) constant features."""
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
+    """Per-feature mean and standard deviation (float64), with 1 for (nearly) constant features."""
+    mean = x.mean(axis=0, dtype=np.float64)
+    scale = x.std(axis=0, dtype=np.float64)
     return mean, np.where(scale > 1e-6, scale, 1.0)
 
 
@@ -83,7 +83,7 @@ def fit_logistic(
     output labels) loss and accuracy on those output classes. It stops when the largest
     gradient component is below `tol` (scikit-learn's default) or after `max_iter` iterations.
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)  # float32 features stay float32: the statistics accumulate in float64 without a copy
     labels = np.asarray(labels)
     if c <= 0:
         raise ValueError(f"C must be positive, got {c}")
@@ -98,7 +98,7 @@ def fit_logistic(
 
     sets = {"": (z, y_out)}
     if validation is not None:
-        z_val = ((np.asarray(validation[0], dtype=np.float64) - mean) / scale).astype(np.float32)
+        z_val = ((np.asarray(validation[0]) - mean) / scale).astype(np.float32)
         sets["val_"] = (z_val, np.asarray(validation[1]))
 
     last: dict[str, np.ndarray] = {}
