@@ -216,7 +216,7 @@ def stage_outputs(base: keras.Model) -> list[str]:
             last[m.group(1) or m.group(2)] = layer.name
     top = base.layers[-1].name
     if not last:
-        raise ValueError(f"{base.name}: no residual stages found for pooling='stages'")
+        raise ValueError(f"{base.name}: no residual stages found for pooling='stages' or 'bands'")
     return [name for name in last.values() if name != top] + [top]
 
 
