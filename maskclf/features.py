@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -33,13 +33,19 @@ def load_crop(path: str | Path, image_size: int) -> np.ndarray:
 
 def crop_dataset(paths: Sequence[str], image_size: int, batch_size: int = 32) -> tf.data.Dataset:
     """Batches of float32 crops (0-255), in the order of `paths`, read in parallel and prefetched."""
+    paths = list(map(str, paths))
+    return face_dataset(lambda i: load_crop(paths[i], image_size), len(paths), image_size, batch_size)
 
-    def read(path: tf.Tensor) -> tf.Tensor:
-        img = tf.numpy_function(lambda p: load_crop(p.decode(), image_size), [path], tf.uint8, stateful=False)
+
+def face_dataset(load: Callable[[int], np.ndarray], n: int, image_size: int, batch_size: int = 32) -> tf.data.Dataset:
+    """Batches of float32 faces (0-255) `load(0) .. load(n - 1)`, read in parallel, in order, prefetched."""
+
+    def read(index: tf.Tensor) -> tf.Tensor:
+        img = tf.numpy_function(lambda i: load(int(i)), [index], tf.uint8, stateful=False)
         img.set_shape((image_size, image_size, 3))
         return tf.cast(img, tf.float32)
 
-    ds = tf.data.Dataset.from_tensor_slices(list(map(str, paths)))
+    ds = tf.data.Dataset.range(n)
     return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -59,23 +65,33 @@ def cached_outputs(
     views: Sequence[str] = ("none",),
     seed: int = 0,
     verbose: int = 1,
+    loaders: Mapping[str, Callable[[int], np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, bool]:
     """Outputs of `model` on every crop (and augmented view), from the cache when present.
 
     Each view has its own cache file, so configurations that share views share their cost.
     Returns an array of shape (len(views), len(paths), ...) and whether every view was a cache hit.
     `key_parts` must identify `model` (backbone, weights, cut, pooling...) and the data (hash).
+    `loaders` reads the faces of views that are not made from the crop files (index -> uint8
+    face, e.g. the jittered re-cuts of maskclf.framing); their recipe version enters the key.
     """
+    from .framing import JITTER_VERSION
+
+    loaders = loaders or {}
     names = [Path(p).name for p in paths]
     crops = hashlib.sha256("\n".join(names).encode()).hexdigest()
     outputs, hits = [], []
     for v, view in enumerate(views):
-        key = cache_key(**key_parts, image_size=image_size, view=view, seed=seed + 10 * v, crops=crops)
+        recipe = {"recipe": JITTER_VERSION} if view in loaders else {}
+        key = cache_key(**key_parts, image_size=image_size, view=view, seed=seed + 10 * v, crops=crops, **recipe)
         cache_file = Path(cache_dir) / f"{key_parts.get('backbone', 'model')}-{image_size}-{view}-{key}.npz"
         stored = _read_cache(cache_file, names)
         hits.append(stored is not None)
-        if stored is None:
+        if stored is None and view in loaders:
+            stored = model.predict(face_dataset(loaders[view], len(paths), image_size, batch_size), verbose=verbose)
+        elif stored is None:
             stored = _compute_view(model, paths, image_size, batch_size, view, seed + 10 * v, verbose)
+        if not hits[-1]:
             with atomic_path(cache_file, suffix=".npz") as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, outputs=stored, paths=np.array(names), key=json.dumps(key_parts, default=str))

@@ -250,6 +250,27 @@ def plot_metric_by(table: pd.DataFrame, column: str, metric: str = "accuracy") -
     return fig
 
 
+def plot_framing(table: pd.DataFrame) -> plt.Figure:
+    """Accuracy per re-cut of the validation faces (maskclf.framing.framing_table), zoomed to the range used."""
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(table) + 1.2))
+    acc = table["accuracy"]
+    colors = ["#8d99ae" if kind == "annotated box" else ("#e76f51" if change < -0.01 else "#2a9d8f")
+              for kind, change in zip(table.index, table["accuracy_change"])]
+    ax.barh(table.index[::-1], acc[::-1], color=colors[::-1])
+    low = max(0.0, float(acc.min()) - 0.05)
+    ax.set_xlim(low, 1.0)
+    for y, (value, change) in enumerate(zip(acc[::-1], table["accuracy_change"][::-1])):
+        ax.annotate(f"{value:.3f} ({change:+.3f})", (value, y), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=9)
+    ax.axvline(acc.loc["annotated box"] - 0.01, color="#e76f51", ls="--", lw=1, label="1 point below the annotated box")
+    ax.set_xlabel(f"accuracy (axis from {low:.2f})")
+    ax.set_ylabel("how the face is cut from the photo")
+    ax.set_title(f"Framing robustness: {int(table['faces'].iloc[0])} validation faces re-cut from their photos")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_errors_in_context(rows: pd.DataFrame, photos_dir: str, title: str, max_rows: int = 12, per_row: int = 3) -> plt.Figure:
     """Each face beside its source photo with the box drawn, captioned with label and score."""
     from matplotlib.patches import Rectangle

@@ -34,10 +34,11 @@ import tensorflow as tf
 from . import CLASS_NAMES
 from .augment import view_names
 from .backbones import Weights, get_backbone, weights_id
-from .data import DataError, hash_extraction, read_manifest
+from .data import DataError, hash_extraction, read_manifest, source_photos_dir
 from .evaluate import binary_metrics, encode_labels, summarize_folds
 from .explain import FEATURE_MAP_LAYER
 from .features import FEATURES_DIR, cached_outputs
+from .framing import jittered_loader
 from .layers import HorizontalBands, MergeClasses, Standardize
 from .logreg import fit_logistic, standardisation
 from .model import run_batched, save_run
@@ -74,11 +75,13 @@ class TrainConfig:
     fine_tune_epochs: int = 15
     fine_tune_learning_rate: float = 1e-4
     augment_views: int = 0  # augmented views per crop, cached (1: a horizontal flip)
+    jitter_views: int = 0  # re-cuts per face from its photo with a jittered box, cached (maskclf.framing)
     pooling: str = "avg"  # "avg": average of the last feature map; "stages": average and max of every stage's output;
     # "bands": "stages" plus average and max of BANDS horizontal bands of every stage output below the last
     head: str = "adam"  # "adam": the study's training; "lbfgs": logistic regression fitted to convergence
     head_c: float = 0.01  # inverse L2 strength of the "lbfgs" head, as scikit-learn's C
     labels: str = "binary"  # "original": train on the annotated classes, merge them into the two at the output
+    min_face: int = 0  # leave out faces whose short side is under this many pixels (the study's protocol: 32)
     val_fold: int = 0
     seed: int = 42
 
@@ -307,7 +310,7 @@ def prepare_features(
     size = config.image_size
     with strategy.scope():
         inputs = keras.Input((size, size, 3), name="crop_rgb_0_255")
-        branches, upper, first = [], None, None
+        branches, supersets, upper, first = [], [], None, None
         for i, name in enumerate(config.backbones):
             spec = get_backbone(name)
             base = spec.build(config.weights, size)
@@ -318,22 +321,73 @@ def prepare_features(
                 branches.append(lower(preprocess(inputs), training=False))
             else:
                 branches.append(pooled_features(name, base, preprocess, inputs, config.pooling, first=i == 0))
+                supersets.append(_superset_branch(name, base, inputs, config.pooling))
         outputs = branches[0] if len(branches) == 1 else keras.layers.Concatenate(name="features")(branches)
         frozen = keras.Model(inputs, outputs, name="frozen")
     data_sha256 = hash_extraction(faces_dir)
     views = view_names(config.augment_views)
+    jitter = [f"jitter{i}" for i in range(1, config.jitter_views + 1)]
+    photos = source_photos_dir(faces_dir) if jitter else None
+    loaders = {view: jittered_loader(manifest, photos, view, config.seed, size) for view in jitter}
+    views += jitter
     parts, hits = [], []
-    for name, branch in zip(config.backbones, branches):
+    for name, branch, (superset, columns) in zip(config.backbones, branches, supersets or [(None, None)] * len(branches)):
+        stored = branch if superset is None else superset
         key = {"backbone": name, "weights": weights_id(config.weights), "cut": first or "pooled",
-               "pooling": config.pooling, "data_sha256": data_sha256,
+               "pooling": config.pooling if superset is None else "bands", "data_sha256": data_sha256,
                "init_seed": config.seed if config.weights is None else None}
-        acts, hit = cached_outputs(keras.Model(inputs, branch), list(manifest["crop_file"]), size, key, cache_dir,
-                                   batch_size=config.batch_size, views=views, seed=config.seed, verbose=verbose)
-        parts.append(acts)
+        acts, hit = cached_outputs(keras.Model(inputs, stored), list(manifest["crop_file"]), size, key, cache_dir,
+                                   batch_size=config.batch_size, views=views, seed=config.seed, verbose=verbose,
+                                   loaders=loaders)
+        parts.append(acts if columns is None else np.ascontiguousarray(acts[..., columns]))
         hits.append(hit)
     acts = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
     pooled = acts if upper is None else pool_upper(upper, acts, config.batch_size)
     return FeatureSet(config, frozen, upper, acts, pooled, data_sha256, all(hits), time.perf_counter() - t0, views)
+
+
+def _superset_branch(name: str, base: keras.Model, inputs: keras.KerasTensor,
+                     pooling: str) -> tuple[keras.KerasTensor | None, np.ndarray | None]:
+    """What to cache for one backbone: its band-pooled features, of which every pooling is a column subset.
+
+    One backbone pass per view then serves "avg", "stages" and "bands" alike. Returns the
+    tensor to cache and the columns of `pooling` in it, or (None, None) when the pooled
+    branch itself is cached ("bands" already, or a backbone without residual stages).
+    """
+    if pooling == "bands":
+        return None, None
+    try:
+        channels = [base.get_layer(t).output.shape[-1] for t in stage_outputs(base)]
+    except ValueError:
+        return None, None
+    preprocess = get_backbone(name).preprocess(f"{name}_cache_preprocess")
+    return pooled_features(name, base, preprocess, inputs, "bands", first=True), pooling_columns(channels, pooling)
+
+
+def pooling_columns(channels: Sequence[int], pooling: str) -> np.ndarray:
+    """Columns of the band-pooled features (stage by stage: average, max, bands below the top) forming `pooling`."""
+    columns, start = [], 0
+    for i, c in enumerate(channels):
+        top = i == len(channels) - 1
+        parts = [("avg", c), ("max", c)] + ([] if top else [("bands", 2 * BANDS * c)])
+        for kind, width in parts:
+            wanted = {"avg": pooling != "avg" or top, "max": pooling != "avg", "bands": pooling == "bands"}[kind]
+            if wanted:
+                columns.append(np.arange(start, start + width))
+            start += width
+    return np.concatenate(columns)
+
+
+def restrict_faces(fs: FeatureSet, manifest: pd.DataFrame) -> tuple[FeatureSet, pd.DataFrame]:
+    """Only the faces of at least `fs.config.min_face` pixels (short side), with their cached features.
+
+    Folds stay as assigned (grouped by photo), so a restricted run is validated on the same photos.
+    """
+    if not fs.config.min_face:
+        return fs, manifest
+    keep = np.flatnonzero(np.minimum(manifest["width"], manifest["height"]) >= fs.config.min_face)
+    subset = dataclasses.replace(fs, activations=fs.activations[:, keep], pooled=fs.pooled[:, keep])
+    return subset, manifest.iloc[keep].reset_index(drop=True)
 
 
 def pool_upper(upper: keras.Model, activations: np.ndarray, batch_size: int) -> np.ndarray:
@@ -489,7 +543,7 @@ def train_and_save(
 ) -> tuple[TrainResult, FeatureSet, dict[str, Any] | None]:
     """Features, the model of `config.val_fold`, optional 5-fold CV; writes the run folder."""
     manifest = read_manifest(faces_dir)
-    fs = prepare_features(manifest, faces_dir, config, cache_dir, strategy, verbose)
+    fs, manifest = restrict_faces(prepare_features(manifest, faces_dir, config, cache_dir, strategy, verbose), manifest)
     if cv:
         cv_result, result = cross_validate(fs, manifest, strategy, keep_fold=config.val_fold)
     else:
@@ -546,8 +600,8 @@ def compare_configs(
         if "backbone" in overrides:  # another backbone brings its own native input size
             overrides = {"image_size": None, **overrides}
         config = dataclasses.replace(base, **overrides)
-        fs = prepare_features(manifest, faces_dir, config, cache_dir, strategy, verbose=0)
-        cv, _ = cross_validate(fs, manifest, strategy)
+        fs, faces = restrict_faces(prepare_features(manifest, faces_dir, config, cache_dir, strategy, verbose=0), manifest)
+        cv, _ = cross_validate(fs, faces, strategy)
         rows.append(cv_row(config_label(config), fs, cv))
     return pd.DataFrame(rows).set_index("configuration")
 
@@ -563,6 +617,10 @@ def config_label(config: TrainConfig) -> str:
         parts.append(f"ft{config.fine_tune_blocks}")
     if config.augment_views:
         parts.append(f"aug{config.augment_views}")
+    if config.jitter_views:
+        parts.append(f"jit{config.jitter_views}")
+    if config.min_face:
+        parts.append(f"min{config.min_face}px")
     parts += [value for value, default in ((config.pooling, "avg"), (config.head, "adam"), (config.labels, "binary"))
               if value != default]
     return "-".join(parts)
@@ -584,7 +642,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default=defaults.backbone,
                         help="one of maskclf.backbones.BACKBONES, or several joined by '+' (default: %(default)s)")
     parser.add_argument("--weights", default="imagenet", help="'imagenet', a weights file, or 'none' (default: %(default)s)")
-    for name in ("epochs", "batch_size", "fine_tune_blocks", "fine_tune_epochs", "augment_views", "val_fold", "seed", "patience"):
+    for name in ("epochs", "batch_size", "fine_tune_blocks", "fine_tune_epochs", "augment_views", "jitter_views", "min_face",
+                 "val_fold", "seed", "patience"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("learning_rate", "dropout", "fine_tune_learning_rate", "head_c"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))

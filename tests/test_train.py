@@ -60,6 +60,23 @@ def test_cache_hit_miss_and_invalidation(faces, cache, tmp_path, voc_master):
     assert not changed.cache_hit and changed.data_sha256 != first.data_sha256
 
 
+def test_one_backbone_pass_feeds_every_pooling(faces, cache):
+    """avg and stages are column subsets of the cached band features: one pass, equal values."""
+    manifest = read_manifest(faces)
+    crops = np.stack([load_crop(p, 32) for p in manifest["crop_file"]]).astype("float32")
+    first = _fs(faces, cache, pooling="bands")
+    assert not first.cache_hit
+    for pooling in ("avg", "stages"):
+        fs = _fs(faces, cache, pooling=pooling)
+        assert fs.cache_hit, f"{pooling} reuses the band pass"
+        direct = fs.frozen.predict(crops, verbose=0)  # the pooling's own graph, as saved in the model
+        assert fs.pooled.shape == (1, len(manifest), direct.shape[-1])
+        np.testing.assert_allclose(fs.pooled[0], direct, rtol=1e-5, atol=1e-5)
+    assert len(list(cache.glob("*.npz"))) == 1
+    assert list(train.pooling_columns([2, 3], "avg")) == [20, 21, 22]  # stage 1: avg 0-1, max 2-3, bands 4-19
+    assert list(train.pooling_columns([2, 3], "stages")) == [0, 1, 2, 3, 20, 21, 22, 23, 24, 25]
+
+
 ENSEMBLE = dict(backbone="efficientnet_lite0+efficientnet_lite1", pooling="stages", head="lbfgs", labels="original")
 
 
@@ -211,10 +228,10 @@ def test_offline_imagenet_download_fails_with_a_way_out(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setattr(file_utils, "get_file", offline)
     with pytest.raises(BackboneWeightsError) as info:
-        build_backbone("resnet50", "imagenet")
+        build_backbone("mobilenet_v2", "imagenet")
     text = str(info.value)
-    expected_path = tmp_path / "keras" / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-    assert str(expected_path) in text and "efficientnet_lite0" in text and "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in text
+    weights_file = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    assert str(tmp_path / "keras" / "models" / weights_file) in text and "efficientnet_lite0" in text
 
 
 def test_unknown_backbone():
