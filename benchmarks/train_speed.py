@@ -54,7 +54,7 @@ def time_naive(manifest, config: train.TrainConfig) -> float:
     """Seconds to fit the frozen end-to-end image model for `config.epochs` epochs over the images."""
     from maskclf.backbones import build_backbone
 
-    train.set_determinism(config.seed)
+    train.set_determinism(config.train_seed)
     y = encode_labels(manifest["label"])
     train_idx, val_idx = train_val_indices(manifest["fold"], config.val_fold)
     backbone = build_backbone(config.backbone, config.weights, config.image_size)
@@ -84,9 +84,10 @@ def main() -> int:
     manifest = read_manifest(args.faces)
     if args.limit:
         manifest = manifest.iloc[: args.limit].reset_index(drop=True)
-    weights = None if args.weights.lower() == "none" else args.weights
     # epochs fixed for a like-for-like comparison: no early stopping
-    config = train.TrainConfig(backbone=args.backbone, weights=weights, epochs=args.epochs, patience=args.epochs)
+    config = train.TrainConfig.from_params({"backbone": args.backbone, "weights": args.weights, "epochs": args.epochs,
+                                            "patience": args.epochs, "pooling": "avg", "head": "adam", "labels": "binary",
+                                            "augment_views": 0, "jitter_views": 0, "fine_tune_blocks": 0})
     print(f"{len(manifest)} faces, backbone {config.backbone} (weights {args.weights}), {config.image_size} px, "
           f"{config.epochs} epochs, fold {config.val_fold} held out")
     with tempfile.TemporaryDirectory() as cache:

@@ -1,7 +1,7 @@
 """The main job: run the numbered notebooks with papermill and regenerate `reports/`.
 
-All notebooks get one shared set of parameters (`notebooks/params.yaml` plus overrides);
-each receives the ones its `parameters` cell declares. Everything is built in a
+All notebooks get one shared set of parameters (`notebooks/params.yaml` plus overrides,
+read by maskclf.config); each receives the ones its `parameters` cell declares. Everything is built in a
 temporary folder that replaces `reports/` only when every notebook has succeeded.
 """
 
@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
-import yaml
 
+from .config import PARAMS_FILE, ParamsError, load_params, parse_override
 from .fsutil import atomic_dir, write_text_atomic
 from .paths import NOTEBOOKS_DIR, REPORTS_DIR
 
 PIPELINE = ("01_extract", "02_train", "03_evaluate", "04_error_analysis")
-PARAMS_FILE = NOTEBOOKS_DIR / "params.yaml"
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 BUILD_DIR_NAME = "_build"  # failed executed notebooks are kept here (git-ignored)
 FIGURES_DIR_NAME = "figures"  # figures for the README, written by commands such as `predict --draw`
@@ -47,30 +46,6 @@ class NotebookRun:
 
 
 # --------------------------------------------------------------------------- parameters
-
-
-def load_params(path: str | Path | None = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Shared notebook parameters from a YAML/JSON file, updated with `overrides`."""
-    params: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: parameter file not found")
-        try:
-            params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML/JSON ({exc})") from exc
-        if not isinstance(params, dict):
-            raise ValueError(f"{path}: expected a mapping of parameter names to values")
-    return {**params, **(overrides or {})}
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`name=value` with value parsed as YAML (numbers, booleans, null, lists)."""
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return name.strip(), yaml.safe_load(value)
 
 
 def declared_parameters(notebook: Path) -> set[str]:
@@ -275,7 +250,11 @@ def run(args: argparse.Namespace) -> int:
     overrides = dict(args.param)
     if args.data:
         overrides["data_dir"] = str(Path(args.data).resolve())
-    params = load_params(args.params, overrides)
+    try:
+        params = load_params(args.params, overrides)
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     try:
         runs = run_reports(params, reports_dir=args.reports_dir)

@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -42,7 +42,8 @@ from .framing import jittered_loader
 from .layers import HorizontalBands, MergeClasses, Standardize
 from .logreg import fit_logistic, standardisation
 from .model import run_batched, save_run
-from .paths import DEFAULT_FACES_DIR, MODELS_DIR
+from .config import resolve_params, stage_defaults
+from .paths import DEFAULT_FACES_DIR, MODELS_DIR, project_path
 from .splits import early_stopping_split, train_val_indices
 
 BLOCK_PATTERN = re.compile(r"^(block\d+[a-z]|conv\d_block\d+|block_\d+)_")
@@ -60,36 +61,42 @@ LABEL_SETS = ("binary", "original")
 
 @dataclass
 class TrainConfig:
-    """Everything that defines one training run (also written to the run's config.json)."""
+    """Everything that defines one training run (also written to the run's config.json).
 
-    backbone: str = "efficientnet_lite0"  # a registry name, or several joined by "+" (features concatenated)
-    weights: Weights = "imagenet"
-    image_size: int | None = None  # None: the backbone's native size (the largest, for several)
-    epochs: int = 40
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    dropout: float = 0.2
-    class_weight: bool = True
-    patience: int = 6
-    fine_tune_blocks: int = 0  # top blocks to unfreeze; 0: frozen backbone only
-    fine_tune_epochs: int = 15
-    fine_tune_learning_rate: float = 1e-4
-    augment_views: int = 0  # augmented views per crop, cached (1: a horizontal flip)
-    jitter_views: int = 0  # re-cuts per face from its photo with a jittered box, cached (maskclf.framing)
-    pooling: str = "avg"  # "avg": average of the last feature map; "stages": average and max of every stage's output;
+    No field has a default here: they live in notebooks/params.yaml (section `train`);
+    build a configuration with `TrainConfig.from_params`, which fills in what is not given.
+    """
+
+    backbone: str  # a registry name, or several joined by "+" (features concatenated)
+    weights: Weights  # "imagenet", a weights file, or None / "none" (random)
+    image_size: int | None  # None: the backbone's native size (the largest, for several)
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    dropout: float
+    class_weight: bool
+    patience: int
+    fine_tune_blocks: int  # top blocks to unfreeze; 0: frozen backbone only
+    fine_tune_epochs: int
+    fine_tune_learning_rate: float
+    augment_views: int  # augmented views per crop, cached (1: a horizontal flip)
+    jitter_views: int  # re-cuts per face from its photo with a jittered box, cached (maskclf.framing)
+    pooling: str  # "avg": average of the last feature map; "stages": average and max of every stage's output;
     # "bands": "stages" plus average and max of BANDS horizontal bands of every stage output below the last
-    head: str = "adam"  # "adam": the study's training; "lbfgs": logistic regression fitted to convergence
-    head_c: float = 0.01  # inverse L2 strength of the "lbfgs" head, as scikit-learn's C
-    labels: str = "binary"  # "original": train on the annotated classes, merge them into the two at the output
-    min_face: int = 0  # leave out faces whose short side is under this many pixels (the study's protocol: 32)
-    val_fold: int = 0
-    seed: int = 42
+    head: str  # "adam": the study's training; "lbfgs": logistic regression fitted to convergence
+    head_c: float  # inverse L2 strength of the "lbfgs" head, as scikit-learn's C
+    labels: str  # "original": train on the 3 annotated classes, merge them into the two at the output
+    min_face: int  # leave out faces whose short side is under this many pixels (the study's protocol: 32)
+    val_fold: int
+    train_seed: int  # weight initialisation, shuffling, augmented views, early-stopping split
 
     def __post_init__(self) -> None:
         specs = [get_backbone(name) for name in self.backbones]
         self.image_size = self.image_size or max(spec.image_size for spec in specs)
+        if str(self.weights).lower() == "none":
+            self.weights = None
         if self.weights not in (None, "imagenet"):
-            self.weights = str(self.weights)
+            self.weights = str(project_path(self.weights))
             if len(specs) > 1:
                 raise ValueError("a weights file needs a single backbone")
         for name, value, allowed in (("pooling", self.pooling, POOLINGS), ("head", self.head, HEADS),
@@ -105,9 +112,10 @@ class TrainConfig:
         return self.backbone.split("+")
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> TrainConfig:
-        """A configuration from a mapping (notebook parameters, YAML) holding some of its fields."""
-        return cls(**{f.name: params[f.name] for f in dataclasses.fields(cls) if f.name in params})
+    def from_params(cls, params: Mapping[str, Any], path: str | Path | None = None) -> TrainConfig:
+        """A configuration from params.yaml's `train` section, updated with the non-None values of `params`."""
+        resolved = resolve_params("02_train", params, path)
+        return cls(**{f.name: resolved[f.name] for f in dataclasses.fields(cls)})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -304,7 +312,7 @@ def prepare_features(
     verbose: int = 1,
 ) -> FeatureSet:
     """Build the frozen backbone and get its outputs for every crop, from the cache when possible."""
-    set_determinism(config.seed)  # random weights (weights=None) are then reproducible
+    set_determinism(config.train_seed)  # random weights (weights=None) are then reproducible
     strategy = strategy or tf.distribute.get_strategy()
     t0 = time.perf_counter()
     size = config.image_size
@@ -328,16 +336,16 @@ def prepare_features(
     views = view_names(config.augment_views)
     jitter = [f"jitter{i}" for i in range(1, config.jitter_views + 1)]
     photos = source_photos_dir(faces_dir) if jitter else None
-    loaders = {view: jittered_loader(manifest, photos, view, config.seed, size) for view in jitter}
+    loaders = {view: jittered_loader(manifest, photos, view, config.train_seed, size) for view in jitter}
     views += jitter
     parts, hits = [], []
     for name, branch, (superset, columns) in zip(config.backbones, branches, supersets or [(None, None)] * len(branches)):
         stored = branch if superset is None else superset
         key = {"backbone": name, "weights": weights_id(config.weights), "cut": first or "pooled",
                "pooling": config.pooling if superset is None else "bands", "data_sha256": data_sha256,
-               "init_seed": config.seed if config.weights is None else None}
+               "init_seed": config.train_seed if config.weights is None else None}
         acts, hit = cached_outputs(keras.Model(inputs, stored), list(manifest["crop_file"]), size, key, cache_dir,
-                                   batch_size=config.batch_size, views=views, seed=config.seed, verbose=verbose,
+                                   batch_size=config.batch_size, views=views, seed=config.train_seed, verbose=verbose,
                                    loaders=loaders)
         parts.append(acts if columns is None else np.ascontiguousarray(acts[..., columns]))
         hits.append(hit)
@@ -417,8 +425,8 @@ def _fit(model: keras.Model, x, y, xv, yv, config: TrainConfig, epochs: int, ver
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
     n_classes = model.output.shape[-1]
     history = model.fit(
-        _dataset(x, y, config.batch_size, config.seed, shuffle=True),
-        validation_data=_dataset(xv, yv, config.batch_size, config.seed, shuffle=False),
+        _dataset(x, y, config.batch_size, config.train_seed, shuffle=True),
+        validation_data=_dataset(xv, yv, config.batch_size, config.train_seed, shuffle=False),
         epochs=epochs, callbacks=[stop], verbose=verbose, shuffle=False,
         class_weight=class_weights(y, n_classes) if config.class_weight else None,
     )
@@ -433,7 +441,7 @@ def fit_head(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray, train_idx: n
     whose loss decides early stopping ("adam") or is only recorded per iteration ("lbfgs").
     """
     config = fs.config
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(config.train_seed)
     x, lt = _train_views(fs.pooled, labels.values, train_idx)
     n_classes = len(labels.names)
     with (strategy or tf.distribute.get_strategy()).scope():
@@ -458,7 +466,7 @@ def fine_tune(fs: FeatureSet, head: keras.Model, y: np.ndarray, train_idx: np.nd
     Works on a copy of the upper part, so the pretrained weights stay available for other folds.
     """
     config = fs.config
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(config.train_seed)
     x, yt = _train_views(fs.activations, y, train_idx)
     with (strategy or tf.distribute.get_strategy()).scope():
         upper = keras.models.clone_model(fs.upper)
@@ -485,7 +493,7 @@ def train_fold(fs: FeatureSet, manifest: pd.DataFrame, val_fold: int,
     y = encode_labels(manifest["label"])
     labels = training_labels(manifest, fs.config.labels)
     train_idx, val_idx = train_val_indices(manifest["fold"], val_fold)
-    fit_idx, stop_idx = early_stopping_split(manifest["label"], manifest["source_image"], train_idx, seed=fs.config.seed)
+    fit_idx, stop_idx = early_stopping_split(manifest["label"], manifest["source_image"], train_idx, seed=fs.config.train_seed)
     head, history = fit_head(fs, labels, y, fit_idx, stop_idx, strategy, verbose)
     histories = {"head": history}
     upper = None
@@ -634,23 +642,50 @@ def default_run_name(config: TrainConfig) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
+OPTION_HELP = {
+    "backbone": "one of maskclf.backbones.BACKBONES, or several joined by '+'",
+    "weights": "'imagenet', a weights file, or 'none' (random)",
+    "image_size": "input size in pixels (default: the backbone's own)",
+    "epochs": "most epochs of the Adam head (early stopping)",
+    "batch_size": "crops per batch",
+    "learning_rate": "Adam's learning rate for the head",
+    "dropout": "dropout before the softmax (Adam head)",
+    "patience": "epochs without improvement before early stopping",
+    "fine_tune_blocks": "top backbone blocks to unfreeze (0: frozen backbone)",
+    "fine_tune_epochs": "most fine-tuning epochs",
+    "fine_tune_learning_rate": "learning rate while fine-tuning",
+    "augment_views": "cached augmented views per crop (1: a horizontal flip)",
+    "jitter_views": "cached re-cuts per face with a jittered box",
+    "pooling": "how backbone outputs are pooled",
+    "head": "adam (the study's) or lbfgs (logistic regression to convergence)",
+    "head_c": "inverse L2 strength of the lbfgs head",
+    "labels": "train on the binary labels or the 3 original classes",
+    "min_face": "leave out faces under this many pixels (short side)",
+    "val_fold": "fold held out for the saved model",
+    "train_seed": "seed of initialisation, shuffling, views and the early-stopping split",
+}
+"""Help of each TrainConfig option of the train command; the defaults come from params.yaml."""
+CHOICES = {"pooling": POOLINGS, "head": HEADS, "labels": LABEL_SETS}
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options of `python -m maskclf train`."""
-    defaults = TrainConfig()
+    """Options of `python -m maskclf train`; each default is params.yaml's, shown in the help."""
+    defaults = stage_defaults("02_train")
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     parser.add_argument("--faces", default=str(DEFAULT_FACES_DIR), help="extraction output folder (default: %(default)s)")
-    parser.add_argument("--out", help="run folder (default: models/<backbone>-<weights>-...-fold<k>)")
-    parser.add_argument("--backbone", default=defaults.backbone,
-                        help="one of maskclf.backbones.BACKBONES, or several joined by '+' (default: %(default)s)")
-    parser.add_argument("--weights", default="imagenet", help="'imagenet', a weights file, or 'none' (default: %(default)s)")
-    for name in ("epochs", "batch_size", "fine_tune_blocks", "fine_tune_epochs", "augment_views", "jitter_views", "min_face",
-                 "val_fold", "seed", "patience"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("learning_rate", "dropout", "fine_tune_learning_rate", "head_c"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
-    for name, choices in (("pooling", POOLINGS), ("head", HEADS), ("labels", LABEL_SETS)):
-        parser.add_argument(f"--{name}", choices=choices, default=getattr(defaults, name))
+    parser.add_argument("--out", metavar="RUN_DIR",
+                        help="run folder to write (default: models/<backbone>-<weights>-...-fold<k>)")
+    for name, text in OPTION_HELP.items():
+        kind = {"int": int, "float": float}.get(str(types[name]).split(" ")[0], str)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=CHOICES.get(name), default=None,
+                            help=f"{text} (default: {defaults[name]})")
     parser.add_argument("--no-class-weight", action="store_true", help="do not reweight the classes")
     parser.add_argument("--no-cv", action="store_true", help="skip the 5-fold cross-validation")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The configuration of `train`'s options: the ones not given take params.yaml's defaults."""
+    return TrainConfig.from_params({**vars(args), "class_weight": False if args.no_class_weight else None})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -658,9 +693,8 @@ def run(args: argparse.Namespace) -> int:
     from .backbones import BackboneWeightsError
     from .data import DataNotFoundError
 
-    weights = None if str(args.weights).lower() == "none" else args.weights
     try:
-        config = TrainConfig.from_params({**vars(args), "weights": weights, "class_weight": not args.no_class_weight})
+        config = config_from_args(args)
         run_dir = Path(args.out) if args.out else MODELS_DIR / default_run_name(config)
         result, fs, cv = train_and_save(args.faces, config, run_dir, cv=not args.no_cv)
     except (BackboneWeightsError, DataError, DataNotFoundError, ValueError) as exc:

@@ -15,7 +15,7 @@ import argparse
 from maskclf import train
 from maskclf.data import read_manifest
 from maskclf.paths import DEFAULT_FACES_DIR
-from maskclf.report import load_params, parse_override
+from maskclf.config import load_params, parse_override
 from maskclf.splits import assign_folds
 
 

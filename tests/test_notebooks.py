@@ -62,8 +62,9 @@ def tiny_pipeline(tmp_path_factory, voc_master):
     root = tmp_path_factory.mktemp("pipeline")
     params = {
         "data_dir": str(voc_master), "faces_dir": str(root / "faces"), "models_dir": str(root / "models"),
-        "run_name": "tiny", "image_size": 32, "epochs": 2, "fine_tune_blocks": 1, "fine_tune_epochs": 1,
-        "batch_size": 16, "compare": [{"fine_tune_blocks": 0}], "seed": 1,
+        "run_name": "tiny", "backbone": "efficientnet_lite0", "pooling": "avg", "head": "adam", "labels": "binary",
+        "augment_views": 0, "jitter_views": 0, "image_size": 32, "epochs": 2, "fine_tune_blocks": 1, "fine_tune_epochs": 1,
+        "batch_size": 16, "compare": [{"fine_tune_blocks": 0}], "train_seed": 1,
     }
     executed = {}
     for name in ("01_extract", "02_train"):
@@ -90,7 +91,7 @@ def test_03_and_04_run_headless_and_export_readable_html(tiny_pipeline, tmp_path
     params = {**params, "n_bootstrap": 50, "worst_n": 4, "n_gradcam": 2, "metrics_path": str(tmp_path / "metrics.json")}
     sections = {
         "03_evaluate": ["Confusion matrix", "ROC and precision-recall", "Moving the threshold", "Calibration",
-                        "Accuracy by face size", "Cross-validation summary", "Headline metrics"],
+                        "Accuracy by face size", "Framing", "Cross-validation summary", "Headline metrics"],
         "04_error_analysis": ["most confident first", "Grad-CAM", "By original class", "By photo", "Likely label errors"],
     }
     for name, expected in sections.items():

@@ -9,7 +9,8 @@ import nbformat
 import pytest
 
 from maskclf import report
-from maskclf.report import NotebookFailed, load_params, parse_override, run_reports
+from maskclf.config import STAGES, ParamsError, load_params, parse_override, stage_defaults
+from maskclf.report import NotebookFailed, run_reports
 
 
 def _notebook(path: Path, body: str) -> None:
@@ -20,18 +21,33 @@ def _notebook(path: Path, body: str) -> None:
     nbformat.write(nb, path)
 
 
-def test_params_file_and_overrides(tmp_path):
-    (tmp_path / "p.yaml").write_text("epochs: 40\nbackbone: resnet50\ncompare:\n  - {fine_tune_blocks: 2}\n")
-    params = load_params(tmp_path / "p.yaml", dict([parse_override("epochs=3"), parse_override("weights=null")]))
-    assert params == {"epochs": 3, "backbone": "resnet50", "weights": None, "compare": [{"fine_tune_blocks": 2}]}
-    (tmp_path / "bad.yaml").write_text("epochs: [1\n")
-    with pytest.raises(ValueError, match="bad.yaml"):
+def test_params_file_sections_and_overrides(tmp_path):
+    (tmp_path / "p.yaml").write_text("common:\n  faces_dir: null\ntrain:\n  epochs: 40\n  backbone: resnet50\n"
+                                     "  compare:\n    - {fine_tune_blocks: 2}\n")
+    params = load_params(tmp_path / "p.yaml", dict([parse_override("epochs=3"), parse_override("faces_dir=x")]))
+    assert params == {"epochs": 3, "backbone": "resnet50", "faces_dir": "x", "compare": [{"fine_tune_blocks": 2}]}
+    with pytest.raises(ParamsError, match=r"unknown parameter\(s\) \['epoch'\]"):
+        load_params(tmp_path / "p.yaml", {"epoch": 3})
+    (tmp_path / "bad.yaml").write_text("train:\n  epochs: [1\n")
+    with pytest.raises(ParamsError, match="bad.yaml"):
         load_params(tmp_path / "bad.yaml")
+    (tmp_path / "twice.yaml").write_text("train:\n  seed: 1\nevaluate:\n  seed: 2\n")
+    with pytest.raises(ParamsError, match="'seed' is in both 'train' and 'evaluate'"):
+        load_params(tmp_path / "twice.yaml")
+    with pytest.raises(ParamsError, match="parameter file not found"):
+        load_params(tmp_path / "missing.yaml")
 
 
-def test_every_default_parameter_is_declared_by_a_notebook():
-    declared = set().union(*(report.declared_parameters(report.NOTEBOOKS_DIR / f"{n}.ipynb") for n in report.PIPELINE))
-    assert set(load_params()) <= declared
+def test_each_notebook_declares_exactly_its_parameters_all_defaulting_to_params_yaml():
+    import nbformat
+
+    for notebook, stage in STAGES.items():
+        path = report.NOTEBOOKS_DIR / f"{notebook}.ipynb"
+        assert report.declared_parameters(path) == set(stage_defaults(notebook)), notebook
+        cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+        namespace: dict = {}
+        exec(cell.source, namespace)
+        assert {k for k, v in namespace.items() if k != "__builtins__" and v is not None} == set(), notebook
 
 
 @pytest.mark.slow

@@ -15,7 +15,10 @@ from maskclf.data import extract_faces, read_manifest
 from maskclf.features import load_crop
 from maskclf.model import load_run
 
-TINY = dict(backbone="efficientnet_lite0", weights="imagenet", image_size=32, epochs=3, fine_tune_epochs=2, batch_size=16, patience=2)
+STUDY_HEAD = dict(pooling="avg", head="adam", labels="binary", augment_views=0, jitter_views=0, fine_tune_blocks=0)
+"""The study's head on one backbone: what the tests train unless they say otherwise."""
+TINY = dict(backbone="efficientnet_lite0", weights="imagenet", image_size=32, epochs=3, fine_tune_epochs=2, batch_size=16,
+            patience=2, **STUDY_HEAD)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def cache(tmp_path):
 
 
 def _fs(faces, cache, **overrides):
-    config = train.TrainConfig(**{**TINY, **overrides})
+    config = train.TrainConfig.from_params({**TINY, **overrides})
     return train.prepare_features(read_manifest(faces), faces, config, cache_dir=cache, verbose=0)
 
 
@@ -96,15 +99,15 @@ def test_end_to_end_model_equals_head_on_cached_features(faces, cache, overrides
 
 def test_same_seed_same_metrics(faces, cache):
     manifest = read_manifest(faces)
-    runs = [train.train_fold(_fs(faces, cache, seed=7), manifest, 0) for _ in range(2)]
+    runs = [train.train_fold(_fs(faces, cache, train_seed=7), manifest, 0) for _ in range(2)]
     np.testing.assert_array_equal(runs[0].val_probabilities, runs[1].val_probabilities)
     assert runs[0].history == runs[1].history
-    other = train.train_fold(_fs(faces, cache, seed=8), manifest, 0)
+    other = train.train_fold(_fs(faces, cache, train_seed=8), manifest, 0)
     assert not np.array_equal(other.val_probabilities, runs[0].val_probabilities)
 
 
 def test_cross_validation_and_saved_run(faces, cache, tmp_path):
-    config = train.TrainConfig(**TINY)
+    config = train.TrainConfig.from_params(TINY)
     result, fs, cv = train.train_and_save(faces, config, tmp_path / "run", cv=True, cache_dir=cache, verbose=0)
     assert [f["fold"] for f in cv["per_fold"]] == [0, 1, 2, 3, 4]
     oof = np.array(cv["oof_probability"])
@@ -173,11 +176,12 @@ def test_training_on_the_original_classes_merges_them_at_the_output(faces):
 ])
 def test_invalid_configurations(bad, match):
     with pytest.raises(ValueError, match=match):
-        train.TrainConfig(**bad)
+        train.TrainConfig.from_params(bad)
 
 
 def test_config_from_notebook_parameters():
-    config = train.TrainConfig.from_params({"backbone": "efficientnet_lite0+efficientnet_lite2", "head": "lbfgs", "np": np})
+    params = {**STUDY_HEAD, "backbone": "efficientnet_lite0+efficientnet_lite2", "head": "lbfgs", "np": np}
+    config = train.TrainConfig.from_params(params)  # other notebook globals (np) are ignored
     assert config.backbones == ["efficientnet_lite0", "efficientnet_lite2"] and config.image_size == 260
     assert train.config_label(config) == "efficientnet_lite0+efficientnet_lite2-imagenet-lbfgs"
 
@@ -236,9 +240,9 @@ def test_offline_imagenet_download_fails_with_a_way_out(tmp_path, monkeypatch):
 
 def test_unknown_backbone():
     with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
-        train.TrainConfig(backbone="vgg")
+        train.TrainConfig.from_params({"backbone": "vgg"})
 
 
 def test_run_name():
-    config = dataclasses.replace(train.TrainConfig(), fine_tune_blocks=2, augment_views=1, val_fold=3)
+    config = train.TrainConfig.from_params({**TINY, "image_size": None, "fine_tune_blocks": 2, "augment_views": 1, "val_fold": 3})
     assert train.default_run_name(config) == "efficientnet_lite0-imagenet-ft2-aug1-fold3"

@@ -1,0 +1,89 @@
+"""The study's parameters: their defaults live once, in `notebooks/params.yaml`, and are resolved here.
+
+The file has one section per stage (`common`, `extract`, `train`, `evaluate`,
+`error_analysis`); a name appears in one section only, so `-p NAME=VALUE` is never
+ambiguous. Every entry point resolves its parameters with `resolve_params`:
+
+- a notebook opened in JupyterLab: its `parameters` cell sets every name to None, and
+  its first code cell calls `resolve_params(stage, globals())`;
+- papermill (and `python -m maskclf reports`): the injected values replace those Nones;
+- the command line: argparse's values, where given, replace the defaults the same way.
+
+None always means "the default in params.yaml"; a parameter whose default is itself null
+keeps null's documented meaning (for example `image_size: null`, the backbone's own size).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .paths import NOTEBOOKS_DIR
+
+PARAMS_FILE = NOTEBOOKS_DIR / "params.yaml"
+STAGES = {"01_extract": "extract", "02_train": "train", "03_evaluate": "evaluate",
+          "04_error_analysis": "error_analysis"}
+"""Notebook -> its section of params.yaml; every notebook also takes the `common` section."""
+COMMON = "common"
+
+
+class ParamsError(ValueError):
+    """A parameter file or override is malformed; the message names the file or the parameter."""
+
+
+def read_sections(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """The sections of a parameter file, checked: mappings, and every name in one section only."""
+    path = Path(path or PARAMS_FILE)
+    if not path.is_file():
+        raise ParamsError(f"{path}: parameter file not found")
+    try:
+        sections = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ParamsError(f"{path}: not valid YAML/JSON ({exc})") from None
+    if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
+        raise ParamsError(f"{path}: expected sections ({COMMON}, {', '.join(STAGES.values())}) of name: value")
+    unknown = set(sections) - {COMMON, *STAGES.values()}
+    if unknown:
+        raise ParamsError(f"{path}: unknown sections {sorted(unknown)}")
+    seen: dict[str, str] = {}
+    for section, values in sections.items():
+        for name in values:
+            if name in seen:
+                raise ParamsError(f"{path}: {name!r} is in both {seen[name]!r} and {section!r}")
+            seen[name] = section
+    return sections
+
+
+def load_params(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every parameter of every stage (one flat mapping), updated with `overrides` of known names."""
+    params = {name: value for values in read_sections(path).values() for name, value in values.items()}
+    unknown = set(overrides or {}) - set(params)
+    if unknown:
+        raise ParamsError(f"unknown parameter(s) {sorted(unknown)}; known: {', '.join(sorted(params))}")
+    return {**params, **(overrides or {})}
+
+
+def stage_defaults(notebook: str, path: str | Path | None = None) -> dict[str, Any]:
+    """The defaults of one notebook (e.g. "02_train"): the common section and its own."""
+    sections = read_sections(path)
+    return {**sections.get(COMMON, {}), **sections.get(STAGES[notebook], {})}
+
+
+def resolve_params(notebook: str, given: Mapping[str, Any], path: str | Path | None = None) -> dict[str, Any]:
+    """One notebook's parameters: each value in `given` that is not None, else the default."""
+    defaults = stage_defaults(notebook, path)
+    return {name: default if given.get(name) is None else given[name] for name, default in defaults.items()}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`name=value` with value parsed as YAML (numbers, booleans, null, lists)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"-p {text}: the value is not valid YAML ({exc.problem})") from None
