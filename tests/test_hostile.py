@@ -8,13 +8,17 @@ code nor exhaust the machine.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from maskclf import data
+from maskclf.data import DataError, extract_faces, read_manifest
 from maskclf.fsutil import atomic_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,3 +111,217 @@ def test_atomic_dir_refuses_to_replace_a_file(output_is_a_file):
             pass
     assert output_is_a_file.read_text() == "my notes"
     assert sorted(p.name for p in output_is_a_file.parent.iterdir() if p.is_dir()) == []
+
+
+# --------------------------------------------------------------------------- extract: the data set
+
+
+def _set_filename(voc: Path, stem: str, filename: str) -> None:
+    xml = voc / "annotations" / f"{stem}.xml"
+    text = xml.read_text()
+    xml.write_text(text.replace(f"<filename>{stem}.png</filename>", f"<filename>{filename}</filename>"))
+
+
+def _secret_image(tmp_path: Path, voc: Path) -> Path:
+    """An image outside the data set, of the same name and size as photo1.png."""
+    secret = tmp_path / "secret" / "photo1.png"
+    secret.parent.mkdir()
+    secret.write_bytes((voc / "images" / "photo1.png").read_bytes())
+    return secret
+
+
+@pytest.fixture
+def filename_climbing_out(voc_dir, tmp_path) -> Path:
+    """photo1.xml's <filename> climbs out of images/ with '..'."""
+    _secret_image(tmp_path, voc_dir)
+    _set_filename(voc_dir, "photo1", "../../secret/photo1.png")
+    return voc_dir
+
+
+@pytest.fixture
+def filename_absolute(voc_dir, tmp_path) -> Path:
+    """photo1.xml's <filename> is an absolute path to an image elsewhere on disk."""
+    _set_filename(voc_dir, "photo1", str(_secret_image(tmp_path, voc_dir)))
+    return voc_dir
+
+
+@pytest.fixture
+def image_linked_outside(voc_dir, tmp_path) -> Path:
+    """images/photo1.png is a symbolic link to an image elsewhere on disk."""
+    secret = _secret_image(tmp_path, voc_dir)
+    (voc_dir / "images" / "photo1.png").unlink()
+    (voc_dir / "images" / "photo1.png").symlink_to(secret)
+    return voc_dir
+
+
+@pytest.mark.parametrize("fixture", ["filename_climbing_out", "filename_absolute", "image_linked_outside"])
+def test_images_outside_the_data_set_are_refused(fixture, request, tmp_path):
+    voc = request.getfixturevalue(fixture)
+    with pytest.raises(DataError, match=r"photo1\.xml.*outside") as info:
+        extract_faces(voc, tmp_path / "out", progress=False)
+    assert str(voc / "annotations" / "photo1.xml") in str(info.value)
+    result = extract_faces(voc, tmp_path / "out", skip_bad=True, progress=False)
+    assert "photo1.png" not in set(result.manifest["source_image"]) and len(result.manifest) > 0
+    skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
+    assert list(skipped["file"]) == [str(voc / "annotations" / "photo1.xml")]
+
+
+@pytest.fixture
+def manifest_pointing_outside(voc_master, tmp_path) -> Path:
+    """An extraction whose faces.csv lists a crop outside its folder."""
+    out = tmp_path / "faces"
+    extract_faces(voc_master, out, progress=False)
+    manifest = pd.read_csv(out / "faces.csv")
+    manifest.loc[0, "crop_path"] = "../../../../../../etc/passwd"
+    manifest.to_csv(out / "faces.csv", index=False)
+    return out
+
+
+def test_manifest_paths_outside_the_extraction_are_refused(manifest_pointing_outside):
+    for read in (read_manifest, data.hash_extraction):
+        with pytest.raises(DataError, match=r"faces\.csv: crop_path '\.\./.*' leads outside"):
+            read(manifest_pointing_outside)
+
+
+@pytest.fixture
+def label_climbing_out() -> dict[str, str]:
+    """A label map whose label is a path: crops would be written outside the output."""
+    return {"with_mask": "../../escaped", "without_mask": "without_mask", "mask_weared_incorrect": "without_mask"}
+
+
+def test_labels_that_are_paths_are_refused(label_climbing_out, voc_master, tmp_path):
+    with pytest.raises(ValueError, match=r"label map: 'with_mask' -> '\.\./\.\./escaped'"):
+        extract_faces(voc_master, tmp_path / "a" / "out", label_map=label_climbing_out, progress=False)
+    assert not (tmp_path / "escaped").exists()
+
+
+@pytest.fixture
+def huge_annotation(voc_dir) -> Path:
+    """photo1.xml padded past the size limit of an annotation."""
+    xml = voc_dir / "annotations" / "photo1.xml"
+    xml.write_text(xml.read_text().replace("<segmented>", "<!--" + "x" * data.MAX_XML_BYTES + "--><segmented>"))
+    return voc_dir
+
+
+@pytest.fixture
+def annotation_with_too_many_boxes(voc_dir) -> Path:
+    """photo1.xml with more boxes than any photo of faces holds: as many crops written."""
+    xml = voc_dir / "annotations" / "photo1.xml"
+    text = xml.read_text()
+    box = text[text.index("<object>"): text.index("</object>") + len("</object>")]
+    xml.write_text(text.replace(box, box * (data.MAX_OBJECTS + 1), 1))
+    return voc_dir
+
+
+@pytest.mark.parametrize("fixture, problem", [
+    ("huge_annotation", "larger than the limit"), ("annotation_with_too_many_boxes", "more than the limit"),
+])
+def test_oversized_annotations_are_refused(fixture, problem, request, tmp_path):
+    voc = request.getfixturevalue(fixture)
+    with pytest.raises(DataError, match=rf"photo1\.xml: .*{problem}"):
+        extract_faces(voc, tmp_path / "out", progress=False)
+
+
+@pytest.fixture
+def annotation_is_a_fifo(voc_dir) -> Path:
+    """annotations/photo1.xml is a named pipe: reading it blocks forever."""
+    xml = voc_dir / "annotations" / "photo1.xml"
+    xml.unlink()
+    os.mkfifo(xml)
+    return voc_dir
+
+
+def test_an_annotation_that_is_not_a_file_is_refused(annotation_is_a_fifo, tmp_path):
+    run = _python("from maskclf.cli import main; raise SystemExit(main())", "extract", "--data",
+                  str(annotation_is_a_fifo), "--out", str(tmp_path / "out"), stderr=subprocess.PIPE)
+    try:
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 2 and "photo1.xml: not a regular file" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- extract: the command line
+
+
+def _extract(capsys, *args: str) -> tuple[int, str]:
+    """Exit status and stderr of `python -m maskclf extract ARGS`, run in this process."""
+    from maskclf.cli import main
+
+    try:
+        status = main(["extract", *args])
+    except SystemExit as exc:  # argparse's errors
+        status = exc.code
+    return status, capsys.readouterr().err
+
+
+@pytest.fixture
+def non_utf8_name(voc_dir) -> Path:
+    """An annotation whose file name is not valid UTF-8."""
+    (voc_dir / "annotations" / "photo3.xml").rename(voc_dir / "annotations" / os.fsdecode(b"photo\xff.xml"))
+    return voc_dir
+
+
+@pytest.fixture
+def overflowing_coordinate(voc_dir) -> Path:
+    """A box coordinate of 1e400: float('inf') once parsed."""
+    xml = voc_dir / "annotations" / "photo3.xml"
+    xml.write_text(re.sub(r"<xmax>\d+</xmax>", "<xmax>1e400</xmax>", xml.read_text(), count=1))
+    return voc_dir
+
+
+@pytest.mark.parametrize("fixture, problem", [
+    ("non_utf8_name", r"photo\xff.xml: the file name is not valid UTF-8"),
+    ("overflowing_coordinate", "photo3.xml: object #0: <bndbox/xmax> is not a number, or not a finite one: '1e400'"),
+])
+def test_bad_files_are_named_errors_and_skippable(fixture, problem, request, tmp_path, capsys):
+    voc = request.getfixturevalue(fixture)
+    status, err = _extract(capsys, "--data", str(voc), "--out", str(tmp_path / "out"))
+    assert status == 2 and problem in err
+    assert not (tmp_path / "out").exists()
+    status, err = _extract(capsys, "--data", str(voc), "--out", str(tmp_path / "out"), "--skip-bad")
+    assert status == 0
+    skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
+    assert len(skipped) == 1 and problem in skipped["problem"][0]
+
+
+@pytest.fixture
+def fewer_photos_than_folds(voc_dir) -> Path:
+    """A data set of 3 photos, to be split into 5 folds."""
+    for xml in sorted((voc_dir / "annotations").glob("*.xml"))[3:]:
+        xml.unlink()
+    return voc_dir
+
+
+def test_fewer_photos_than_folds_is_a_named_error(fewer_photos_than_folds, tmp_path, capsys):
+    status, err = _extract(capsys, "--data", str(fewer_photos_than_folds), "--out", str(tmp_path / "out"))
+    assert status == 2 and f"{fewer_photos_than_folds}: faces from only 3 photos, fewer than the 5 folds" in err
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--margin", "-1"), ("--margin", "nan"), ("--margin", "inf"), ("--margin", "ten"),
+    ("--seed", "-5"), ("--seed", "1.5"), ("--seed", str(2**32)),
+    ("--label-map", "{x"), ("--label-map", "[1, 2]"), ("--label-map", '{"with_mask": 1}'),
+    ("--label-map", '{"with_mask": "../up"}'), pytest.param("--label-map", "[" * 100_000, id="--label-map-deeply-nested"),
+])
+def test_bad_options_are_named_errors(option, value, voc_master, tmp_path, capsys):
+    status, err = _extract(capsys, "--data", str(voc_master), "--out", str(tmp_path / "out"), option, value)
+    assert status == 2 and f"argument {option}: " in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def output_is_a_link(tmp_path) -> Path:
+    """A symbolic link where the output folder should go."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    return tmp_path / "link"
+
+
+@pytest.mark.parametrize("fixture", ["output_is_a_file", "output_is_a_link"])
+def test_extract_refuses_an_output_it_did_not_write(fixture, request, voc_master, capsys):
+    out = request.getfixturevalue(fixture)
+    before = sorted(out.parent.iterdir())
+    status, err = _extract(capsys, "--data", str(voc_master), "--out", str(out))
+    assert status == 2 and f"{out}: exists and is not a folder written by `maskclf extract`" in err
+    assert sorted(out.parent.iterdir()) == before, "nothing renamed aside, nothing added"
