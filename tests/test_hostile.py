@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from maskclf import data
 from maskclf.data import DataError, extract_faces, read_manifest
 from maskclf.fsutil import atomic_dir
+from maskclf.torch_pickle import TorchPickleError, load_torch_state_dict
+from torchfiles import state_dict_pickle, write_legacy, write_zip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -325,3 +330,109 @@ def test_extract_refuses_an_output_it_did_not_write(fixture, request, voc_master
     status, err = _extract(capsys, "--data", str(voc_master), "--out", str(out))
     assert status == 2 and f"{out}: exists and is not a folder written by `maskclf extract`" in err
     assert sorted(out.parent.iterdir()) == before, "nothing renamed aside, nothing added"
+
+
+# --------------------------------------------------------------------------- PyTorch weights files
+
+LOADER = """
+    import resource, sys
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # a file that asks for more fails here
+    from maskclf.torch_pickle import load_torch_state_dict
+    try:
+        load_torch_state_dict(sys.argv[1])
+    except ValueError as exc:
+        print(exc)
+        raise SystemExit(2)
+"""
+
+
+def _storage_pickle(shape: tuple[int, ...], stride: tuple[int, ...]) -> bytes:
+    return state_dict_pickle({"w": ("0", "FloatStorage", 0, shape, stride)})
+
+
+def _declare_size(path: Path, member: str, size: int) -> Path:
+    """Make the zip's central directory declare `size` uncompressed bytes for `member`."""
+    raw = bytearray(path.read_bytes())
+    entry = raw.index(b"PK\x01\x02")
+    while raw[entry + 46: entry + 46 + len(member)] != member.encode():
+        entry = raw.index(b"PK\x01\x02", entry + 4)
+    raw[entry + 24: entry + 28] = struct.pack("<I", size)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.fixture
+def stride_zero_tensor(tmp_path) -> Path:
+    """A tensor of 50000x50000 floats over a storage of one: 10 GB from a tiny file."""
+    return write_zip(tmp_path / "stride0.pth", _storage_pickle((50_000, 50_000), (0, 0)), {"0": np.ones(1, np.float32)})
+
+
+@pytest.fixture
+def huge_shape(tmp_path) -> Path:
+    """A 100000x100000 tensor whose every row repeats one storage of 100000 floats."""
+    return write_zip(tmp_path / "huge.pth", _storage_pickle((100_000, 100_000), (0, 1)), {"0": np.zeros(100_000, np.float32)})
+
+
+@pytest.fixture
+def zip_bomb(tmp_path) -> Path:
+    """A storage whose zip member declares 4 GB once decompressed."""
+    path = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", _storage_pickle((4,), (1,)))
+        archive.writestr("archive/data/0", bytes(1 << 20))
+    return _declare_size(path, "archive/data/0", 0xFFFF_FFF0)
+
+
+@pytest.fixture
+def memo_bomb(tmp_path) -> Path:
+    """A 9-byte pickle whose memo index makes the unpickler allocate and zero 4 GB."""
+    return write_zip(tmp_path / "memo.pth", b"\x80\x02Nr" + struct.pack("<I", 0x0FFF_FFFF) + b".")
+
+
+@pytest.fixture
+def bytes_bomb(tmp_path) -> Path:
+    """A pickle that declares a 1 TB bytes object (the unpickler allocates it before reading)."""
+    return write_zip(tmp_path / "bytes.pth", b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"xx.")
+
+
+@pytest.fixture
+def legacy_storage_bomb(tmp_path) -> Path:
+    """A legacy file whose storage header declares 2**40 elements."""
+    path = write_legacy(tmp_path / "legacy.pth", _storage_pickle((4,), (1,)), {"0": np.zeros(4, np.float32)})
+    raw = path.read_bytes()
+    header = raw.rindex(struct.pack("<q", 4))
+    path.write_bytes(raw[:header] + struct.pack("<q", 1 << 40) + raw[header + 8:])
+    return path
+
+
+@pytest.mark.parametrize("fixture, problem", [
+    ("stride_zero_tensor", "overruns its storage of 1 elements"),
+    ("huge_shape", "overruns its storage of 100000 elements"),
+    ("zip_bomb", "its storages declare 4294967280 bytes, over the limit"),
+    ("memo_bomb", "memo index 268435455 at opcode 2 is out of range"),
+    ("bytes_bomb", "bytes8"),
+    ("legacy_storage_bomb", "truncated"),
+])
+def test_weights_files_cannot_exhaust_memory(fixture, problem, request):
+    path = request.getfixturevalue(fixture)
+    run = _python(LOADER, str(path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                  env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 2, err[-2000:]
+    assert out.startswith(f"{path}: not a readable PyTorch state dict (") and problem in out
+
+
+@pytest.fixture
+def compressed_storage(tmp_path) -> Path:
+    """A valid file whose 64 MB storage compresses to 64 kB."""
+    path = tmp_path / "dense.pth"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", _storage_pickle((1 << 24,), (1,)))
+        archive.writestr("archive/data/0", bytes(1 << 26))
+    return path
+
+
+def test_weights_files_are_read_within_a_limit(compressed_storage):
+    assert load_torch_state_dict(compressed_storage)["w"].shape == (1 << 24,)
+    with pytest.raises(TorchPickleError, match=r"dense\.pth: .*its storages declare 67108864 bytes, over the limit of 1048576"):
+        load_torch_state_dict(compressed_storage, max_bytes=1 << 20)
