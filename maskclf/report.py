@@ -22,6 +22,7 @@ from typing import Any
 import nbformat
 import yaml
 
+from .data import DataNotFoundError, resolve_data_dir
 from .fsutil import atomic_dir, write_text_atomic
 from .paths import NOTEBOOKS_DIR, REPORTS_DIR
 
@@ -32,8 +33,22 @@ BUILD_DIR_NAME = "_build"  # failed executed notebooks are kept here (git-ignore
 FIGURES_DIR_NAME = "figures"  # figures for the README, written by commands such as `predict --draw`
 
 
+MAX_PARAMS_BYTES = 1 << 20
+"""Refuse a parameter file larger than this (notebooks/params.yaml is 3 kB)."""
+
+MAX_PARAM_VALUES = 100_000
+"""Refuse a parameter made of more values than this (a YAML alias bomb expands without end)."""
+
+REPORTS_MARKERS = ("index.html", "executed")
+"""What a folder written by `reports` holds; any other non-empty folder is not replaced."""
+
+
 class NotebookFailed(RuntimeError):
     """A notebook raised; the message names the cell and the executed notebook to open."""
+
+
+class ParamsError(ValueError):
+    """A parameter file or value is unusable; the message names the file or parameter and the problem."""
 
 
 @dataclass
@@ -54,23 +69,75 @@ def load_params(path: str | Path | None = PARAMS_FILE, overrides: dict[str, Any]
     params: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: parameter file not found")
-        try:
-            params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML/JSON ({exc})") from exc
+        params = _parse_yaml(_read_params_file(path), str(path)) or {}
         if not isinstance(params, dict):
-            raise ValueError(f"{path}: expected a mapping of parameter names to values")
+            raise ParamsError(f"{path}: expected a mapping of parameter names to values")
     return {**params, **(overrides or {})}
+
+
+def _read_params_file(path: Path) -> str:
+    if not path.is_file():
+        raise ParamsError(f"{path}: parameter file not found")
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_PARAMS_BYTES + 1)
+        if len(raw) > MAX_PARAMS_BYTES:
+            raise ParamsError(f"{path}: larger than the limit of {MAX_PARAMS_BYTES} bytes for a parameter file")
+        return raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamsError(f"{path}: unreadable ({exc})") from exc
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ParamsError(f"{where}: not valid YAML/JSON ({exc})") from exc
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     """`name=value` with value parsed as YAML (numbers, booleans, null, lists)."""
     name, sep, value = text.partition("=")
-    if not sep or not name:
+    if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return name.strip(), yaml.safe_load(value)
+    try:
+        return name.strip(), _parse_yaml(value, name.strip())
+    except ParamsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def check_params(params: dict[str, Any], notebooks: list[Path]) -> None:
+    """ParamsError unless every parameter is declared by one of `notebooks`, has a JSON-like
+    value of bounded size, and the parameters together make a pipeline that can finish."""
+    declared = set().union(*(declared_parameters(nb) for nb in notebooks))
+    unknown = sorted(set(params) - declared)
+    if unknown:
+        raise ParamsError(f"unknown parameter {', '.join(map(repr, unknown))}; the notebooks take {', '.join(sorted(declared))}")
+    for name, value in params.items():
+        _check_value(name, value)
+    if "cross_validate" in params and not params["cross_validate"] and any(nb.stem == "04_error_analysis" for nb in notebooks):
+        raise ParamsError(
+            "parameter 'cross_validate' is off, but 04_error_analysis needs the out-of-fold predictions "
+            "(cv_predictions.csv) that cross-validation writes; keep cross_validate=true"
+        )
+
+
+def _check_value(name: str, value: Any) -> None:
+    pending, count = [value], 0
+    while pending:
+        item = pending.pop()
+        count += 1
+        if count > MAX_PARAM_VALUES:
+            raise ParamsError(f"parameter {name!r}: more than {MAX_PARAM_VALUES} values")
+        if isinstance(item, dict) and all(isinstance(k, str) for k in item):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif item is not None and not isinstance(item, (str, bool, int, float)):
+            raise ParamsError(
+                f"parameter {name!r}: {item!r} is a {type(item).__name__}; values must be strings, numbers, "
+                "booleans, null, lists or mappings with string keys (quote dates and other such values)"
+            )
 
 
 def declared_parameters(notebook: Path) -> set[str]:
@@ -88,7 +155,9 @@ def declared_parameters(notebook: Path) -> set[str]:
 def run_notebook(notebook: Path, executed: Path, params: dict[str, Any], cwd: Path, progress: bool = True) -> None:
     """Execute `notebook` with the parameters it declares; raise NotebookFailed on an error."""
     import papermill
-    from papermill.exceptions import PapermillExecutionError
+    from jupyter_client.kernelspec import NoSuchKernel
+    from nbclient.exceptions import CellControlSignal, DeadKernelError
+    from papermill.exceptions import PapermillException, PapermillExecutionError
 
     mine = {k: v for k, v in params.items() if k in declared_parameters(notebook)}
     try:
@@ -101,6 +170,23 @@ def run_notebook(notebook: Path, executed: Path, params: dict[str, Any], cwd: Pa
             f"{notebook.name} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}); "
             f"executed notebook: {executed}"
         ) from exc
+    except (PapermillException, CellControlSignal, NoSuchKernel, RuntimeError, TimeoutError) as exc:
+        # the kernel died (DeadKernelError, a RuntimeError), timed out, or could not start
+        hint = "; the kernel died, most often for lack of memory" if isinstance(exc, DeadKernelError) else ""
+        raise NotebookFailed(
+            f"{notebook.name} failed{_in_cell(executed)} ({type(exc).__name__}: {exc}){hint}; "
+            f"executed notebook: {executed}"
+        ) from exc
+
+
+def _in_cell(executed: Path) -> str:
+    """' in cell N' for the last cell the kernel started in the executed notebook, if any."""
+    try:
+        counts = [c.get("execution_count") for c in nbformat.read(executed, as_version=4).cells]
+    except (OSError, ValueError):  # not written, or written half
+        return ""
+    started = [n for n in counts if isinstance(n, int)]
+    return f" in cell {max(started)}" if started else ""
 
 
 def export_html(executed: str | Path, target: str | Path) -> Path:
@@ -173,6 +259,8 @@ def run_reports(
     missing = [str(notebooks_dir / f"{n}.ipynb") for n in notebooks if not (notebooks_dir / f"{n}.ipynb").is_file()]
     if missing:
         raise FileNotFoundError(f"notebooks not found: {', '.join(missing)}")
+    check_params(params, [notebooks_dir / f"{n}.ipynb" for n in notebooks])
+    _refuse_foreign_output(reports_dir)
     runs: list[NotebookRun] = []
     started = dt.datetime.now(dt.timezone.utc)
     with atomic_dir(reports_dir) as tmp:
@@ -197,6 +285,17 @@ def run_reports(
         (tmp / "index.html").write_text(render_index(runs, shown, metrics, started), encoding="utf-8")
     # the runs' paths pointed into the temporary folder, which is now reports_dir
     return [NotebookRun(r.name, reports_dir / "executed" / r.executed.name, reports_dir / r.html.name, r.seconds) for r in runs]
+
+
+def _refuse_foreign_output(reports_dir: Path) -> None:
+    """Never replace a file, a link or a non-empty folder that `reports` did not write."""
+    if reports_dir.is_symlink() or (reports_dir.exists() and not reports_dir.is_dir()):
+        raise FileExistsError(f"{reports_dir}: exists and is not a folder written by `maskclf reports`; refusing to replace it")
+    if not reports_dir.is_dir():
+        return
+    names = {p.name for p in reports_dir.iterdir()}
+    if names - {BUILD_DIR_NAME, FIGURES_DIR_NAME} and not all((reports_dir / m).exists() for m in REPORTS_MARKERS):
+        raise FileExistsError(f"{reports_dir}: exists, is not empty and was not written by `maskclf reports`; refusing to replace it")
 
 
 def _keep_failed(executed: Path, reports_dir: Path) -> Path:
@@ -273,12 +372,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `reports` from parsed arguments."""
     overrides = dict(args.param)
-    if args.data:
-        overrides["data_dir"] = str(Path(args.data).resolve())
-    params = load_params(args.params, overrides)
     t0 = time.perf_counter()
     try:
-        runs = run_reports(params, reports_dir=args.reports_dir)
+        if args.data:
+            overrides["data_dir"] = str(resolve_data_dir(args.data).resolve())
+        runs = run_reports(load_params(args.params, overrides), reports_dir=args.reports_dir)
+    except (ParamsError, DataNotFoundError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except NotebookFailed as exc:
         print(f"error: {exc}\nthe previous reports in {args.reports_dir} are unchanged", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ code nor exhaust the machine.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import struct
@@ -16,11 +17,12 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 
-from maskclf import data
+from maskclf import data, report
 from maskclf.data import DataError, extract_faces, read_manifest
 from maskclf.fsutil import atomic_dir
 from maskclf.torch_pickle import TorchPickleError, load_torch_state_dict
@@ -436,3 +438,114 @@ def test_weights_files_are_read_within_a_limit(compressed_storage):
     assert load_torch_state_dict(compressed_storage)["w"].shape == (1 << 24,)
     with pytest.raises(TorchPickleError, match=r"dense\.pth: .*its storages declare 67108864 bytes, over the limit of 1048576"):
         load_torch_state_dict(compressed_storage, max_bytes=1 << 20)
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _reports(capsys, *args: str) -> tuple[int, str]:
+    """Exit status and stderr of `python -m maskclf reports ARGS`, run in this process."""
+    from maskclf.cli import main
+
+    try:
+        status = main(["reports", *args])
+    except SystemExit as exc:  # argparse's errors
+        status = exc.code
+    return status, capsys.readouterr().err
+
+
+@pytest.fixture
+def no_notebook_runs(monkeypatch):
+    """Fail the test if a notebook starts: the inputs below must be refused before any runs."""
+    def run_notebook(notebook, *args, **kwargs):
+        pytest.fail(f"{notebook.name} ran")
+
+    monkeypatch.setattr(report, "run_notebook", run_notebook)
+
+
+@pytest.fixture
+def missing_params_file(tmp_path) -> Path:
+    return tmp_path / "missing.yaml"
+
+
+@pytest.fixture
+def alias_bomb_params(tmp_path) -> Path:
+    """A 600-byte YAML file whose aliases expand to 10**9 values."""
+    levels = ["  - &a0 [" + ", ".join(["x"] * 10) + "]"]
+    levels += [f"  - &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("compare:\n" + "\n".join(levels) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("fixture, problem", [
+    ("missing_params_file", "missing.yaml: parameter file not found"),
+    ("alias_bomb_params", "parameter 'compare': more than 100000 values"),
+])
+def test_bad_parameter_files_are_named_errors(fixture, problem, request, tmp_path, no_notebook_runs, capsys):
+    params = request.getfixturevalue(fixture)
+    status, err = _reports(capsys, "--params", str(params), "--reports-dir", str(tmp_path / "reports"))
+    assert status == 2 and problem in err
+
+
+@pytest.mark.parametrize("override, problem", [
+    ("backbone=[x", "argument -p/--param: backbone: not valid YAML/JSON"),
+    ("backbon=resnet50", "unknown parameter 'backbon'; the notebooks take"),
+    ("run_name=2024-01-01", "parameter 'run_name': datetime.date(2024, 1, 1) is a date"),
+    ("cross_validate=false", "parameter 'cross_validate' is off, but 04_error_analysis needs"),
+])
+def test_bad_parameters_are_refused_before_any_notebook_runs(override, problem, tmp_path, no_notebook_runs, capsys):
+    status, err = _reports(capsys, "-p", override, "--reports-dir", str(tmp_path / "reports"))
+    assert status == 2 and problem in err
+
+
+def test_reports_refuse_a_missing_data_set(tmp_path, no_notebook_runs, capsys):
+    status, err = _reports(capsys, "--data", str(tmp_path / "nowhere"), "--reports-dir", str(tmp_path / "reports"))
+    assert status == 2 and f"{tmp_path / 'nowhere'}: not a Face Mask Detection folder" in err
+
+
+@pytest.fixture
+def foreign_folder(tmp_path) -> Path:
+    """A folder of the user's own where the reports should go."""
+    path = tmp_path / "Documents"
+    path.mkdir()
+    (path / "thesis.tex").write_text("years of work")
+    return path
+
+
+@pytest.mark.parametrize("fixture", ["output_is_a_file", "output_is_a_link", "foreign_folder"])
+def test_reports_refuse_an_output_they_did_not_write(fixture, request, no_notebook_runs, capsys):
+    out = request.getfixturevalue(fixture)
+    before = {p: p.read_bytes() for p in out.parent.rglob("*") if p.is_file()}
+    status, err = _reports(capsys, "--reports-dir", str(out))
+    assert status == 2 and f"{out}: exists" in err and "written by `maskclf reports`; refusing to replace it" in err
+    assert {p: p.read_bytes() for p in out.parent.rglob("*") if p.is_file()} == before
+
+
+@pytest.fixture
+def dying_kernel(tmp_path) -> Path:
+    """A notebook folder whose one notebook kills its kernel, as running out of memory does."""
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    params = nbformat.v4.new_code_cell("x = 1")
+    params.metadata["tags"] = ["parameters"]
+    cells = [params, nbformat.v4.new_code_cell("print(x)"), nbformat.v4.new_code_cell("import os; os._exit(9)")]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, nbs / "01_dies.ipynb")
+    return nbs
+
+
+def test_a_dead_kernel_is_a_failed_notebook(dying_kernel, tmp_path, monkeypatch, capsys):
+    reports = tmp_path / "reports"
+    (reports / "executed").mkdir(parents=True)
+    (reports / "index.html").write_text("the previous reports")
+    run = functools.partial(report.run_reports, notebooks=("01_dies",), notebooks_dir=dying_kernel, progress=False)
+    monkeypatch.setattr(report, "run_reports", run)
+    (tmp_path / "params.yaml").write_text("x: 2\n")
+    status, err = _reports(capsys, "--params", str(tmp_path / "params.yaml"), "--reports-dir", str(reports))
+    kept = reports / "_build" / "01_dies.failed.ipynb"
+    assert status == 1, err
+    assert "01_dies.ipynb failed in cell 4 (DeadKernelError" in err  # cell 3 after the injected parameters and f"executed notebook: {kept}" in err
+    assert f"the previous reports in {reports} are unchanged" in err
+    assert kept.is_file() and (reports / "index.html").read_text() == "the previous reports"
