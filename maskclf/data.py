@@ -276,7 +276,7 @@ def extract_faces(
 
     rows: list[dict] = []
     skipped: list[dict[str, str]] = []
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, marker="extract.json") as tmp:
         for xml_path in tqdm(xml_files, desc="extract", unit="photo", disable=not progress):
             try:
                 rows += _crop_one(xml_path, data_dir / "images", tmp, margin, label_map, skip_bad, skipped)

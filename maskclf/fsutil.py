@@ -60,19 +60,20 @@ def _json_default(obj: Any) -> Any:
 
 
 @contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
+def atomic_dir(target: str | Path, marker: str | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder beside `target`; on success swap it in place of `target`.
 
     The previous `target` (if any) stays intact until the new one is complete, so an
     interrupted build leaves the old output, and a finished one leaves no stale files.
     Swaps are serialised by a lock on `target`, so concurrent writers never collide, and
     temporary folders left by killed runs are swept (never those of a live writer).
-    `target` must be a folder or not exist: a file or a link there is refused.
+    `target` must be a folder or not exist: a file or a link there is refused, and so is,
+    given a `marker` file name, a non-empty folder without it (one this code did not write).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _locked(target):
-        _refuse_non_folder(target)
+        _refuse_foreign(target, marker)
         _sweep_stale(target)
         tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), dir=target.parent))
         tmp_fd = _lock_fd(tmp)  # held while the folder is built: marks it as a live writer's
@@ -80,7 +81,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         with _locked(target):
-            _refuse_non_folder(target)
+            _refuse_foreign(target, marker)
             _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -116,7 +117,7 @@ def _old_prefix(target: Path) -> str:
     return f".{target.name}.old-"
 
 
-def _refuse_non_folder(target: Path) -> None:
+def _refuse_foreign(target: Path, marker: str | None) -> None:
     try:
         mode = target.lstat().st_mode
     except FileNotFoundError:
@@ -124,6 +125,8 @@ def _refuse_non_folder(target: Path) -> None:
     if not stat.S_ISDIR(mode):
         kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
         raise FileExistsError(f"{target}: exists and is {kind}; refusing to replace it")
+    if marker and not (target / marker).exists() and any(target.iterdir()):
+        raise FileExistsError(f"{target}: exists, is not empty and has no {marker}, so it was not written here; refusing to replace it")
 
 
 def _swap_in(tmp: Path, target: Path) -> None:

@@ -549,3 +549,11 @@ def test_a_dead_kernel_is_a_failed_notebook(dying_kernel, tmp_path, monkeypatch,
     assert "01_dies.ipynb failed in cell 4 (DeadKernelError" in err  # cell 3 after the injected parameters and f"executed notebook: {kept}" in err
     assert f"the previous reports in {reports} are unchanged" in err
     assert kept.is_file() and (reports / "index.html").read_text() == "the previous reports"
+
+
+def test_a_model_is_never_saved_over_a_foreign_folder(foreign_folder):
+    from tinymodel import make_tiny_run
+
+    with pytest.raises(FileExistsError, match="Documents: exists, is not empty and has no config.json"):
+        make_tiny_run(foreign_folder)
+    assert [p.name for p in foreign_folder.iterdir()] == ["thesis.tex"]
