@@ -465,6 +465,7 @@ def no_notebook_runs(monkeypatch):
 
 @pytest.fixture
 def missing_params_file(tmp_path) -> Path:
+    """A --params file that does not exist."""
     return tmp_path / "missing.yaml"
 
 
