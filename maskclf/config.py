@@ -28,6 +28,10 @@ STAGES = {"01_extract": "extract", "02_train": "train", "03_evaluate": "evaluate
           "04_error_analysis": "error_analysis"}
 """Notebook -> its section of params.yaml; every notebook also takes the `common` section."""
 COMMON = "common"
+MAX_PARAMS_BYTES = 1 << 20
+"""Refuse a parameter file larger than this (notebooks/params.yaml is 3 kB)."""
+MAX_PARAM_VALUES = 100_000
+"""Refuse a parameter made of more values than this (a YAML alias bomb expands without end)."""
 
 
 class ParamsError(ValueError):
@@ -37,12 +41,7 @@ class ParamsError(ValueError):
 def read_sections(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """The sections of a parameter file, checked: mappings, and every name in one section only."""
     path = Path(path or PARAMS_FILE)
-    if not path.is_file():
-        raise ParamsError(f"{path}: parameter file not found")
-    try:
-        sections = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ParamsError(f"{path}: not valid YAML/JSON ({exc})") from None
+    sections = _parse_yaml(_read_params_file(path), str(path)) or {}
     if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
         raise ParamsError(f"{path}: expected sections ({COMMON}, {', '.join(STAGES.values())}) of name: value")
     unknown = set(sections) - {COMMON, *STAGES.values()}
@@ -63,7 +62,10 @@ def load_params(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     unknown = set(overrides or {}) - set(params)
     if unknown:
         raise ParamsError(f"unknown parameter(s) {sorted(unknown)}; known: {', '.join(sorted(params))}")
-    return {**params, **(overrides or {})}
+    params = {**params, **(overrides or {})}
+    for name, value in params.items():
+        check_value(name, value)
+    return params
 
 
 def stage_defaults(notebook: str, path: str | Path | None = None) -> dict[str, Any]:
@@ -84,6 +86,46 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     try:
-        return name.strip(), yaml.safe_load(value)
-    except yaml.YAMLError as exc:
-        raise argparse.ArgumentTypeError(f"-p {text}: the value is not valid YAML ({exc.problem})") from None
+        return name.strip(), _parse_yaml(value, f"-p {name.strip()}")
+    except ParamsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def check_value(name: str, value: Any) -> None:
+    """ParamsError unless `value` is JSON-like (strings, numbers, booleans, null, lists, string-keyed
+    mappings) and made of at most MAX_PARAM_VALUES values."""
+    pending, count = [value], 0
+    while pending:
+        item = pending.pop()
+        count += 1
+        if count > MAX_PARAM_VALUES:
+            raise ParamsError(f"parameter {name!r}: more than {MAX_PARAM_VALUES} values")
+        if isinstance(item, dict) and all(isinstance(k, str) for k in item):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif item is not None and not isinstance(item, (str, bool, int, float)):
+            raise ParamsError(
+                f"parameter {name!r}: {item!r} is a {type(item).__name__}; values must be strings, numbers, "
+                "booleans, null, lists or mappings with string keys (quote dates and other such values)"
+            )
+
+
+def _read_params_file(path: Path) -> str:
+    if not path.is_file():
+        raise ParamsError(f"{path}: parameter file not found")
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_PARAMS_BYTES + 1)
+        if len(raw) > MAX_PARAMS_BYTES:
+            raise ParamsError(f"{path}: larger than the limit of {MAX_PARAMS_BYTES} bytes for a parameter file")
+        return raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamsError(f"{path}: unreadable ({exc})") from exc
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ParamsError(f"{where}: not valid YAML/JSON ({exc})") from exc

@@ -11,11 +11,14 @@ import argparse
 import csv
 import hashlib
 import json
+import math
+import operator
 import os
+import re
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 from lxml import etree
@@ -44,6 +47,17 @@ MANIFEST_COLUMNS = [
     "crop_path", "source_image", "face_index", "xmin", "ymin", "xmax", "ymax", "width", "height",
     "image_width", "image_height", "clipped", "original_label", "label", "fold",
 ]
+
+
+MAX_XML_BYTES = 1 << 20
+"""Refuse annotation files larger than this (a VOC file of the real set is at most 40 kB)."""
+
+MAX_OBJECTS = 1000
+"""Refuse annotation files with more boxes than this (the real set has at most 115 per photo)."""
+
+MAX_SEED = 2**32 - 1
+LABEL_NAME = re.compile(r"\w[\w.\- ]{0,63}")
+"""A label is a folder name of the crops: letters, digits, '_', '.', '-', ' '; no path separators."""
 
 
 class DataError(ValueError):
@@ -134,15 +148,19 @@ class Annotation:
 def parse_voc(xml_path: str | Path) -> Annotation:
     """Parse one Pascal VOC XML file, raising DataError on anything malformed."""
     xml_path = Path(xml_path)
+    text = _read_xml_bytes(xml_path)
     try:
-        root = etree.parse(str(xml_path), etree.XMLParser(resolve_entities=False, no_network=True)).getroot()
-    except (etree.XMLSyntaxError, OSError) as exc:
+        root = etree.fromstring(text, etree.XMLParser(resolve_entities=False, no_network=True))
+    except etree.XMLSyntaxError as exc:
         raise DataError(f"{xml_path}: malformed XML ({exc})") from exc
+    objects = root.findall("object")
+    if len(objects) > MAX_OBJECTS:
+        raise DataError(f"{xml_path}: {len(objects)} objects, more than the limit of {MAX_OBJECTS}")
     filename = _text(root, "filename", xml_path)
     width = _int(root, "size/width", xml_path)
     height = _int(root, "size/height", xml_path)
     boxes = []
-    for i, obj in enumerate(root.findall("object")):
+    for i, obj in enumerate(objects):
         where = f"object #{i}"
         boxes.append(
             Box(
@@ -156,6 +174,24 @@ def parse_voc(xml_path: str | Path) -> Annotation:
     return Annotation(xml_path, filename, width, height, boxes)
 
 
+def _read_xml_bytes(xml_path: Path) -> bytes:
+    """The bytes of an annotation file: a regular file of valid UTF-8 name, at most MAX_XML_BYTES."""
+    try:
+        os.fsencode(xml_path.name).decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{xml_path}: the file name is not valid UTF-8; rename the file") from None
+    if not xml_path.is_file():
+        raise DataError(f"{xml_path}: not a regular file")
+    try:
+        with xml_path.open("rb") as f:
+            text = f.read(MAX_XML_BYTES + 1)
+    except OSError as exc:
+        raise DataError(f"{xml_path}: unreadable ({exc.strerror or exc})") from exc
+    if len(text) > MAX_XML_BYTES:
+        raise DataError(f"{xml_path}: larger than the limit of {MAX_XML_BYTES} bytes for an annotation")
+    return text
+
+
 def _text(node: etree._Element, tag: str, xml_path: Path, where: str = "") -> str:
     text = node.findtext(tag)
     if text is None or not text.strip():
@@ -166,9 +202,12 @@ def _text(node: etree._Element, tag: str, xml_path: Path, where: str = "") -> st
 def _int(node: etree._Element, tag: str, xml_path: Path, where: str = "") -> int:
     text = _text(node, tag, xml_path, where)
     try:
-        return int(round(float(text)))
-    except ValueError as exc:
-        raise DataError(f"{xml_path}: {where + ': ' if where else ''}<{tag}> is not a number: {text!r}") from exc
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise DataError(f"{xml_path}: {where + ': ' if where else ''}<{tag}> is not a number, or not a finite one: {text!r}")
+    return int(round(value))
 
 
 def check_box(box: Box, width: int, height: int, xml_path: Path, index: int) -> tuple[int, int, int, int]:
@@ -187,7 +226,7 @@ def check_box(box: Box, width: int, height: int, xml_path: Path, index: int) -> 
 def expand_box(box: tuple[int, int, int, int], margin: float, width: int, height: int) -> tuple[int, int, int, int]:
     """Grow a box by `margin` of its size on each side, clipped to the image."""
     xmin, ymin, xmax, ymax = box
-    dx, dy = round((xmax - xmin) * margin), round((ymax - ymin) * margin)
+    dx, dy = round(min((xmax - xmin) * margin, width)), round(min((ymax - ymin) * margin, height))
     return max(xmin - dx, 0), max(ymin - dy, 0), min(xmax + dx, width), min(ymax + dy, height)
 
 
@@ -221,20 +260,23 @@ def extract_faces(
     """Crop every annotated face of `data_dir` into `out_dir` and write the manifest with folds.
 
     With `skip_bad`, a bad file or box is recorded in `skipped.csv` instead of stopping
-    the run. The previous `out_dir` is replaced only once the new one is complete.
+    the run. Images are read only from inside `data_dir/images`. The previous `out_dir`
+    is replaced only once the new one is complete; a file, a link or a folder that
+    extraction did not write is refused.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    label_map = dict(DEFAULT_LABEL_MAP if label_map is None else label_map)
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
-    _refuse_foreign_dir(out_dir)
+    margin, seed = check_margin(margin), check_seed(seed)
+    label_map = check_label_map(DEFAULT_LABEL_MAP if label_map is None else label_map)
+    if not isinstance(n_folds, int) or n_folds < 2:
+        raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
+    _refuse_foreign_output(out_dir)
     xml_files = sorted((data_dir / "annotations").glob("*.xml"))
     if not xml_files:
         raise DataError(f"{data_dir / 'annotations'}: no .xml files")
 
     rows: list[dict] = []
     skipped: list[dict[str, str]] = []
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, marker="extract.json") as tmp:
         for xml_path in tqdm(xml_files, desc="extract", unit="photo", disable=not progress):
             try:
                 rows += _crop_one(xml_path, data_dir / "images", tmp, margin, label_map, skip_bad, skipped)
@@ -245,10 +287,14 @@ def extract_faces(
         if not rows:
             raise DataError(f"{data_dir}: no face could be extracted")
         manifest = pd.DataFrame(rows)
+        n_photos = manifest["source_image"].nunique()
+        if n_photos < n_folds:
+            raise DataError(f"{data_dir}: faces from only {n_photos} photos, fewer than the {n_folds} folds (each fold needs photos of its own)")
         manifest["fold"] = assign_folds(manifest["label"], manifest["source_image"], n_folds=n_folds, seed=seed)
         manifest = manifest[MANIFEST_COLUMNS]
         manifest.to_csv(tmp / "faces.csv", index=False)
-        pd.DataFrame(skipped, columns=["file", "problem"]).to_csv(tmp / "skipped.csv", index=False)
+        skipped_table = pd.DataFrame(skipped, columns=["file", "problem"]).map(printable)
+        skipped_table.to_csv(tmp / "skipped.csv", index=False)
         digest = hash_extraction(tmp)
         params = {
             "data_dir": str(data_dir), "margin": margin, "label_map": label_map, "seed": seed,
@@ -259,8 +305,50 @@ def extract_faces(
     return ExtractResult(out_dir, manifest, skipped, digest)
 
 
-def _refuse_foreign_dir(out_dir: Path) -> None:
-    """Never replace a non-empty folder that an earlier extraction did not write."""
+def printable(text: str) -> str:
+    """`text` with the undecodable bytes of file names (surrogate escapes) shown as `\\xNN`."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def check_margin(margin: Any) -> float:
+    """`margin` as a float, if it is a finite number >= 0; ValueError otherwise."""
+    try:
+        value = float(margin)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
+    return value
+
+
+def check_seed(seed: Any) -> int:
+    """`seed` as an int, if it is a whole number in 0..MAX_SEED; ValueError otherwise."""
+    try:
+        value = int(seed, 10) if isinstance(seed, str) else operator.index(seed)
+    except (TypeError, ValueError):
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    return value
+
+
+def check_label_map(label_map: Any) -> dict[str, str]:
+    """`label_map` as a dict, if it maps class names to labels usable as folder names; ValueError otherwise."""
+    if not isinstance(label_map, Mapping) or not label_map:
+        raise ValueError(f"label map must be a non-empty mapping of original class to label, got {label_map!r}")
+    for name, label in label_map.items():
+        if not isinstance(name, str) or not isinstance(label, str) or not LABEL_NAME.fullmatch(label):
+            raise ValueError(
+                f"label map: {name!r} -> {label!r}: class names must be strings and labels names of up to 64 "
+                "letters, digits, '_', '.', '-' or spaces, starting with a letter, digit or '_' (they name folders)"
+            )
+    return dict(label_map)
+
+
+def _refuse_foreign_output(out_dir: Path) -> None:
+    """Never replace a file, a link or a non-empty folder that an earlier extraction did not write."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise DataError(f"{out_dir}: exists and is not a folder written by `maskclf extract`; refusing to replace it")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "extract.json").is_file():
         raise DataError(f"{out_dir}: exists, is not empty and was not written by `maskclf extract`; refusing to replace it")
 
@@ -275,9 +363,9 @@ def _crop_one(
     skipped: list[dict[str, str]],
 ) -> list[dict]:
     ann = parse_voc(xml_path)
+    image_path = _image_path(images_dir, ann.filename, xml_path)
     if Path(ann.filename).stem != xml_path.stem:
         raise DataError(f"{xml_path}: <filename> is {ann.filename!r}, which does not match the annotation's name")
-    image_path = images_dir / ann.filename
     image = load_rgb(image_path)
     if image.size != (ann.width, ann.height):
         raise DataError(f"{xml_path}: <size> says {ann.width}x{ann.height} but {image_path} is {image.width}x{image.height}")
@@ -307,14 +395,31 @@ def _crop_one(
     return rows
 
 
+def _image_path(images_dir: Path, filename: str, xml_path: Path) -> Path:
+    """The image that `<filename>` names, which must lie inside `images_dir` (links resolved)."""
+    path = images_dir / filename
+    if not path.resolve().is_relative_to(images_dir.resolve()):
+        raise DataError(f"{xml_path}: <filename> {filename!r} leads outside {images_dir}; refusing to read it")
+    return path
+
+
 def hash_extraction(out_dir: str | Path) -> str:
     """SHA-256 of the manifest and every crop it lists: the key of everything computed downstream."""
     out_dir = Path(out_dir)
-    digest = hashlib.sha256((out_dir / "faces.csv").read_bytes())
-    with open(out_dir / "faces.csv", newline="", encoding="utf-8") as f:
+    manifest_path = out_dir / "faces.csv"
+    digest = hashlib.sha256(manifest_path.read_bytes())
+    with open(manifest_path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
+            _check_inside(row["crop_path"], "crop_path", manifest_path)
             digest.update((out_dir / row["crop_path"]).read_bytes())
     return digest.hexdigest()
+
+
+def _check_inside(relative: Any, column: str, manifest_path: Path) -> None:
+    """DataError unless `relative` is a relative path that stays inside its base folder."""
+    path = PurePosixPath(str(relative))
+    if path.is_absolute() or ".." in path.parts:
+        raise DataError(f"{manifest_path}: {column} {relative!r} leads outside the data; refusing to read it")
 
 
 def read_manifest(faces_dir: str | Path = DEFAULT_FACES_DIR) -> pd.DataFrame:
@@ -327,6 +432,9 @@ def read_manifest(faces_dir: str | Path = DEFAULT_FACES_DIR) -> pd.DataFrame:
     missing = set(MANIFEST_COLUMNS) - set(manifest.columns)
     if missing:
         raise DataError(f"{path}: missing columns {sorted(missing)}")
+    for column in ("crop_path", "source_image"):
+        for relative in manifest[column]:
+            _check_inside(relative, column, path)
     manifest["crop_file"] = [str(faces_dir / p) for p in manifest["crop_path"]]
     return manifest
 
@@ -351,10 +459,31 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Options of `python -m maskclf extract`."""
     parser.add_argument("--data", help=f"data set folder (default: ${DATA_ENV_VAR}, then data/raw/{DATASET_NAME}, then Kaggle)")
     parser.add_argument("--out", default=str(DEFAULT_FACES_DIR), help="output folder (default: %(default)s)")
-    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="context around each box, fraction of its size (default: %(default)s)")
-    parser.add_argument("--label-map", type=json.loads, default=None, help="JSON object mapping original to binary labels")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the fold assignment (default: %(default)s)")
+    parser.add_argument("--margin", type=_option(check_margin), default=DEFAULT_MARGIN, help="context around each box, fraction of its size (default: %(default)s)")
+    parser.add_argument("--label-map", type=_option(parse_label_map), default=None, help="JSON object mapping original to binary labels")
+    parser.add_argument("--seed", type=_option(check_seed), default=42, help="seed of the fold assignment (default: %(default)s)")
     parser.add_argument("--skip-bad", action="store_true", help="record bad files in skipped.csv instead of stopping")
+
+
+def parse_label_map(text: str) -> dict[str, str]:
+    """A `--label-map` argument: a JSON object mapping original classes to labels."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    return check_label_map(obj)
+
+
+def _option(check: Callable[[Any], Any]) -> Callable[[str], Any]:
+    """An argparse type that reports `check`'s ValueError as the option's error (exit 2)."""
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = check.__name__
+    return parse
 
 
 def run(args: argparse.Namespace) -> int:
@@ -362,8 +491,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         data_dir = resolve_data_dir(args.data)
         result = extract_faces(data_dir, args.out, margin=args.margin, label_map=args.label_map, seed=args.seed, skip_bad=args.skip_bad)
-    except (DataError, DataNotFoundError, ImageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (DataError, DataNotFoundError, ImageError, OSError) as exc:
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
     counts = result.manifest["label"].value_counts().to_dict()
     print(f"wrote {len(result.manifest)} faces from {result.manifest['source_image'].nunique()} photos to {result.out_dir}: {counts}")

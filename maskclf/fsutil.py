@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,27 +60,110 @@ def _json_default(obj: Any) -> Any:
 
 
 @contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
+def atomic_dir(target: str | Path, marker: str | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder beside `target`; on success swap it in place of `target`.
 
     The previous `target` (if any) stays intact until the new one is complete, so an
     interrupted build leaves the old output, and a finished one leaves no stale files.
+    Swaps are serialised by a lock on `target`, so concurrent writers never collide, and
+    temporary folders left by killed runs are swept (never those of a live writer).
+    `target` must be a folder or not exist: a file or a link there is refused, and so is,
+    given a `marker` file name, a non-empty folder without it (one this code did not write).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    with _locked(target):
+        _refuse_foreign(target, marker)
+        _sweep_stale(target)
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), dir=target.parent))
+        tmp_fd = _lock_fd(tmp)  # held while the folder is built: marks it as a live writer's
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
+        with _locked(target):
+            _refuse_foreign(target, marker)
+            _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(tmp_fd)
+
+
+def _sweep_stale(target: Path) -> None:
+    """Remove the temporary and old folders of `target` left by killed runs.
+
+    A live writer holds a lock on its temporary folder, so its folder is kept. Called
+    with `target`'s lock held, when no swap (and so no old folder) is in progress.
+    """
+    for path in target.parent.iterdir():
+        if not path.name.startswith((_tmp_prefix(target), _old_prefix(target))) or path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            fd = _lock_fd(path, blocking=False)
+        except (BlockingIOError, FileNotFoundError):
+            continue  # a live writer's, or already gone
+        try:
+            shutil.rmtree(path)
+        finally:
+            os.close(fd)
+
+
+def _tmp_prefix(target: Path) -> str:
+    return f".{target.name}.tmp-"
+
+
+def _old_prefix(target: Path) -> str:
+    return f".{target.name}.old-"
+
+
+def _refuse_foreign(target: Path, marker: str | None) -> None:
+    try:
+        mode = target.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
+        raise FileExistsError(f"{target}: exists and is {kind}; refusing to replace it")
+    if marker and not (target / marker).exists() and any(target.iterdir()):
+        raise FileExistsError(f"{target}: exists, is not empty and has no {marker}, so it was not written here; refusing to replace it")
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
     old = None
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        old = target.with_name(f"{_old_prefix(target)}{os.getpid()}")
         if old.exists():
             shutil.rmtree(old)
         os.replace(target, old)
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `target` (a lock file beside it) for the duration."""
+    lock = target.with_name(f".{target.name}.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _lock_fd(folder: Path, blocking: bool = True) -> int:
+    """Open `folder` and lock it exclusively; the lock lasts until the descriptor is closed."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

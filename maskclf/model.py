@@ -41,6 +41,8 @@ def save_run(
 ) -> Path:
     """Write a complete run folder atomically and return its path.
 
+    A non-empty `run_dir` without `config.json` (not a run folder) is refused, never replaced.
+
     `config` must name at least `image_size` and `class_names`; `extras` maps further
     file names to their text (e.g. CSV tables).
     """
@@ -49,7 +51,7 @@ def save_run(
             raise ValueError(f"run config needs {key!r}")
     config = {**config, "format_version": FORMAT_VERSION, "maskclf_version": __version__}
     run_dir = Path(run_dir)
-    with atomic_dir(run_dir) as tmp:
+    with atomic_dir(run_dir, marker=CONFIG_FILE) as tmp:
         model.save(tmp / MODEL_FILE)
         write_json_atomic(tmp / CONFIG_FILE, config)
         if history is not None:

@@ -22,6 +22,7 @@ from typing import Any
 import nbformat
 
 from .config import PARAMS_FILE, ParamsError, load_params, parse_override
+from .data import DataNotFoundError, resolve_data_dir
 from .fsutil import atomic_dir, write_text_atomic
 from .paths import NOTEBOOKS_DIR, REPORTS_DIR
 
@@ -29,6 +30,10 @@ PIPELINE = ("01_extract", "02_train", "03_evaluate", "04_error_analysis")
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 BUILD_DIR_NAME = "_build"  # failed executed notebooks are kept here (git-ignored)
 FIGURES_DIR_NAME = "figures"  # figures for the README, written by commands such as `predict --draw`
+
+
+REPORTS_MARKERS = ("index.html", "executed")
+"""What a folder written by `reports` holds; any other non-empty folder is not replaced."""
 
 
 class NotebookFailed(RuntimeError):
@@ -48,6 +53,20 @@ class NotebookRun:
 # --------------------------------------------------------------------------- parameters
 
 
+def check_params(params: dict[str, Any], notebooks: list[Path]) -> None:
+    """ParamsError unless every parameter is declared by one of `notebooks`, has a JSON-like
+    value of bounded size, and the parameters together make a pipeline that can finish."""
+    declared = set().union(*(declared_parameters(nb) for nb in notebooks))
+    unknown = sorted(set(params) - declared)
+    if unknown:
+        raise ParamsError(f"unknown parameter {', '.join(map(repr, unknown))}; the notebooks take {', '.join(sorted(declared))}")
+    if "cross_validate" in params and not params["cross_validate"] and any(nb.stem == "04_error_analysis" for nb in notebooks):
+        raise ParamsError(
+            "parameter 'cross_validate' is off, but 04_error_analysis needs the out-of-fold predictions "
+            "(cv_predictions.csv) that cross-validation writes; keep cross_validate=true"
+        )
+
+
 def declared_parameters(notebook: Path) -> set[str]:
     """Names assigned in the notebook's cell tagged `parameters`."""
     nb = nbformat.read(notebook, as_version=4)
@@ -63,7 +82,9 @@ def declared_parameters(notebook: Path) -> set[str]:
 def run_notebook(notebook: Path, executed: Path, params: dict[str, Any], cwd: Path, progress: bool = True) -> None:
     """Execute `notebook` with the parameters it declares; raise NotebookFailed on an error."""
     import papermill
-    from papermill.exceptions import PapermillExecutionError
+    from jupyter_client.kernelspec import NoSuchKernel
+    from nbclient.exceptions import CellControlSignal, DeadKernelError
+    from papermill.exceptions import PapermillException, PapermillExecutionError
 
     mine = {k: v for k, v in params.items() if k in declared_parameters(notebook)}
     try:
@@ -76,6 +97,23 @@ def run_notebook(notebook: Path, executed: Path, params: dict[str, Any], cwd: Pa
             f"{notebook.name} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}); "
             f"executed notebook: {executed}"
         ) from exc
+    except (PapermillException, CellControlSignal, NoSuchKernel, RuntimeError, TimeoutError) as exc:
+        # the kernel died (DeadKernelError, a RuntimeError), timed out, or could not start
+        hint = "; the kernel died, most often for lack of memory" if isinstance(exc, DeadKernelError) else ""
+        raise NotebookFailed(
+            f"{notebook.name} failed{_in_cell(executed)} ({type(exc).__name__}: {exc}){hint}; "
+            f"executed notebook: {executed}"
+        ) from exc
+
+
+def _in_cell(executed: Path) -> str:
+    """' in cell N' for the last cell the kernel started in the executed notebook, if any."""
+    try:
+        counts = [c.get("execution_count") for c in nbformat.read(executed, as_version=4).cells]
+    except (OSError, ValueError):  # not written, or written half
+        return ""
+    started = [n for n in counts if isinstance(n, int)]
+    return f" in cell {max(started)}" if started else ""
 
 
 def export_html(executed: str | Path, target: str | Path) -> Path:
@@ -148,6 +186,8 @@ def run_reports(
     missing = [str(notebooks_dir / f"{n}.ipynb") for n in notebooks if not (notebooks_dir / f"{n}.ipynb").is_file()]
     if missing:
         raise FileNotFoundError(f"notebooks not found: {', '.join(missing)}")
+    check_params(params, [notebooks_dir / f"{n}.ipynb" for n in notebooks])
+    _refuse_foreign_output(reports_dir)
     runs: list[NotebookRun] = []
     started = dt.datetime.now(dt.timezone.utc)
     with atomic_dir(reports_dir) as tmp:
@@ -172,6 +212,17 @@ def run_reports(
         (tmp / "index.html").write_text(render_index(runs, shown, metrics, started), encoding="utf-8")
     # the runs' paths pointed into the temporary folder, which is now reports_dir
     return [NotebookRun(r.name, reports_dir / "executed" / r.executed.name, reports_dir / r.html.name, r.seconds) for r in runs]
+
+
+def _refuse_foreign_output(reports_dir: Path) -> None:
+    """Never replace a file, a link or a non-empty folder that `reports` did not write."""
+    if reports_dir.is_symlink() or (reports_dir.exists() and not reports_dir.is_dir()):
+        raise FileExistsError(f"{reports_dir}: exists and is not a folder written by `maskclf reports`; refusing to replace it")
+    if not reports_dir.is_dir():
+        return
+    names = {p.name for p in reports_dir.iterdir()}
+    if names - {BUILD_DIR_NAME, FIGURES_DIR_NAME} and not all((reports_dir / m).exists() for m in REPORTS_MARKERS):
+        raise FileExistsError(f"{reports_dir}: exists, is not empty and was not written by `maskclf reports`; refusing to replace it")
 
 
 def _keep_failed(executed: Path, reports_dir: Path) -> Path:
@@ -248,16 +299,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `reports` from parsed arguments."""
     overrides = dict(args.param)
-    if args.data:
-        overrides["data_dir"] = str(Path(args.data).resolve())
-    try:
-        params = load_params(args.params, overrides)
-    except ParamsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     t0 = time.perf_counter()
     try:
-        runs = run_reports(params, reports_dir=args.reports_dir)
+        if args.data:
+            overrides["data_dir"] = str(resolve_data_dir(args.data).resolve())
+        runs = run_reports(load_params(args.params, overrides), reports_dir=args.reports_dir)
+    except (ParamsError, DataNotFoundError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except NotebookFailed as exc:
         print(f"error: {exc}\nthe previous reports in {args.reports_dir} are unchanged", file=sys.stderr)
         return 1

@@ -135,7 +135,7 @@ def test_rerun_with_other_parameters_leaves_no_stale_crops(voc_dir, tmp_path):
     m = extract_faces(voc_dir, out, label_map=merged_into_with, progress=False).manifest
     on_disk = {p.relative_to(out).as_posix() for p in (out / "faces").rglob("*.png")}
     assert on_disk == set(m["crop_path"])
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], "no temporary folders left"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out") and p.is_dir()], "no temporary folders left"
 
 
 def test_interrupted_rerun_keeps_the_previous_output(voc_dir, tmp_path, monkeypatch):

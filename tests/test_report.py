@@ -70,7 +70,7 @@ def test_a_failing_notebook_keeps_the_previous_reports(tmp_path):
     assert str(failed) in message and failed.is_file()
     after = {p.relative_to(reports): p.read_bytes() for p in reports.rglob("*") if p.is_file() and "_build" not in p.parts}
     assert after == before
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".reports")], "no temporary folder left behind"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".reports") and p.is_dir()], "no temporary folder left behind"
 
 
 def test_missing_notebook_is_named(tmp_path):
