@@ -472,10 +472,10 @@ def missing_params_file(tmp_path) -> Path:
 @pytest.fixture
 def alias_bomb_params(tmp_path) -> Path:
     """A 600-byte YAML file whose aliases expand to 10**9 values."""
-    levels = ["  - &a0 [" + ", ".join(["x"] * 10) + "]"]
-    levels += [f"  - &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    levels = ["    - &a0 [" + ", ".join(["x"] * 10) + "]"]
+    levels += [f"    - &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
     path = tmp_path / "bomb.yaml"
-    path.write_text("compare:\n" + "\n".join(levels) + "\n")
+    path.write_text("train:\n  compare:\n" + "\n".join(levels) + "\n")
     return path
 
 
@@ -490,8 +490,8 @@ def test_bad_parameter_files_are_named_errors(fixture, problem, request, tmp_pat
 
 
 @pytest.mark.parametrize("override, problem", [
-    ("backbone=[x", "argument -p/--param: backbone: not valid YAML/JSON"),
-    ("backbon=resnet50", "unknown parameter 'backbon'; the notebooks take"),
+    ("backbone=[x", "argument -p/--param: -p backbone: not valid YAML/JSON"),
+    ("backbon=resnet50", "unknown parameter(s) ['backbon']; known: "),
     ("run_name=2024-01-01", "parameter 'run_name': datetime.date(2024, 1, 1) is a date"),
     ("cross_validate=false", "parameter 'cross_validate' is off, but 04_error_analysis needs"),
 ])
