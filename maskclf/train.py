@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import re
 import sys
 import time
@@ -33,16 +35,17 @@ import tensorflow as tf
 
 from . import CLASS_NAMES
 from .augment import view_names
+from .config import resolve_params, stage_defaults
 from .backbones import Weights, get_backbone, weights_id
 from .data import DataError, hash_extraction, read_manifest, source_photos_dir
 from .evaluate import binary_metrics, encode_labels, summarize_folds
 from .explain import FEATURE_MAP_LAYER
-from .features import FEATURES_DIR, cached_outputs
+from .features import FEATURES_DIR, cache_key, cached_outputs
 from .framing import jittered_loader
+from .fsutil import write_json_atomic
 from .layers import HorizontalBands, MergeClasses, Standardize
 from .logreg import fit_logistic, standardisation
 from .model import run_batched, save_run
-from .config import resolve_params, stage_defaults
 from .paths import DEFAULT_FACES_DIR, MODELS_DIR, project_path
 from .splits import early_stopping_split, train_val_indices
 
@@ -537,6 +540,37 @@ def cross_validate(
     return summary, kept
 
 
+CV_FORMAT = 1
+"""Bumped when cross-validation changes in a way its cached results cannot show."""
+
+
+def cv_key(fs: FeatureSet, manifest: pd.DataFrame) -> str:
+    """What a cross-validation result depends on: the configuration, the cached features and the folds."""
+    folds = hashlib.sha256(manifest[["crop_path", "fold"]].to_csv(index=False).encode()).hexdigest()
+    config = {**fs.config.to_dict(), "weights": weights_id(fs.config.weights)}
+    return cache_key(kind="cv", cv_format=CV_FORMAT, config=config, data_sha256=fs.data_sha256, views=fs.views,
+                     folds=folds, faces=len(manifest))
+
+
+def cached_cross_validate(
+    fs: FeatureSet, manifest: pd.DataFrame, keep_fold: int | None = None, cache_dir: str | Path = FEATURES_DIR,
+    strategy: tf.distribute.Strategy | None = None,
+) -> tuple[dict[str, Any], TrainResult | None]:
+    """`cross_validate`, with its summary read from `cache_dir/cv/` when nothing it depends on changed.
+
+    On a hit only the fold `keep_fold` is trained again (its model is needed); the same
+    seed gives the same model, so the result equals a full rerun's.
+    """
+    path = Path(cache_dir) / "cv" / f"{cv_key(fs, manifest)}.json"
+    if path.is_file():
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        kept = None if keep_fold is None else train_fold(fs, manifest, keep_fold, strategy)
+        return summary, kept
+    summary, kept = cross_validate(fs, manifest, strategy, keep_fold)
+    write_json_atomic(path, summary)
+    return summary, kept
+
+
 # --------------------------------------------------------------------------- one call for notebooks and the CLI
 
 
@@ -553,7 +587,7 @@ def train_and_save(
     manifest = read_manifest(faces_dir)
     fs, manifest = restrict_faces(prepare_features(manifest, faces_dir, config, cache_dir, strategy, verbose), manifest)
     if cv:
-        cv_result, result = cross_validate(fs, manifest, strategy, keep_fold=config.val_fold)
+        cv_result, result = cached_cross_validate(fs, manifest, config.val_fold, cache_dir, strategy)
     else:
         cv_result, result = None, train_fold(fs, manifest, config.val_fold, strategy)
     save_result(run_dir, result, fs, manifest, cv_result)
@@ -609,7 +643,7 @@ def compare_configs(
             overrides = {"image_size": None, **overrides}
         config = dataclasses.replace(base, **overrides)
         fs, faces = restrict_faces(prepare_features(manifest, faces_dir, config, cache_dir, strategy, verbose=0), manifest)
-        cv, _ = cross_validate(fs, faces, strategy)
+        cv, _ = cached_cross_validate(fs, faces, None, cache_dir, strategy)
         rows.append(cv_row(config_label(config), fs, cv))
     return pd.DataFrame(rows).set_index("configuration")
 

@@ -122,6 +122,27 @@ def test_cross_validation_and_saved_run(faces, cache, tmp_path):
     np.testing.assert_allclose(model.predict(crops, verbose=0)[:, 1], result.val_probabilities, atol=1e-4)
 
 
+def test_cross_validation_is_cached_by_what_it_depends_on(faces, cache, monkeypatch):
+    manifest = read_manifest(faces)
+    fs = _fs(faces, cache)
+    first, kept = train.cached_cross_validate(fs, manifest, keep_fold=0, cache_dir=cache)
+    assert kept is not None and len(list((cache / "cv").glob("*.json"))) == 1
+
+    def no_cv(*args, **kwargs):
+        raise AssertionError("a warm rerun must not cross-validate again")
+
+    monkeypatch.setattr(train, "cross_validate", no_cv)
+    again, kept_again = train.cached_cross_validate(fs, manifest, keep_fold=0, cache_dir=cache)
+    assert again == json.loads(json.dumps(first))
+    np.testing.assert_array_equal(kept_again.val_probabilities, kept.val_probabilities)
+    monkeypatch.undo()
+    changed = _fs(faces, cache, dropout=0.3)  # a head parameter: same features, another result
+    train.cached_cross_validate(changed, manifest, cache_dir=cache)
+    refolded = manifest.assign(fold=(manifest["fold"] + 1) % 5)
+    train.cached_cross_validate(fs, refolded, cache_dir=cache)
+    assert len(list((cache / "cv").glob("*.json"))) == 3
+
+
 def test_class_weights_balance_the_classes():
     w = train.class_weights([0, 0, 0, 1])
     assert w[0] * 3 == pytest.approx(w[1] * 1) and w[0] == pytest.approx(4 / 6)
