@@ -24,6 +24,7 @@ import pandas as pd
 from lxml import etree
 from tqdm import tqdm
 
+from .config import resolve_params, stage_defaults
 from .fsutil import atomic_dir
 from .images import ImageError, load_rgb
 from .paths import DATASET_NAME, DEFAULT_FACES_DIR, RAW_DIR
@@ -38,10 +39,6 @@ DEFAULT_LABEL_MAP: dict[str, str] = {
     "mask_weared_incorrect": "without_mask",
 }
 """Original VOC class -> binary label: a mask worn incorrectly does not comply."""
-
-DEFAULT_MARGIN = 0.0
-"""Context added around each box, as a fraction of its width/height on each side.
-0.0 crops exactly the annotated box, as the original study does."""
 
 MANIFEST_COLUMNS = [
     "crop_path", "source_image", "face_index", "xmin", "ymin", "xmax", "ymax", "width", "height",
@@ -250,9 +247,9 @@ class ExtractResult:
 def extract_faces(
     data_dir: str | Path,
     out_dir: str | Path = DEFAULT_FACES_DIR,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = None,
     label_map: Mapping[str, str] | None = None,
-    seed: int = 42,
+    fold_seed: int | None = None,
     n_folds: int = N_FOLDS,
     skip_bad: bool = False,
     progress: bool = True,
@@ -265,7 +262,8 @@ def extract_faces(
     extraction did not write is refused.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    margin, seed = check_margin(margin), check_seed(seed)
+    defaults = resolve_params("01_extract", {"margin": margin, "fold_seed": fold_seed})
+    margin, fold_seed = check_margin(defaults["margin"]), check_seed(defaults["fold_seed"])
     label_map = check_label_map(DEFAULT_LABEL_MAP if label_map is None else label_map)
     if not isinstance(n_folds, int) or n_folds < 2:
         raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
@@ -290,14 +288,14 @@ def extract_faces(
         n_photos = manifest["source_image"].nunique()
         if n_photos < n_folds:
             raise DataError(f"{data_dir}: faces from only {n_photos} photos, fewer than the {n_folds} folds (each fold needs photos of its own)")
-        manifest["fold"] = assign_folds(manifest["label"], manifest["source_image"], n_folds=n_folds, seed=seed)
+        manifest["fold"] = assign_folds(manifest["label"], manifest["source_image"], n_folds=n_folds, seed=fold_seed)
         manifest = manifest[MANIFEST_COLUMNS]
         manifest.to_csv(tmp / "faces.csv", index=False)
         skipped_table = pd.DataFrame(skipped, columns=["file", "problem"]).map(printable)
         skipped_table.to_csv(tmp / "skipped.csv", index=False)
         digest = hash_extraction(tmp)
         params = {
-            "data_dir": str(data_dir), "margin": margin, "label_map": label_map, "seed": seed,
+            "data_dir": str(data_dir), "margin": margin, "label_map": label_map, "fold_seed": fold_seed,
             "n_folds": n_folds, "skip_bad": skip_bad, "n_faces": len(manifest),
             "n_images": int(manifest["source_image"].nunique()), "n_skipped": len(skipped), "data_sha256": digest,
         }
@@ -459,9 +457,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Options of `python -m maskclf extract`."""
     parser.add_argument("--data", help=f"data set folder (default: ${DATA_ENV_VAR}, then data/raw/{DATASET_NAME}, then Kaggle)")
     parser.add_argument("--out", default=str(DEFAULT_FACES_DIR), help="output folder (default: %(default)s)")
-    parser.add_argument("--margin", type=_option(check_margin), default=DEFAULT_MARGIN, help="context around each box, fraction of its size (default: %(default)s)")
+    defaults = stage_defaults("01_extract")
+    parser.add_argument("--margin", type=_option(check_margin), default=defaults["margin"],
+                        help="context around each box, fraction of its size (default: %(default)s, from params.yaml)")
     parser.add_argument("--label-map", type=_option(parse_label_map), default=None, help="JSON object mapping original to binary labels")
-    parser.add_argument("--seed", type=_option(check_seed), default=42, help="seed of the fold assignment (default: %(default)s)")
+    parser.add_argument("--fold-seed", type=_option(check_seed), default=defaults["fold_seed"],
+                        help="seed of the grouped fold assignment (default: %(default)s, from params.yaml)")
     parser.add_argument("--skip-bad", action="store_true", help="record bad files in skipped.csv instead of stopping")
 
 
@@ -490,7 +491,8 @@ def run(args: argparse.Namespace) -> int:
     """Run `extract` from parsed arguments."""
     try:
         data_dir = resolve_data_dir(args.data)
-        result = extract_faces(data_dir, args.out, margin=args.margin, label_map=args.label_map, seed=args.seed, skip_bad=args.skip_bad)
+        result = extract_faces(data_dir, args.out, margin=args.margin, label_map=args.label_map, fold_seed=args.fold_seed,
+                               skip_bad=args.skip_bad)
     except (DataError, DataNotFoundError, ImageError, OSError) as exc:
         print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2

@@ -307,7 +307,7 @@ def test_fewer_photos_than_folds_is_a_named_error(fewer_photos_than_folds, tmp_p
 
 @pytest.mark.parametrize("option, value", [
     ("--margin", "-1"), ("--margin", "nan"), ("--margin", "inf"), ("--margin", "ten"),
-    ("--seed", "-5"), ("--seed", "1.5"), ("--seed", str(2**32)),
+    ("--fold-seed", "-5"), ("--fold-seed", "1.5"), ("--fold-seed", str(2**32)),
     ("--label-map", "{x"), ("--label-map", "[1, 2]"), ("--label-map", '{"with_mask": 1}'),
     ("--label-map", '{"with_mask": "../up"}'), pytest.param("--label-map", "[" * 100_000, id="--label-map-deeply-nested"),
 ])
