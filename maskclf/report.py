@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import html
 import json
+import os
 import re
 import shutil
 import sys
@@ -24,7 +25,7 @@ import nbformat
 from .config import PARAMS_FILE, ParamsError, load_params, parse_override
 from .data import DataNotFoundError, resolve_data_dir
 from .fsutil import atomic_dir, write_text_atomic
-from .paths import NOTEBOOKS_DIR, REPORTS_DIR
+from .paths import NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR
 
 PIPELINE = ("01_extract", "02_train", "03_evaluate", "04_error_analysis")
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -126,15 +127,29 @@ def export_html(executed: str | Path, target: str | Path) -> Path:
     )
     nb = nbformat.read(str(executed), as_version=4)
     for cell in nb.cells:
-        for output in cell.get("outputs", []):
+        cell["outputs"] = merge_streams(cell.get("outputs", []))
+        for output in cell["outputs"]:
             if output.get("output_type") == "stream":
                 output["text"] = drop_native_logs(collapse_carriage_returns(output["text"]))
-        cell["outputs"] = [o for o in cell.get("outputs", []) if o.get("output_type") != "stream" or o["text"].strip()]
+        cell["outputs"] = [o for o in cell["outputs"] if o.get("output_type") != "stream" or o["text"].strip()]
     body, _ = exporter.from_notebook_node(nb)
     remote = network_references(body)
     if remote:
         raise RuntimeError(f"{executed}: the HTML export would fetch from the network: {remote[:3]}")
     return write_text_atomic(target, body)
+
+
+def merge_streams(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Join consecutive outputs of one stream: a progress bar's redraws arrive as separate outputs."""
+    merged: list[dict[str, Any]] = []
+    for output in outputs:
+        last = merged[-1] if merged else None
+        if (output.get("output_type") == "stream" and last is not None and last.get("output_type") == "stream"
+                and last.get("name") == output.get("name")):
+            last["text"] += output["text"]
+        else:
+            merged.append(output)
+    return merged
 
 
 def collapse_carriage_returns(text: str) -> str:
@@ -205,13 +220,36 @@ def run_reports(
             except NotebookFailed as exc:
                 kept = _keep_failed(executed, reports_dir)
                 raise NotebookFailed(str(exc).replace(str(executed), str(kept))) from exc
+            hide_machine_paths(executed, _path_replacements(tmp, reports_dir))
             runs.append(NotebookRun(name, executed, export_html(executed, tmp / f"{name}.html"), time.perf_counter() - t0))
         metrics_file = tmp / "metrics.json"
         metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
         shown = {k: v for k, v in params.items() if k != "metrics_path"}
-        (tmp / "index.html").write_text(render_index(runs, shown, metrics, started), encoding="utf-8")
+        page = render_index(runs, shown, metrics, started)
+        (tmp / "index.html").write_text(_replace_all(page, _path_replacements(tmp, reports_dir)), encoding="utf-8")
     # the runs' paths pointed into the temporary folder, which is now reports_dir
     return [NotebookRun(r.name, reports_dir / "executed" / r.executed.name, reports_dir / r.html.name, r.seconds) for r in runs]
+
+
+def _path_replacements(tmp: Path, reports_dir: Path) -> list[tuple[str, str]]:
+    """Machine paths -> what a reader should see: the final reports folder, paths from the project root."""
+    final = os.path.relpath(reports_dir.resolve(), PROJECT_ROOT)
+    return [(str(tmp.resolve()), final), (str(tmp), final), (str(PROJECT_ROOT) + os.sep, ""),
+            (str(PROJECT_ROOT), "."), (str(PROJECT_ROOT.parent) + os.sep, ".." + os.sep)]
+
+
+def _replace_all(text: str, replacements: list[tuple[str, str]]) -> str:
+    for old, new in replacements:
+        text = text.replace(old, new)
+    return text
+
+
+def hide_machine_paths(executed: Path, replacements: list[tuple[str, str]]) -> None:
+    """Rewrite an executed notebook (sources, outputs, papermill's metadata) so no machine path shows in a report."""
+    text = _replace_all(executed.read_text(encoding="utf-8"), [(json.dumps(a)[1:-1], json.dumps(b)[1:-1])
+                                                                for a, b in replacements])
+    nbformat.validate(nbformat.reads(text, as_version=4))
+    write_text_atomic(executed, text)
 
 
 def _refuse_foreign_output(reports_dir: Path) -> None:

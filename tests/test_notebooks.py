@@ -49,8 +49,17 @@ def test_network_references_are_found():
     assert network_references(page) == ["https://cdn.x/y.js", "//fonts.x/css"]
 
 
-def test_progress_bar_redraws_are_collapsed_in_reports():
+def test_progress_bar_redraws_are_collapsed_in_reports(tmp_path):
     from maskclf.report import collapse_carriage_returns
+
+    cell = nbformat.v4.new_code_cell("run()")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text=t)
+                    for t in ("extract:   0%|\r", "extract:  50%|\r", "extract: 100%|\n")]
+    cell.outputs.append(nbformat.v4.new_output("stream", name="stdout", text="wrote 3 faces\n"))
+    executed = tmp_path / "run.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), executed)
+    page = export_html(executed, tmp_path / "run.html").read_text()
+    assert page.count("extract:") == 1 and "extract: 100%" in page and "wrote 3 faces" in page
 
     assert collapse_carriage_returns("extract: 0%\rextract: 50%\rextract: 100%\nwrote 3 faces\n") == "extract: 100%\nwrote 3 faces\n"
     assert collapse_carriage_returns("windows line\r\nnext") == "windows line\nnext"

@@ -73,6 +73,23 @@ def test_a_failing_notebook_keeps_the_previous_reports(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".reports") and p.is_dir()], "no temporary folder left behind"
 
 
+@pytest.mark.slow
+def test_reports_show_no_machine_paths(tmp_path):
+    from maskclf.paths import PROJECT_ROOT
+
+    nbs, reports = tmp_path / "nbs", tmp_path / "reports"
+    nbs.mkdir()
+    data = PROJECT_ROOT.parent / "shared" / "datasets" / "face-mask-detection"
+    _notebook(nbs / "01_paths.ipynb", f"print({str(PROJECT_ROOT / 'data')!r}, {str(data)!r}, x)")
+    run_reports({"x": str(PROJECT_ROOT / "models" / "run")}, notebooks=("01_paths",), reports_dir=reports,
+                notebooks_dir=nbs, progress=False)
+    for page in (reports / "01_paths.html", reports / "index.html", reports / "executed" / "01_paths.ipynb"):
+        text = page.read_text()
+        assert str(PROJECT_ROOT) not in text and str(PROJECT_ROOT.parent) not in text and ".reports.tmp-" not in text
+    assert "../shared/datasets/face-mask-detection" in (reports / "01_paths.html").read_text()
+    assert "models/run" in (reports / "index.html").read_text()
+
+
 def test_missing_notebook_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="99_nope.ipynb"):
         run_reports({}, notebooks=("99_nope",), reports_dir=tmp_path / "r", notebooks_dir=tmp_path)
