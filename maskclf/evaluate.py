@@ -213,7 +213,7 @@ def oof_table(run_dir: str | Path, manifest: pd.DataFrame, faces_dir: str | Path
 
 
 def headline_metrics(table: pd.DataFrame, ci: dict[str, tuple[float, float]], run_config: dict, run_metrics: dict,
-                     framing: pd.DataFrame | None = None) -> dict:
+                     framing: pd.DataFrame | None = None, run_name: str | None = None) -> dict:
     """The `reports/metrics.json` document: metrics with CIs, provenance, the CV summary and the framing check."""
     m = binary_metrics(table["y_true"], table["p_without_mask"])
     cv = run_metrics.get("cv", {})
@@ -223,6 +223,8 @@ def headline_metrics(table: pd.DataFrame, ci: dict[str, tuple[float, float]], ru
         "split": f"StratifiedGroupKFold(5) by source photo; validation = fold {run_config.get('val_fold')}",
         "n_faces": run_metrics.get("n_faces"),
         "n_val": m["n"],
+        "n_val_photos": int(table["source_image"].nunique()),
+        "run_name": run_name,
         **{k: m[k] for k in ("accuracy", "balanced_accuracy", "roc_auc", "average_precision", "brier",
                              "precision", "recall", "f1", "macro", "confusion_matrix", "threshold")},
         "ci95": {k: list(v) for k, v in ci.items()},

@@ -25,6 +25,18 @@ FORMAT_VERSION = 1
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
+RUN_FILES = {
+    MODEL_FILE: "the end-to-end model (train)",
+    CONFIG_FILE: "how it was made (train)",
+    "history.json": "learning curves (train)",
+    "metrics.json": "validation and cross-validation metrics (train)",
+    "cv_predictions.csv": "out-of-fold scores of every face (train)",
+    "comparison.csv": "the ablation table (02_train)",
+    "evaluation.json": "the headline metrics (03_evaluate)",
+    "val_predictions.csv": "validation scores, one aligned pass (03_evaluate)",
+    "export/": "TFLite and ONNX files with parity.json (export)",
+}
+"""Every file a run folder can hold, and what writes it."""
 
 
 class RunFolderError(ValueError):

@@ -308,17 +308,28 @@ def _headline_html(m: dict[str, Any]) -> str:
         return f"{m[name]:.3f} <span class='muted'>(95% CI {lo:.3f}–{hi:.3f})</span>"
 
     cv = m.get("cv", {}).get("mean", {})
+    framing = m.get("framing_accuracy") or {}
+    worst = min(framing.items(), key=lambda kv: kv[1]) if framing else None
+    run = html.escape(str(m.get("run_name") or ""))
+    from .model import RUN_FILES
+
+    files = ", ".join(f'<a href="../models/{run}/{f}" title="{html.escape(what)}">{f}</a>' for f, what in RUN_FILES.items())
     items = [
         ("backbone / weights", f"{html.escape(str(m.get('backbone')))} / {html.escape(str(m.get('weights')))}"),
         ("split", html.escape(str(m.get("split")))),
-        ("faces (validation)", f"{m.get('n_faces')} ({m.get('n_val')})"),
+        ("evaluated on", f"validation fold: {m.get('n_val'):,} faces from {m.get('n_val_photos', '?')} photos; "
+                         f"cross-validation: all {m.get('n_faces'):,} faces"),
         ("accuracy", ci("accuracy")),
         ("ROC AUC", ci("roc_auc")),
         ("balanced accuracy", f"{m['balanced_accuracy']:.3f}"),
         ("recall of without_mask", f"{m['recall']['without_mask']:.3f}"),
         ("5-fold CV mean accuracy / AUC", f"{cv.get('accuracy', float('nan')):.3f} / {cv.get('roc_auc', float('nan')):.3f}"),
         ("data sha256", f"<code>{html.escape(str(m.get('data_sha256', ''))[:16])}…</code>"),
+        ("files", f'<a href="metrics.json">metrics.json</a>' + (f"; run folder <code>models/{run}/</code>: {files}" if run else "")),
     ]
+    if worst:
+        items.insert(7, ("worst re-cut (framing check)", f"{html.escape(worst[0])}: {worst[1]:.3f} "
+                                                         f"(annotated box {framing.get('annotated box', float('nan')):.3f})"))
     return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in items) + "</table>"
 
 
