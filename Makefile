@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?=
 
-.PHONY: setup reports test
+.PHONY: setup reports test lab
 
 PYTHON ?= python3
 
@@ -31,3 +31,6 @@ reports: setup
 
 test: setup
 	$(PY) -m pytest
+
+lab: setup  ## JupyterLab from the venv; its python3 kernel imports maskclf
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks

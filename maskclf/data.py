@@ -25,13 +25,15 @@ from lxml import etree
 from tqdm import tqdm
 
 from .config import resolve_params, stage_defaults
-from .fsutil import atomic_dir
+from .fsutil import atomic_dir, write_text_atomic
 from .images import ImageError, load_rgb
-from .paths import DATASET_NAME, DEFAULT_FACES_DIR, RAW_DIR
+from .paths import DATA_DIR, DATASET_NAME, DEFAULT_FACES_DIR, RAW_DIR
 from .splits import N_FOLDS, assign_folds
 
 KAGGLE_DATASET = "andrewmvd/face-mask-detection"
 DATA_ENV_VAR = "MASKCLF_DATA"
+DATA_LOCATION_FILE = DATA_DIR / ".data_dir"
+"""Where the last `--data` given to extract or reports is remembered (git-ignored, this machine only)."""
 
 DEFAULT_LABEL_MAP: dict[str, str] = {
     "with_mask": "with_mask",
@@ -73,8 +75,21 @@ def is_dataset_dir(path: Path) -> bool:
     return (path / "images").is_dir() and (path / "annotations").is_dir()
 
 
+def remember_data_dir(path: str | Path) -> None:
+    """Record where the data set is (DATA_LOCATION_FILE), so JupyterLab finds what the main job used."""
+    write_text_atomic(DATA_LOCATION_FILE, str(Path(path).expanduser().resolve()) + "\n")
+
+
+def remembered_data_dir() -> Path | None:
+    """The data set location recorded by `remember_data_dir`, if it still holds the data set."""
+    if not DATA_LOCATION_FILE.is_file():
+        return None
+    path = Path(DATA_LOCATION_FILE.read_text(encoding="utf-8").strip())
+    return path if is_dataset_dir(path) else None
+
+
 def resolve_data_dir(explicit: str | Path | None = None, download: bool = True) -> Path:
-    """Find the data set: explicit path, then $MASKCLF_DATA, then data/raw/, then a Kaggle download.
+    """Find the data set: explicit path, $MASKCLF_DATA, the remembered location, data/raw/, a Kaggle download.
 
     Raises DataNotFoundError with what to do when none of them works.
     """
@@ -89,6 +104,9 @@ def resolve_data_dir(explicit: str | Path | None = None, download: bool = True) 
         if not is_dataset_dir(path):
             raise DataNotFoundError(f"${DATA_ENV_VAR}={env}: not a Face Mask Detection folder (expected images/ and annotations/ inside)")
         return path
+    remembered = remembered_data_dir()
+    if remembered is not None:
+        return remembered
     local = RAW_DIR / DATASET_NAME
     if is_dataset_dir(local):
         return local
@@ -491,6 +509,8 @@ def run(args: argparse.Namespace) -> int:
     """Run `extract` from parsed arguments."""
     try:
         data_dir = resolve_data_dir(args.data)
+        if args.data:
+            remember_data_dir(data_dir)
         result = extract_faces(data_dir, args.out, margin=args.margin, label_map=args.label_map, fold_seed=args.fold_seed,
                                skip_bad=args.skip_bad)
     except (DataError, DataNotFoundError, ImageError, OSError) as exc:

@@ -23,7 +23,7 @@ from typing import Any
 import nbformat
 
 from .config import PARAMS_FILE, ParamsError, load_params, parse_override
-from .data import DataNotFoundError, resolve_data_dir
+from .data import DataNotFoundError, remember_data_dir, resolve_data_dir
 from .fsutil import atomic_dir, write_text_atomic
 from .paths import NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR
 
@@ -352,6 +352,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.data:
             overrides["data_dir"] = str(resolve_data_dir(args.data).resolve())
+            remember_data_dir(overrides["data_dir"])  # so that JupyterLab finds what the main job used
         runs = run_reports(load_params(args.params, overrides), reports_dir=args.reports_dir)
     except (ParamsError, DataNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

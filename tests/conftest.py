@@ -17,6 +17,14 @@ from synthetic import make_voc_dataset  # noqa: E402
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "face-mask-detection"
 
 
+@pytest.fixture(autouse=True)
+def private_data_location(tmp_path_factory, monkeypatch):
+    """Commands that remember the data set's location write to a temporary file, never the checkout's."""
+    from maskclf import data
+
+    monkeypatch.setattr(data, "DATA_LOCATION_FILE", tmp_path_factory.mktemp("location") / ".data_dir")
+
+
 @pytest.fixture(scope="session")
 def voc_master(tmp_path_factory) -> Path:
     """A read-only synthetic data set; copy it (`voc_dir`) before changing it."""

@@ -220,3 +220,22 @@ def test_real_data_counts(tmp_path):
     assert m.groupby("source_image")["fold"].nunique().max() == 1
     shares = m.groupby("fold")["label"].apply(lambda s: (s == "without_mask").mean())
     assert shares.max() - shares.min() < 0.03
+
+
+def test_the_data_location_given_once_is_found_again(voc_dir, tmp_path, monkeypatch, capsys):
+    """After `extract --data DIR` (or `reports --data DIR`), JupyterLab finds DIR without $MASKCLF_DATA."""
+    from maskclf import data
+    from maskclf.cli import main
+
+    monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+    monkeypatch.setattr(data, "RAW_DIR", tmp_path / "raw")  # no copy under data/raw either
+    assert data.remembered_data_dir() is None
+    assert main(["extract", "--data", str(voc_dir), "--out", str(tmp_path / "faces")]) == 0
+    assert data.resolve_data_dir(download=False) == voc_dir.resolve()
+    other = tmp_path / "elsewhere"
+    monkeypatch.setenv(data.DATA_ENV_VAR, str(voc_dir))
+    assert data.resolve_data_dir(download=False) == voc_dir  # the environment still wins
+    monkeypatch.delenv(data.DATA_ENV_VAR)
+    data.remember_data_dir(other)  # a location that no longer holds the data set is ignored
+    with pytest.raises(data.DataNotFoundError):
+        data.resolve_data_dir(download=False)
