@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -23,7 +24,8 @@ from .paths import PROCESSED_DIR
 FEATURE_FORMAT = 1
 """Bumped when the way features are computed changes, to invalidate old caches."""
 
-FEATURES_DIR = PROCESSED_DIR / "features"
+FEATURES_DIR = Path(os.environ.get("MASKCLF_FEATURES_DIR") or PROCESSED_DIR / "features")
+"""The cache of backbone outputs (and, under cv/, of cross-validation results); tests point it elsewhere."""
 
 
 def load_crop(path: str | Path, image_size: int) -> np.ndarray:

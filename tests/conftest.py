@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# notebooks run by the tests (and their kernels) cache features away from the checkout's data/processed
+os.environ["MASKCLF_FEATURES_DIR"] = tempfile.mkdtemp(prefix="maskclf-test-features-")
+atexit.register(shutil.rmtree, os.environ["MASKCLF_FEATURES_DIR"], ignore_errors=True)
 
 from synthetic import make_voc_dataset  # noqa: E402
 
