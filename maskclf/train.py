@@ -11,8 +11,9 @@ The flow, for one configuration:
    trains them with a low learning rate on the cached activations at the cut;
 4. `end_to_end_model` assembles raw crop in -> probabilities out, the model that is saved.
 
-All models are built and fitted inside a `tf.distribute` strategy scope, so the same
-code runs with MirroredStrategy or MultiWorkerMirroredStrategy on GPUs.
+Models are built and fitted inside `tf.distribute.get_strategy().scope()`: the default
+strategy, or the one the caller entered (`with tf.distribute.MirroredStrategy().scope(): ...`),
+so the same code runs on one CPU or several GPUs without a strategy argument anywhere.
 """
 
 from __future__ import annotations
@@ -311,15 +312,13 @@ def prepare_features(
     faces_dir: str | Path,
     config: TrainConfig,
     cache_dir: str | Path = FEATURES_DIR,
-    strategy: tf.distribute.Strategy | None = None,
     verbose: int = 1,
 ) -> FeatureSet:
     """Build the frozen backbone and get its outputs for every crop, from the cache when possible."""
     set_determinism(config.train_seed)  # random weights (weights=None) are then reproducible
-    strategy = strategy or tf.distribute.get_strategy()
     t0 = time.perf_counter()
     size = config.image_size
-    with strategy.scope():
+    with tf.distribute.get_strategy().scope():
         inputs = keras.Input((size, size, 3), name="crop_rgb_0_255")
         branches, supersets, upper, first = [], [], None, None
         for i, name in enumerate(config.backbones):
@@ -437,7 +436,7 @@ def _fit(model: keras.Model, x, y, xv, yv, config: TrainConfig, epochs: int, ver
 
 
 def fit_head(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
-             strategy: tf.distribute.Strategy | None = None, verbose: int = 0) -> tuple[keras.Model, dict[str, list[float]]]:
+             verbose: int = 0) -> tuple[keras.Model, dict[str, list[float]]]:
     """Train the head on pooled features of the training faces (all views); it reports CLASS_NAMES.
 
     `labels` are the classes it trains on; `y` the binary labels. `val_idx` are the faces
@@ -447,7 +446,7 @@ def fit_head(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray, train_idx: n
     keras.utils.set_random_seed(config.train_seed)
     x, lt = _train_views(fs.pooled, labels.values, train_idx)
     n_classes = len(labels.names)
-    with (strategy or tf.distribute.get_strategy()).scope():
+    with tf.distribute.get_strategy().scope():
         if config.head == "lbfgs":
             per_class = np.array(list(class_weights(lt, n_classes).values())) if config.class_weight else None
             fit = fit_logistic(x, lt, n_classes, config.head_c, None if per_class is None else per_class[lt],
@@ -463,7 +462,7 @@ def fit_head(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray, train_idx: n
 
 
 def fine_tune(fs: FeatureSet, head: keras.Model, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
-              strategy: tf.distribute.Strategy | None = None, verbose: int = 0) -> tuple[keras.Model, dict[str, list[float]]]:
+              verbose: int = 0) -> tuple[keras.Model, dict[str, list[float]]]:
     """Unfreeze the upper blocks (BatchNorm frozen and in inference mode) and train them with the head.
 
     Works on a copy of the upper part, so the pretrained weights stay available for other folds.
@@ -471,7 +470,7 @@ def fine_tune(fs: FeatureSet, head: keras.Model, y: np.ndarray, train_idx: np.nd
     config = fs.config
     keras.utils.set_random_seed(config.train_seed)
     x, yt = _train_views(fs.activations, y, train_idx)
-    with (strategy or tf.distribute.get_strategy()).scope():
+    with tf.distribute.get_strategy().scope():
         upper = keras.models.clone_model(fs.upper)
         upper.set_weights(fs.upper.get_weights())
         upper.trainable = True
@@ -486,7 +485,7 @@ def fine_tune(fs: FeatureSet, head: keras.Model, y: np.ndarray, train_idx: np.nd
 
 
 def train_fold(fs: FeatureSet, manifest: pd.DataFrame, val_fold: int,
-               strategy: tf.distribute.Strategy | None = None, verbose: int = 0) -> TrainResult:
+               verbose: int = 0) -> TrainResult:
     """Head (and fine-tuning) with `val_fold` held out; metrics on the held-out faces.
 
     Early stopping watches a grouped tenth of the training photos, never the held-out fold;
@@ -497,14 +496,14 @@ def train_fold(fs: FeatureSet, manifest: pd.DataFrame, val_fold: int,
     labels = training_labels(manifest, fs.config.labels)
     train_idx, val_idx = train_val_indices(manifest["fold"], val_fold)
     fit_idx, stop_idx = early_stopping_split(manifest["label"], manifest["source_image"], train_idx, seed=fs.config.train_seed)
-    head, history = fit_head(fs, labels, y, fit_idx, stop_idx, strategy, verbose)
+    head, history = fit_head(fs, labels, y, fit_idx, stop_idx, verbose)
     histories = {"head": history}
     upper = None
     if fs.upper is not None:
-        upper, histories["fine_tune"] = fine_tune(fs, head, y, fit_idx, stop_idx, strategy, verbose)
+        upper, histories["fine_tune"] = fine_tune(fs, head, y, fit_idx, stop_idx, verbose)
     p = predict_cached(fs, head, upper, val_idx)
     metrics = binary_metrics(y[val_idx], p)
-    with (strategy or tf.distribute.get_strategy()).scope():
+    with tf.distribute.get_strategy().scope():
         model = end_to_end_model(fs, head, upper)
     return TrainResult(model, head, upper, histories, metrics, val_idx, p)
 
@@ -519,7 +518,7 @@ def predict_cached(fs: FeatureSet, head: keras.Model, upper: keras.Model | None,
 
 
 def cross_validate(
-    fs: FeatureSet, manifest: pd.DataFrame, strategy: tf.distribute.Strategy | None = None, keep_fold: int | None = None,
+    fs: FeatureSet, manifest: pd.DataFrame, keep_fold: int | None = None,
 ) -> tuple[dict[str, Any], TrainResult | None]:
     """One model per grouped fold: per-fold metrics, mean and spread, out-of-fold scores.
 
@@ -527,7 +526,7 @@ def cross_validate(
     """
     per_fold, oof, kept = [], np.full(len(manifest), np.nan), None
     for k in sorted(manifest["fold"].unique()):
-        result = train_fold(fs, manifest, int(k), strategy)
+        result = train_fold(fs, manifest, int(k))
         oof[result.val_index] = result.val_probabilities
         kept = result if k == keep_fold else kept
         m = result.metrics
@@ -554,7 +553,6 @@ def cv_key(fs: FeatureSet, manifest: pd.DataFrame) -> str:
 
 def cached_cross_validate(
     fs: FeatureSet, manifest: pd.DataFrame, keep_fold: int | None = None, cache_dir: str | Path = FEATURES_DIR,
-    strategy: tf.distribute.Strategy | None = None,
 ) -> tuple[dict[str, Any], TrainResult | None]:
     """`cross_validate`, with its summary read from `cache_dir/cv/` when nothing it depends on changed.
 
@@ -564,9 +562,9 @@ def cached_cross_validate(
     path = Path(cache_dir) / "cv" / f"{cv_key(fs, manifest)}.json"
     if path.is_file():
         summary = json.loads(path.read_text(encoding="utf-8"))
-        kept = None if keep_fold is None else train_fold(fs, manifest, keep_fold, strategy)
+        kept = None if keep_fold is None else train_fold(fs, manifest, keep_fold)
         return summary, kept
-    summary, kept = cross_validate(fs, manifest, strategy, keep_fold)
+    summary, kept = cross_validate(fs, manifest, keep_fold)
     write_json_atomic(path, summary)
     return summary, kept
 
@@ -580,16 +578,15 @@ def train_and_save(
     run_dir: str | Path,
     cv: bool = True,
     cache_dir: str | Path = FEATURES_DIR,
-    strategy: tf.distribute.Strategy | None = None,
     verbose: int = 1,
 ) -> tuple[TrainResult, FeatureSet, dict[str, Any] | None]:
     """Features, the model of `config.val_fold`, optional 5-fold CV; writes the run folder."""
     manifest = read_manifest(faces_dir)
-    fs, manifest = restrict_faces(prepare_features(manifest, faces_dir, config, cache_dir, strategy, verbose), manifest)
+    fs, manifest = restrict_faces(prepare_features(manifest, faces_dir, config, cache_dir, verbose), manifest)
     if cv:
-        cv_result, result = cached_cross_validate(fs, manifest, config.val_fold, cache_dir, strategy)
+        cv_result, result = cached_cross_validate(fs, manifest, config.val_fold, cache_dir)
     else:
-        cv_result, result = None, train_fold(fs, manifest, config.val_fold, strategy)
+        cv_result, result = None, train_fold(fs, manifest, config.val_fold)
     save_result(run_dir, result, fs, manifest, cv_result)
     return result, fs, cv_result
 
@@ -633,7 +630,6 @@ def compare_configs(
     base: TrainConfig,
     variants: Sequence[dict[str, Any]],
     cache_dir: str | Path = FEATURES_DIR,
-    strategy: tf.distribute.Strategy | None = None,
 ) -> pd.DataFrame:
     """5-fold CV of `base` updated with each dict of `variants`: one table row per configuration."""
     manifest = read_manifest(faces_dir)
@@ -642,8 +638,8 @@ def compare_configs(
         if "backbone" in overrides:  # another backbone brings its own native input size
             overrides = {"image_size": None, **overrides}
         config = dataclasses.replace(base, **overrides)
-        fs, faces = restrict_faces(prepare_features(manifest, faces_dir, config, cache_dir, strategy, verbose=0), manifest)
-        cv, _ = cached_cross_validate(fs, faces, None, cache_dir, strategy)
+        fs, faces = restrict_faces(prepare_features(manifest, faces_dir, config, cache_dir, verbose=0), manifest)
+        cv, _ = cached_cross_validate(fs, faces, None, cache_dir)
         rows.append(cv_row(config_label(config), fs, cv))
     return pd.DataFrame(rows).set_index("configuration")
 
