@@ -9,7 +9,6 @@ array is overwritten in place.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,7 +16,7 @@ from typing import Callable
 import keras
 
 from .layers import CaffePreprocess
-from .weights import BackboneWeightsError, no_weights_message, resnet50_imagenet
+from .weights import BackboneWeightsError, keras_weights_cache, no_weights_message, resnet50_imagenet
 
 Weights = str | Path | None
 """`"imagenet"` (downloaded, packaged or converted), a path to a local weights file, or None (random)."""
@@ -56,11 +55,6 @@ def _keras_app(constructor: Callable[..., keras.Model], weights_file: str,
             raise BackboneWeightsError(_offline_message(constructor.__name__, weights_file, exc)) from exc
 
     return build
-
-
-def keras_weights_cache(weights_file: str) -> Path:
-    """Where keras.applications looks for (and downloads) a weights file."""
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / weights_file
 
 
 def _resolve_keras_weights(weights: Weights, weights_file: str) -> str | None:

