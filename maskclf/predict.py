@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import POSITIVE
 from .data import DataError, check_box, is_dataset_dir, parse_voc
-from .detect import DEFAULT_DETECTOR, DETECTORS, MIN_FACE, Box, Detector, make_detector
+from .detect import DEFAULT_DETECTOR, DETECTORS, MIN_FACE, BoxXYXY, Detector, make_detector
 from .fsutil import atomic_path, write_text_atomic
 from .images import ImageError, load_rgb, resize_crop
 from .paths import MODELS_DIR
@@ -69,7 +69,7 @@ def predict_probabilities(model: Any, crops: np.ndarray, batch_size: int = 32) -
 # --------------------------------------------------------------------------- pure functions
 
 
-def crop_faces(image: np.ndarray, boxes: Sequence[Box], size: int) -> np.ndarray:
+def crop_faces(image: np.ndarray, boxes: Sequence[BoxXYXY], size: int) -> np.ndarray:
     """The faces `boxes` of an RGB image, each resized to `size`: float32 (N, size, size, 3), 0-255."""
     crops = np.zeros((len(boxes), size, size, 3), np.float32)
     for i, (x0, y0, x1, y1) in enumerate(boxes):
@@ -111,7 +111,7 @@ def classify_photo(
     model: Any,
     config: dict[str, Any],
     image: np.ndarray,
-    boxes: Sequence[Box],
+    boxes: Sequence[BoxXYXY],
     threshold: float = 0.5,
     batch_size: int = 32,
 ) -> list[dict[str, Any]]:
@@ -157,7 +157,7 @@ def save_image(image: np.ndarray, path: str | Path) -> Path:
     return Path(path)
 
 
-def voc_boxes(image_path: Path, boxes_from: Path, width: int, height: int) -> list[tuple[str, Box]]:
+def voc_boxes(image_path: Path, boxes_from: Path, width: int, height: int) -> list[tuple[str, BoxXYXY]]:
     """Ground-truth (class, box) of a photo from a VOC file, a folder of them, or a data set folder."""
     if boxes_from.is_file():
         xml = boxes_from
@@ -294,7 +294,7 @@ def positive_int(text: str) -> int:
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model, --detector, --min-face, --threshold: shared by predict, video and demo."""
     parser.add_argument("--model", help="run folder (default: the latest complete one under models/)")
-    parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help="face detector (default: %(default)s)")
+    parser.add_argument("--detector", choices=list(DETECTORS), default=DEFAULT_DETECTOR, help="face detector (default: %(default)s)")
     parser.add_argument("--min-face", type=positive_int, default=MIN_FACE, help="smallest face to detect, px (default: %(default)s)")
     parser.add_argument("--threshold", type=probability, default=0.5, help="label without_mask when P(without_mask) >= this (default: %(default)s)")
 

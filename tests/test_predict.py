@@ -134,9 +134,9 @@ def test_unknown_detector_is_refused():
         make_detector("yolo")
 
 
-@pytest.mark.parametrize("name", ["haar", "mtcnn"])
+@pytest.mark.parametrize("name", ["centerface", "haar", "mtcnn"])
 def test_real_detector_finds_the_face_in_a_bundled_photo(name):
-    """matplotlib ships a portrait (grace_hopper.jpg); both detectors must box her face."""
+    """matplotlib ships a portrait (grace_hopper.jpg); every detector must box her face."""
     import matplotlib.cbook
 
     image = np.asarray(Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))
