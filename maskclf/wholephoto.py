@@ -146,14 +146,11 @@ def model_classifier(model: Any, config: dict[str, Any], threshold: float = 0.5)
     return classify
 
 
-def whole_photo_table(run_dir: str | Path, faces_dir: str | Path, images_dir: str | Path, folds: Iterable[int] = (0,),
-                      detector: str | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Recall table and photo statistics of the default (or named) detector and a run's model on `folds`."""
-    from .data import read_manifest
+def whole_photo_figures(model: Any, config: dict[str, Any], manifest: pd.DataFrame, images_dir: str | Path,
+                        folds: Iterable[int] = (0,), detector: str | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Recall table and photo statistics of the default (or named) detector and a loaded model on the photos of `folds`."""
     from .detect import DEFAULT_DETECTOR, make_detector
-    from .model import load_run
 
-    model, config = load_run(run_dir)
-    photos = photos_from_manifest(read_manifest(faces_dir), images_dir, folds)
+    photos = photos_from_manifest(manifest, images_dir, folds)
     faces, per_photo = evaluate_photos(photos, make_detector(detector or DEFAULT_DETECTOR), model_classifier(model, config))
     return recall_table(faces), photo_stats(per_photo)

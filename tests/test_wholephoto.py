@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from maskclf.plots import plot_whole_photo
 from maskclf.wholephoto import Photo, evaluate_photos, match_boxes, photo_stats, photos_from_manifest, recall_table
 
 
@@ -66,6 +67,10 @@ def test_end_to_end_figures_on_a_hand_made_case(tmp_path):
     assert stats["false_alarms_per_photo"] == 0.5 and stats["precision"] == pytest.approx(4 / 5)
     assert stats["photos_per_s"] > 0
     assert "detected_and_correct" not in recall_table(faces, classified=False)
+    fig = plot_whole_photo(table, "hand-made")
+    ax = fig.axes[0]
+    assert ax.get_title() == "hand-made" and ax.get_xlabel() and ax.get_ylabel()
+    assert len(ax.patches) == 2 * 7, "two bars for all, four sizes and two labels (original classes left out)"
 
 
 def test_detection_only_leaves_correct_false(tmp_path):
