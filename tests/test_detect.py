@@ -124,3 +124,10 @@ def test_centerface_boxes_match_the_annotations_of_a_real_photo():
     found = make_detector("centerface")(np.asarray(load_rgb(REAL_DATA / "images" / ann.filename)))
     assert (match_boxes(truth, np.array(found)) >= 0).all()
     assert len(found) <= len(truth) + 1
+
+
+def test_adjust_boxes_moves_each_side_by_a_fraction_of_the_box():
+    boxes = np.array([[10, 20, 30, 60], [0, 0, 100, 50]], np.float32)
+    moved = detect.adjust_boxes(boxes, (0.0, 0.1, 0.05, -0.2))
+    assert moved == pytest.approx(np.array([[10, 24, 31, 52], [0, 5, 105, 40]], np.float32))
+    assert detect.adjust_boxes(np.zeros((0, 4)), (0.1, 0.1, 0.1, 0.1)).shape == (0, 4)
