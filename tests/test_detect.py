@@ -30,7 +30,7 @@ def photo_with_squares(width: int = 1000, height: int = 400) -> np.ndarray:
     return image
 
 
-def square_finder(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def square_finder(image: np.ndarray, min_score: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """A stand-in network: the bounding box of each white blob of its input, in input pixels.
 
     Blobs cut by the input's border are reported cut, as a real network would see them; the
@@ -57,6 +57,13 @@ def test_iou_matrix_agrees_with_iou():
     b = [(0, 0, 10, 10), (5, 0, 15, 10), (40, 40, 50, 50)]
     expected = [[iou(x, y) for y in b] for x in a]
     assert iou_matrix(np.array(a), np.array(b)) == pytest.approx(np.array(expected))
+
+
+def test_upscaling_is_for_small_photos_and_small_faces():
+    assert detect.centerface_scale(12, 400, 300) == 2.0
+    assert detect.centerface_scale(24, 400, 300) == 1.0
+    assert detect.centerface_scale(12, 1000, 800) == pytest.approx(1.28)
+    assert detect.centerface_scale(12, 4000, 3000) == 1.0
 
 
 def test_a_small_photo_is_one_upscaled_pass():
