@@ -76,7 +76,7 @@ CENTERFACE_EDGE_MARGIN = 2
 CENTERFACE_THREADS = min(2, os.cpu_count() or 1)
 """onnxruntime intra-op threads: the target machine has 2 cores."""
 CENTERFACE_PRE_SCORE = 0.05
-"""Heat-map peaks below this are never decoded (they cannot pass any useful threshold)."""
+"""Lowest heat-map score decoded when no threshold is given (scripts/tune_centerface.py sweeps above it)."""
 
 
 class DetectorModelError(RuntimeError):
