@@ -9,12 +9,13 @@ DATA ?=
 
 PYTHON ?= python3
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
 	  echo "error: $(PYTHON) is $$($(PYTHON) -V 2>&1); the pinned stack (numpy, pandas, keras, scikit-learn, onnxruntime) needs Python 3.11 or newer. Run: make PYTHON=python3.11 ..." >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install -q --no-deps -e .
 	$(VENV)/bin/nbdime config-git --enable
 	# nbdime writes bare command names; point git at the venv's drivers so diffs work from any shell

@@ -29,7 +29,7 @@ from PIL import Image
 
 from .detect import Detector, make_detector
 from .images import MAX_PIXELS, to_rgb
-from .predict import add_model_options, annotate, classify_photo, resolve_model
+from .predict import add_model_options, annotate, classify_photo, photo_summary, resolve_model, summary_caption
 
 MAX_UPLOAD_MB = 10
 log = logging.getLogger(__name__)
@@ -74,12 +74,13 @@ def png_data_url(image: np.ndarray) -> str:
 def analyse(
     model: Any, config: dict[str, Any], detector: Detector, data: bytes, name: str, threshold: float = 0.5
 ) -> dict[str, Any]:
-    """Detect and classify the faces of an uploaded photo: faces, annotated image, message."""
+    """Detect and classify the faces of an uploaded photo: faces, photo summary, annotated image, message."""
     image = decode_upload(data, name)
     faces = classify_photo(model, config, image, detector(image), threshold)
+    summary = photo_summary(faces)
     message = f"{len(faces)} face(s) found." if faces else "No face found in this photo."
-    return {"name": name, "width": image.shape[1], "height": image.shape[0], "faces": faces,
-            "image": png_data_url(annotate(image, faces)), "message": message}
+    return {"name": name, "width": image.shape[1], "height": image.shape[0], "faces": faces, "summary": summary,
+            "image": png_data_url(annotate(image, faces, caption=summary_caption(summary))), "message": message}
 
 
 def create_app(

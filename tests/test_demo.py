@@ -76,11 +76,13 @@ def test_good_photo(client):
     assert [tuple(f["box"]) for f in body["faces"]] == BOXES
     assert body["image"].startswith("data:image/png;base64,")
     assert body["message"] == "2 face(s) found."
+    assert body["summary"] == {"faces": 2, "with_mask": 1, "without_mask": 1, "everyone_masked": False}
 
 
 def test_photo_without_face(client):
     body = post(client, "blank.png", photo_png(blank=True)).json()
     assert body["faces"] == [] and body["message"] == "No face found in this photo."
+    assert body["summary"]["faces"] == 0 and body["summary"]["everyone_masked"] is None
 
 
 def truncated() -> bytes:

@@ -101,7 +101,8 @@ def test_03_and_04_run_headless_and_export_readable_html(tiny_pipeline, tmp_path
     sections = {
         "03_evaluate": ["Confusion matrix", "ROC and precision-recall", "Moving the threshold", "Calibration",
                         "Accuracy by face size", "Framing", "Cross-validation summary", "Headline metrics"],
-        "04_error_analysis": ["most confident first", "Grad-CAM", "By original class", "By photo", "Likely label errors"],
+        "04_error_analysis": ["most confident first", "Grad-CAM", "By original class", "By photo", "Likely label errors",
+                              "On whole photos, with the default detector"],
     }
     for name, expected in sections.items():
         out = tmp_path / f"{name}.ipynb"

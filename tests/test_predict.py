@@ -23,7 +23,8 @@ from maskclf.predict import (
     COLOURS, annotate, classify_crops, classify_photo, crop_faces, expand_paths, label_probabilities, predict_paths,
 )
 
-FACE_KEYS = {"path", "face", "box", "label", "p_without_mask", "probabilities"}
+FACE_KEYS = {"type", "path", "face", "box", "label", "p_without_mask", "probabilities"}
+PHOTO_KEYS = {"type", "path", "faces", "with_mask", "without_mask", "everyone_masked"}
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,12 @@ def write_crops(folder: Path) -> dict[str, str]:
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, list[dict], str]:
+    """Exit status, the face lines (photo summary lines left out) and stderr of `predict`."""
+    status, lines, err = run_cli_all_lines(capsys, *argv)
+    return status, [line for line in lines if line["type"] == "face"], err
+
+
+def run_cli_all_lines(capsys, *argv: str) -> tuple[int, list[dict], str]:
     status = main(["predict", *map(str, argv)])
     out, err = capsys.readouterr()
     return status, [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
@@ -121,6 +128,29 @@ def test_classify_photo_and_annotate(tiny):
     assert same_size.shape == image.shape
 
 
+def test_photo_summary_and_caption():
+    faces = [{"label": "with_mask"}, {"label": "without_mask"}, {"label": "with_mask"}]
+    summary = predict.photo_summary(faces)
+    assert summary == {"faces": 3, "with_mask": 2, "without_mask": 1, "everyone_masked": False}
+    assert predict.summary_caption(summary) == "3 faces: 2 with mask, 1 without"
+    assert predict.photo_summary(faces[:1])["everyone_masked"] is True
+    assert predict.summary_caption(predict.photo_summary(faces[:1])) == "1 face: 1 with mask, 0 without"
+    assert predict.photo_summary([]) == {"faces": 0, "with_mask": 0, "without_mask": 0, "everyone_masked": None}
+    assert predict.summary_caption(predict.photo_summary([])) == "no face found"
+
+
+def test_annotate_adds_the_caption_strip_below(tiny):
+    model, config = tiny
+    image, boxes, _ = photo_with_faces()
+    faces = classify_photo(model, config, image, boxes)
+    plain = annotate(image, faces)
+    captioned = annotate(image, faces, caption="2 faces: 1 with mask, 1 without")
+    assert captioned.shape[1] == plain.shape[1] and captioned.shape[0] > plain.shape[0]
+    assert np.array_equal(captioned[: plain.shape[0]], plain), "the photo part is unchanged"
+    strip = captioned[plain.shape[0]:]
+    assert strip.min() < 100 and strip.max() == 255, "dark text on white"
+
+
 def test_clip_box_and_iou():
     assert clip_box((-3.4, 2.6, 401, 50), 400, 300) == (0, 3, 400, 50)
     assert clip_box((410, 0, 420, 10), 400, 300) is None
@@ -134,9 +164,9 @@ def test_unknown_detector_is_refused():
         make_detector("yolo")
 
 
-@pytest.mark.parametrize("name", ["haar", "mtcnn"])
+@pytest.mark.parametrize("name", ["centerface", "haar", "mtcnn"])
 def test_real_detector_finds_the_face_in_a_bundled_photo(name):
-    """matplotlib ships a portrait (grace_hopper.jpg); both detectors must box her face."""
+    """matplotlib ships a portrait (grace_hopper.jpg); every detector must box her face."""
     import matplotlib.cbook
 
     image = np.asarray(Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))
@@ -191,8 +221,11 @@ def test_cli_photos_with_ground_truth_boxes_every_image_mode(run_dir, voc_dir, t
     status, _, err = run_cli(capsys, voc_dir / "images", "--model", run_dir, "--boxes-from", voc_dir,
                              "--out", out, "--draw", tmp_path / "drawn")
     assert status == 0, err
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    everything = [json.loads(line) for line in out.read_text().splitlines()]
+    lines = [line for line in everything if line["type"] == "face"]
     assert lines and all(set(line) == FACE_KEYS | {"annotation"} for line in lines)
+    photos = [line for line in everything if line["type"] == "photo"]
+    assert all(set(line) == PHOTO_KEYS for line in photos) and len(photos) == len(list((voc_dir / "images").glob("*.png")))
     n_photos = len(list((voc_dir / "images").glob("*.png")))
     assert len(list((tmp_path / "drawn").glob("*.png"))) == n_photos
     colour = [line for line in lines if line["path"].endswith(("photo0.png", "photo5.png"))]  # RGB photos
@@ -223,6 +256,22 @@ def test_cli_with_the_detector_photo_without_face(run_dir, tmp_path, capsys, mon
     assert status == 0
     assert [line["label"] for line in lines] == labels
     assert "no face found in 1 files" in err and "blank.png" in err
+
+
+def test_cli_writes_a_photo_summary_after_each_photos_faces(run_dir, tmp_path, capsys, monkeypatch):
+    image, boxes, _ = photo_with_faces()
+    Image.fromarray(image).save(tmp_path / "two.png")
+    Image.fromarray(np.full((50, 50, 3), 100, np.uint8)).save(tmp_path / "blank.png")
+    monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: boxes if img.shape[1] == 200 else [])
+    status, lines, err = run_cli_all_lines(capsys, tmp_path / "two.png", tmp_path / "blank.png", "--model", run_dir,
+                                           "--draw", tmp_path / "drawn")
+    assert status == 0 and "2 faces in 2 files" in err
+    assert [line["type"] for line in lines] == ["face", "face", "photo", "photo"]
+    assert lines[2] == {"type": "photo", "path": str(tmp_path / "two.png"), "faces": 2, "with_mask": 1,
+                        "without_mask": 1, "everyone_masked": False}
+    assert lines[3]["faces"] == 0 and lines[3]["everyone_masked"] is None
+    status, lines, _ = run_cli_all_lines(capsys, tmp_path / "two.png", "--crops", "--model", run_dir)
+    assert [line["type"] for line in lines] == ["face"], "a crop is one face, not a photo"
 
 
 def test_cli_huge_image_is_refused_by_name(run_dir, tmp_path, capsys):
@@ -263,4 +312,5 @@ def test_real_photo_with_ground_truth_boxes(run_dir, tmp_path, capsys):
     assert status == 0
     assert [line["annotation"] for line in lines] == ["with_mask", "without_mask", "without_mask", "with_mask"]
     assert lines[1]["box"] == [364, 30, 400, 66]  # xmax=401 in the XML, clipped to the 400-px image
-    assert Image.open(tmp_path / "maksssksksss5.png").size == (800, 532)
+    width, height = Image.open(tmp_path / "maksssksksss5.png").size
+    assert width == 800 and 532 < height < 532 + 60, "upscaled to 800 px, with the caption strip below"

@@ -1,0 +1,156 @@
+"""End to end on whole photos: does the detector find each annotated face, and is it then classified right?
+
+An annotated face counts as **detected** when a detection overlaps it with IoU >= 0.5,
+matched one-to-one greedily by IoU (best pair first); a detection matching no annotated
+face is a **false alarm** (some are real but unlabelled faces). A face is **detected and
+correct** when its matched detection, cropped and classified by the saved model, gets
+the face's binary label. `benchmarks/detector_recall.py` prints these tables; notebook
+04 plots them for the validation photos.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .detect import BoxXYXY, Detector, iou_matrix
+from .evaluate import size_buckets
+from .images import load_rgb
+
+IOU_THRESHOLD = 0.5
+Classifier = Callable[[np.ndarray, Sequence[BoxXYXY]], list[str]]
+"""(RGB photo, boxes) -> one binary label per box."""
+
+
+@dataclass
+class Photo:
+    """One photo of the data set with its annotated faces (boxes clipped to the image)."""
+
+    name: str
+    path: Path
+    fold: int
+    boxes: np.ndarray
+    labels: list[str]
+    original_labels: list[str]
+
+
+def match_boxes(truth: np.ndarray, found: np.ndarray, threshold: float = IOU_THRESHOLD) -> np.ndarray:
+    """For each truth box, the index of the found box matched to it (greedy by IoU, one-to-one), or -1."""
+    matched = np.full(len(truth), -1, int)
+    if len(truth) == 0 or len(found) == 0:
+        return matched
+    overlaps = iou_matrix(truth, found)
+    used = np.zeros(len(found), bool)
+    for flat in np.argsort(-overlaps, axis=None, kind="stable"):
+        i, j = divmod(int(flat), len(found))
+        if overlaps[i, j] < threshold:
+            break
+        if matched[i] < 0 and not used[j]:
+            matched[i], used[j] = j, True
+    return matched
+
+
+def photos_from_manifest(manifest: pd.DataFrame, images_dir: str | Path, folds: Iterable[int] | None = None) -> list[Photo]:
+    """The photos of a face manifest (`faces.csv`), optionally only those of `folds`, in name order."""
+    if folds is not None:
+        manifest = manifest[manifest["fold"].isin(list(folds))]
+    photos = []
+    for name, faces in manifest.sort_values(["source_image", "face_index"]).groupby("source_image", sort=False):
+        photos.append(Photo(
+            name=str(name), path=Path(images_dir) / str(name), fold=int(faces["fold"].iloc[0]),
+            boxes=faces[["xmin", "ymin", "xmax", "ymax"]].to_numpy(int),
+            labels=faces["label"].tolist(), original_labels=faces["original_label"].tolist(),
+        ))
+    return sorted(photos, key=lambda p: (len(p.name), p.name))
+
+
+def evaluate_photos(photos: Sequence[Photo], detector: Detector, classify: Classifier | None = None,
+                    threshold: float = IOU_THRESHOLD) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per annotated face and one per photo, from running the detector (and classifier) on each.
+
+    Faces: photo, fold, face, size_bucket, label, original_label, iou, detected, predicted, correct.
+    Photos: photo, faces, detections, false_alarms, detect_ms, classify_ms, total_ms (load + detect + classify).
+    """
+    face_rows, photo_rows = [], []
+    for photo in photos:
+        start = time.perf_counter()
+        image = np.asarray(load_rgb(photo.path))
+        loaded = time.perf_counter()
+        found = np.asarray(detector(image), float).reshape(-1, 4)
+        detected = time.perf_counter()
+        predicted = classify(image, [tuple(map(int, b)) for b in found]) if classify else [None] * len(found)
+        done = time.perf_counter()
+        faces = photo_faces(photo, found, predicted, threshold)
+        face_rows.append(faces)
+        photo_rows.append({"photo": photo.name, "faces": len(faces), "detections": len(found),
+                           "false_alarms": len(found) - int(faces["detected"].sum()),
+                           "detect_ms": 1000 * (detected - loaded), "classify_ms": 1000 * (done - detected),
+                           "total_ms": 1000 * (done - start)})
+    return pd.concat(face_rows, ignore_index=True), pd.DataFrame(photo_rows)
+
+
+def photo_faces(photo: Photo, found: np.ndarray, predicted: Sequence[str | None], threshold: float = IOU_THRESHOLD) -> pd.DataFrame:
+    """The annotated faces of one photo against its detections and their predicted labels."""
+    matched = match_boxes(photo.boxes, found, threshold)
+    overlaps = iou_matrix(photo.boxes, found)
+    sides = np.minimum(photo.boxes[:, 2] - photo.boxes[:, 0], photo.boxes[:, 3] - photo.boxes[:, 1])
+    pred = [predicted[j] if j >= 0 else None for j in matched]
+    return pd.DataFrame({
+        "photo": photo.name, "fold": photo.fold, "face": np.arange(len(photo.boxes)),
+        "size_bucket": size_buckets(sides), "label": photo.labels, "original_label": photo.original_labels,
+        "iou": [overlaps[i, j] if j >= 0 else 0.0 for i, j in enumerate(matched)],
+        "detected": matched >= 0, "predicted": pred,
+        "correct": [p is not None and p == t for p, t in zip(pred, photo.labels)],
+    })
+
+
+def recall_table(faces: pd.DataFrame, classified: bool = True) -> pd.DataFrame:
+    """Faces, detection recall and (when `classified`) the share detected and correct: overall, by size, by class."""
+    groups = [("all", "all", faces)]
+    for column in ("size_bucket", "label", "original_label"):
+        groups += [(column, str(value), g) for value, g in faces.groupby(column, observed=True)]
+    rows = []
+    for column, value, g in groups:
+        row = {"group": column, "value": value, "faces": len(g), "recall": g["detected"].mean()}
+        if classified:
+            row["detected_and_correct"] = g["correct"].mean()
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["group", "value"])
+
+
+def photo_stats(photos: pd.DataFrame) -> dict[str, float]:
+    """False alarms per photo, precision of the detections, ms per photo and photos per second."""
+    detections = photos["detections"].sum()
+    return {
+        "n_photos": len(photos),
+        "false_alarms_per_photo": photos["false_alarms"].mean(),
+        "precision": 1 - photos["false_alarms"].sum() / detections if detections else float("nan"),
+        "detect_ms": photos["detect_ms"].mean(),
+        "classify_ms": photos["classify_ms"].mean(),
+        "photos_per_s": 1000 / photos["total_ms"].mean(),
+    }
+
+
+def model_classifier(model: Any, config: dict[str, Any], threshold: float = 0.5) -> Classifier:
+    """A Classifier from a loaded run folder's model: the label `predict` would give each box."""
+    from .predict import classify_photo
+
+    def classify(image: np.ndarray, boxes: Sequence[BoxXYXY]) -> list[str]:
+        return [face["label"] for face in classify_photo(model, config, image, boxes, threshold)]
+
+    return classify
+
+
+def whole_photo_figures(model: Any, config: dict[str, Any], manifest: pd.DataFrame, images_dir: str | Path,
+                        folds: Iterable[int] = (0,), detector: str | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Recall table and photo statistics of the default (or named) detector and a loaded model on the photos of `folds`."""
+    from .detect import DEFAULT_DETECTOR, make_detector
+
+    photos = photos_from_manifest(manifest, images_dir, folds)
+    faces, per_photo = evaluate_photos(photos, make_detector(detector or DEFAULT_DETECTOR), model_classifier(model, config))
+    return recall_table(faces), photo_stats(per_photo)

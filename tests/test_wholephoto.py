@@ -1,0 +1,93 @@
+"""wholephoto: greedy matching and the end-to-end figures on a hand-made case with a known answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from maskclf.plots import plot_whole_photo
+from maskclf.wholephoto import Photo, evaluate_photos, match_boxes, photo_stats, photos_from_manifest, recall_table
+
+
+def test_match_is_greedy_by_iou_and_one_to_one():
+    truth = np.array([[0, 0, 10, 10], [6, 0, 16, 10], [50, 50, 60, 60]])
+    found = np.array([[5, 0, 15, 10], [0, 0, 9, 10]])
+    # truth 0 - found 1 (IoU 0.9) first, then truth 1 - found 0 (0.82); found 0 overlaps truth 0 too (0.33)
+    assert match_boxes(truth, found).tolist() == [1, 0, -1]
+    assert match_boxes(truth, found[:1]).tolist() == [-1, 0, -1]
+    assert match_boxes(truth, np.zeros((0, 4))).tolist() == [-1, -1, -1]
+    half = np.array([[0, 0, 10, 20]])  # IoU exactly 0.5 with truth 0
+    assert match_boxes(truth, half).tolist() == [0, -1, -1]
+    assert match_boxes(truth, half, 0.51).tolist() == [-1, -1, -1]
+
+
+def hand_made_photos(tmp_path) -> list[Photo]:
+    """Two photos: five faces of known sizes and classes."""
+    for name, value in (("a.png", 0), ("b.png", 1)):
+        Image.fromarray(np.full((200, 300, 3), value, np.uint8)).save(tmp_path / name)
+    a = Photo("a.png", tmp_path / "a.png", 0, np.array([[0, 0, 10, 10], [20, 20, 60, 60], [100, 100, 200, 180]]),
+              ["with_mask", "without_mask", "with_mask"], ["with_mask", "mask_weared_incorrect", "with_mask"])
+    b = Photo("b.png", tmp_path / "b.png", 1, np.array([[10, 10, 30, 30], [200, 0, 240, 40]]),
+              ["without_mask", "with_mask"], ["without_mask", "with_mask"])
+    return [a, b]
+
+
+DETECTIONS = {
+    # a: the 10-px face missed, the 40-px one found, the 80-px one found; one false alarm
+    "a": [(20, 20, 60, 60), (100, 100, 200, 180), (250, 150, 290, 190)],
+    # b: both found (the second a little off: IoU 0.90)
+    "b": [(10, 10, 30, 30), (202, 0, 242, 40)],
+}
+LABELS = {  # what the classifier says of each detection, in order
+    "a": ["with_mask", "with_mask", "without_mask"],  # the 40-px face wrongly called with_mask
+    "b": ["without_mask", "with_mask"],
+}
+
+
+def test_end_to_end_figures_on_a_hand_made_case(tmp_path):
+    photos = hand_made_photos(tmp_path)
+    which = lambda image: "a" if image.max() == 0 else "b"  # noqa: E731
+    detector = lambda image: DETECTIONS[which(image)]  # noqa: E731
+    classify = lambda image, boxes: LABELS[which(image)]  # noqa: E731
+    faces, per_photo = evaluate_photos(photos, detector, classify)
+    assert faces["detected"].tolist() == [False, True, True, True, True]
+    assert faces["correct"].tolist() == [False, False, True, True, True]
+    table = recall_table(faces)
+    assert table.loc[("all", "all")].tolist() == pytest.approx([5, 0.8, 0.6])
+    assert table.loc[("size_bucket", "<16 px"), "recall"] == 0
+    assert table.loc[("size_bucket", "16-31 px"), ["faces", "recall", "detected_and_correct"]].tolist() == [1, 1, 1]
+    assert table.loc[("size_bucket", "32-63 px"), ["faces", "recall", "detected_and_correct"]].tolist() == [2, 1, 0.5]
+    assert table.loc[("label", "without_mask"), ["faces", "recall", "detected_and_correct"]].tolist() == [2, 1, 0.5]
+    assert table.loc[("label", "with_mask"), ["faces", "recall", "detected_and_correct"]].tolist() == pytest.approx([3, 2 / 3, 2 / 3])
+    assert table.loc[("original_label", "mask_weared_incorrect"), "detected_and_correct"] == 0
+    assert per_photo["false_alarms"].tolist() == [1, 0]
+    stats = photo_stats(per_photo)
+    assert stats["false_alarms_per_photo"] == 0.5 and stats["precision"] == pytest.approx(4 / 5)
+    assert stats["photos_per_s"] > 0
+    assert "detected_and_correct" not in recall_table(faces, classified=False)
+    fig = plot_whole_photo(table, "hand-made")
+    ax = fig.axes[0]
+    assert ax.get_title() == "hand-made" and ax.get_xlabel() and ax.get_ylabel()
+    assert len(ax.patches) == 2 * 7, "two bars for all, four sizes and two labels (original classes left out)"
+
+
+def test_detection_only_leaves_correct_false(tmp_path):
+    photos = hand_made_photos(tmp_path)[:1]
+    faces, _ = evaluate_photos(photos, lambda image: DETECTIONS["a"])
+    assert faces["detected"].sum() == 2 and not faces["correct"].any()
+
+
+def test_photos_from_manifest_groups_faces_by_photo_and_filters_folds(tmp_path):
+    manifest = pd.DataFrame({
+        "source_image": ["p10.png", "p2.png", "p2.png"], "face_index": [0, 1, 0], "fold": [1, 0, 0],
+        "xmin": [1, 5, 0], "ymin": [1, 5, 0], "xmax": [9, 15, 4], "ymax": [9, 15, 4],
+        "label": ["with_mask", "without_mask", "with_mask"],
+        "original_label": ["with_mask", "mask_weared_incorrect", "with_mask"],
+    })
+    photos = photos_from_manifest(manifest, tmp_path)
+    assert [p.name for p in photos] == ["p2.png", "p10.png"]  # numeric order
+    assert photos[0].boxes.tolist() == [[0, 0, 4, 4], [5, 5, 15, 15]] and photos[0].path == tmp_path / "p2.png"
+    assert photos[0].original_labels == ["with_mask", "mask_weared_incorrect"]
+    assert [p.name for p in photos_from_manifest(manifest, tmp_path, folds=[1])] == ["p10.png"]
