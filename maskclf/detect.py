@@ -149,7 +149,7 @@ def detect_faces(detector: Detector, image: np.ndarray, max_side: int = WORK_SID
     """The face boxes of an RGB photo, in its pixels, found on a copy shrunk to `max_side` (`working_image`).
 
     The shrinking bounds the detector's time and memory whatever the photo's size; the price
-    is the smallest face found in a large photo (an 8000-px one is shrunk 5 times: a 60-px
+    is the smallest face found in a large photo (an 8000-px one is shrunk 6.25 times: a 75-px
     face becomes 12 px).
     """
     work, factor = working_image(image, max_side)
