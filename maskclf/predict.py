@@ -267,7 +267,17 @@ def draw_targets(inputs: Sequence[str | Path], files: Sequence[Path], draw_dir: 
         if target.resolve() in inputs_resolved:
             raise ValueError(f"--draw {draw_dir}: the annotated copy of {path} would replace the input "
                              f"{inputs_resolved[target.resolve()]}. Choose another folder")
+        if problem := output_file_problem(target):
+            raise ValueError(f"--draw {draw_dir}: {problem}")
     return targets
+
+
+def check_out(out: Path, files: Sequence[Path]) -> None:
+    """ValueError naming `--out` when no file can be written there, or it is one of the input files."""
+    if problem := output_file_problem(out):
+        raise ValueError(f"--out {problem}")
+    if out.resolve() in {path.resolve() for path in files}:
+        raise ValueError(f"--out {out}: is one of the input files; writing the results there would replace it")
 
 
 def predict_paths(
@@ -397,8 +407,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     files, failed = expand_paths(args.paths)
     try:
-        if args.out is not None and (problem := output_file_problem(args.out)):
-            raise ValueError(f"--out {problem}")
+        if args.out is not None:
+            check_out(args.out, files)
         draw_to = draw_targets(args.paths, files, args.draw) if args.draw is not None else None
         model, config = resolve_model(args.model)
         detector = None if args.crops or args.boxes_from else make_detector(args.detector, args.min_face)

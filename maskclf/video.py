@@ -194,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None and (problem := output_file_problem(args.out)):
         print(f"error: --out {problem}", file=sys.stderr)
         return 2
+    if args.out is not None and Path(args.source).is_file() and args.out.resolve() == Path(args.source).resolve():
+        print(f"error: --out {args.out}: is the source video; writing there would replace it", file=sys.stderr)
+        return 2
     try:
         model, config = resolve_model(args.model)
         detector = make_detector(args.detector, args.min_face)

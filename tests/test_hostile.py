@@ -941,3 +941,26 @@ def test_predict_flags_faces_too_small_to_classify(one_pixel_crop, tiny_run, cap
     face = json.loads(out.splitlines()[0])
     assert status == 0 and face["small_face"] is True and face["warning"].startswith("face of 1x1 px, under 16 px")
     assert "1 faces under 16 px" in err
+
+
+@pytest.fixture
+def draw_is_a_file(tmp_path) -> Path:
+    """A file of the user's where the --draw folder should go."""
+    path = tmp_path / "notes.txt"
+    path.write_text("my notes")
+    return path
+
+
+def test_a_draw_folder_that_is_a_file_is_refused_before_the_work(draw_is_a_file, photo, no_model_loaded, capsys):
+    status, _, err = _cli(capsys, "predict", photo, "--crops", "--draw", draw_is_a_file)
+    assert status == 2 and f"--draw {draw_is_a_file}: " in err and "is not a folder" in err
+    assert draw_is_a_file.read_text() == "my notes"
+
+
+@pytest.mark.parametrize("command", ["predict", "video"])
+def test_an_output_that_is_the_input_is_refused(command, photo, no_model_loaded, capsys):
+    before = photo.read_bytes()
+    args = [photo, "--crops"] if command == "predict" else ["--source", photo, "--no-show"]
+    status, _, err = _cli(capsys, command, *args, "--out", photo)
+    assert status == 2 and f"--out {photo}: is " in err and "would replace it" in err
+    assert photo.read_bytes() == before
