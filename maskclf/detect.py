@@ -28,6 +28,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from .images import WORK_SIDE, working_image
+
 BoxXYXY = tuple[int, int, int, int]
 """A box as (xmin, ymin, xmax, ymax) in integer pixels, xmax and ymax exclusive."""
 Detector = Callable[[np.ndarray], list[BoxXYXY]]
@@ -141,6 +143,22 @@ def make_detector(name: str = DEFAULT_DETECTOR, min_face: int = MIN_FACE) -> Det
         return [b for b in boxes if b is not None]
 
     return run
+
+
+def detect_faces(detector: Detector, image: np.ndarray, max_side: int = WORK_SIDE) -> list[BoxXYXY]:
+    """The face boxes of an RGB photo, in its pixels, found on a copy shrunk to `max_side` (`working_image`).
+
+    The shrinking bounds the detector's time and memory whatever the photo's size; the price
+    is the smallest face found in a large photo (an 8000-px one is shrunk 6.25 times: a 75-px
+    face becomes 12 px).
+    """
+    work, factor = working_image(image, max_side)
+    boxes = detector(work)
+    if factor == 1.0:
+        return list(boxes)
+    height, width = image.shape[:2]
+    scaled = (clip_box(tuple(v / factor for v in box), width, height) for box in boxes)
+    return [box for box in scaled if box is not None]
 
 
 def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .data import DEFAULT_LABEL_MAP, DataError, check_box, is_dataset_dir, parse_voc, read_manifest
-from .fsutil import atomic_path, write_json_atomic
+from .fsutil import atomic_path, output_file_problem, write_json_atomic
 from .images import ImageError, load_rgb, resize_crop
 from .paths import DEFAULT_FACES_DIR
 from . import POSITIVE
@@ -250,6 +250,13 @@ def export_run(
     return report
 
 
+def check_outputs(out_dir: Path, formats: Sequence[str]) -> None:
+    """ValueError naming the first file of an export to `out_dir` that cannot be written (checked before the work)."""
+    for name in [*(FILES[fmt] for fmt in formats), "parity.json"]:
+        if problem := output_file_problem(out_dir / name):
+            raise ValueError(problem)
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The export report as a small text table."""
     lines = [f"{'format':<12} {'MB':>8} {'agreement':>10} {'max|dp|':>9} {'AUC keras':>10} {'AUC export':>11} {'AUC diff':>9}  ok"]
@@ -302,6 +309,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         run_dir = Path(args.model) if args.model else latest_run(MODELS_DIR)
+        check_outputs(run_dir / EXPORT_DIR, args.format)
         model, config = resolve_model(run_dir)
         report = export_run(run_dir, model, config, args.format, args.check, args.check_limit, args.threshold)
     except (RunFolderError, DataError, ImageError, ValueError) as exc:

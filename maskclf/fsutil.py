@@ -33,6 +33,24 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def output_file_problem(target: str | Path) -> str | None:
+    """Why a file cannot be written at `target`, starting with its name, or None if it can.
+
+    Checked before long work starts, so that its results are not lost at the end.
+    """
+    target = Path(target)
+    if target.is_dir():
+        return f"{target}: is a folder; give a file name"
+    for parent in target.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{target}: {parent} is not a folder"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"{target}: no permission to write in {parent}"
+            return None
+    return None
+
+
 def write_text_atomic(target: str | Path, text: str) -> Path:
     """Write `text` to `target` atomically."""
     with atomic_path(target) as tmp:

@@ -11,6 +11,7 @@ A run folder `models/<run>/` holds
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +26,8 @@ FORMAT_VERSION = 1
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
+MAX_IMAGE_SIZE = 1024
+"""Largest `image_size` a config may name (the backbones take 224-300 px)."""
 RUN_FILES = {
     MODEL_FILE: "the end-to-end model (train)",
     CONFIG_FILE: "how it was made (train)",
@@ -87,13 +90,38 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
         config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise RunFolderError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise RunFolderError(f"{path}: not a JSON object")
     found = config.get("format_version")
     if found != FORMAT_VERSION:
         raise RunFolderError(
             f"{path}: model format {found!r}, this maskclf reads format {FORMAT_VERSION}; "
             "retrain the model or use the maskclf version that wrote it"
         )
+    check_config(path, config)
     return config
+
+
+def check_config(path: Path, config: dict[str, Any]) -> None:
+    """RunFolderError naming `path` unless `image_size` is a positive int and `class_names` two or more names."""
+    size, names = config.get("image_size"), config.get("class_names")
+    if type(size) is not int or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise RunFolderError(f"{path}: 'image_size' must be a whole number of pixels from 1 to {MAX_IMAGE_SIZE}, "
+                             f"got {size!r}")
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names) \
+            or len(set(names)) != len(names):
+        raise RunFolderError(f"{path}: 'class_names' must be a list of two or more distinct names, got {names!r}")
+
+
+def check_model_matches(path: Path, model: keras.Model, config: dict[str, Any]) -> None:
+    """RunFolderError naming `path` unless the model takes `image_size` crops and outputs one score per class."""
+    size, n_classes = config["image_size"], len(config["class_names"])
+    height, width = tuple(model.input_shape)[1:3]
+    if (height, width) != (size, size) and (height, width) != (None, None):
+        raise RunFolderError(f"{path}: 'image_size' is {size}, but the model takes {height}x{width} crops")
+    if model.output_shape[-1] != n_classes:
+        raise RunFolderError(f"{path}: 'class_names' has {n_classes} names, but the model outputs "
+                             f"{model.output_shape[-1]} scores")
 
 
 def load_run(run_dir: str | Path) -> tuple[keras.Model, dict[str, Any]]:
@@ -104,10 +132,13 @@ def load_run(run_dir: str | Path) -> tuple[keras.Model, dict[str, Any]]:
     path = Path(run_dir) / MODEL_FILE
     if not path.is_file():
         raise RunFolderError(f"{path}: missing; {run_dir} is not a complete model folder")
+    if not zipfile.is_zipfile(path):
+        raise RunFolderError(f"{path}: not a complete Keras archive (truncated or corrupt); copy it again or retrain")
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a corrupt archive
         raise RunFolderError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
+    check_model_matches(Path(run_dir) / CONFIG_FILE, model, config)
     return model, config
 
 

@@ -6,7 +6,8 @@ over files and folders, and the CLI only wires options to it.
 
 One JSON line per face:
 `{"type": "face", "path", "face", "box": [xmin, ymin, xmax, ymax], "label", "p_without_mask", "probabilities": {class: p}}`,
-plus `"annotation"` (the VOC class) when boxes come from `--boxes-from`; then, for a whole
+plus `"annotation"` (the VOC class) when boxes come from `--boxes-from`, and `"small_face": true`
+with a `"warning"` when the face is under SMALL_FACE px on a side; then, for a whole
 photo (not for `--crops`), one summary line
 `{"type": "photo", "path", "faces", "with_mask", "without_mask", "everyone_masked"}`
 (`everyone_masked` is null when no face was found).
@@ -29,8 +30,8 @@ from tqdm.auto import tqdm
 
 from . import POSITIVE
 from .data import DataError, check_box, is_dataset_dir, parse_voc
-from .detect import DEFAULT_DETECTOR, DETECTORS, MIN_FACE, BoxXYXY, Detector, make_detector
-from .fsutil import atomic_path, write_text_atomic
+from .detect import DEFAULT_DETECTOR, DETECTORS, MIN_FACE, BoxXYXY, Detector, detect_faces, make_detector
+from .fsutil import atomic_path, output_file_problem, write_text_atomic
 from .images import ImageError, load_rgb, resize_crop
 from .paths import MODELS_DIR
 
@@ -40,6 +41,8 @@ COLOURS = {"with_mask": (0, 190, 0), "without_mask": (230, 20, 20)}
 SHORT_LABELS = {"with_mask": "mask", "without_mask": "no mask"}
 DRAW_MIN_SIDE = 800
 """`annotate` upscales smaller images to this longer side (the study's photos are ~400 px)."""
+SMALL_FACE = 16
+"""Faces under this many pixels on a side are flagged: too few pixels for a reliable label (the reports' limit)."""
 
 IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 """File name endings taken from folders (a file named explicitly is always tried)."""
@@ -119,7 +122,16 @@ def classify_photo(
     """Classify the faces `boxes` of an RGB photo: each result also holds its `box`."""
     crops = crop_faces(image, boxes, config["image_size"])
     results = label_probabilities(predict_probabilities(model, crops, batch_size), config["class_names"], threshold)
-    return [{"box": list(box), **result} for box, result in zip(boxes, results)]
+    return [flag_small({"box": list(box), **result}) for box, result in zip(boxes, results)]
+
+
+def flag_small(face: dict[str, Any]) -> dict[str, Any]:
+    """`face` with `"small_face": True` and a `"warning"` when its box is under SMALL_FACE px on a side."""
+    x0, y0, x1, y1 = face["box"]
+    if min(x1 - x0, y1 - y0) >= SMALL_FACE:
+        return face
+    return {**face, "small_face": True,
+            "warning": f"face of {x1 - x0}x{y1 - y0} px, under {SMALL_FACE} px: too small for a reliable label"}
 
 
 def photo_summary(faces: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -138,15 +150,18 @@ def summary_caption(summary: dict[str, Any]) -> str:
 
 
 def annotate(image: np.ndarray, faces: Sequence[dict[str, Any]], min_side: int = DRAW_MIN_SIDE,
-             caption: str | None = None) -> np.ndarray:
+             caption: str | None = None, max_side: int | None = None) -> np.ndarray:
     """A copy of an RGB image with each face's box and "label NN%" in its label's colour.
 
-    An image whose longer side is under `min_side` is upscaled first, so labels stay legible.
+    An image whose longer side is under `min_side` is upscaled first, so labels stay legible,
+    and one whose longer side is over `max_side` (when given) is shrunk to it.
     A `caption` is written on a white strip added below the image.
     """
     image = np.ascontiguousarray(image, dtype=np.uint8)
-    scale = max(1.0, min_side / max(image.shape[:2]))
-    out = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR) if scale > 1 else image.copy()
+    longest = max(image.shape[:2])
+    scale = max(1.0, min_side / longest) if max_side is None or longest <= max_side else max_side / longest
+    interpolation = cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA
+    out = cv2.resize(image, None, fx=scale, fy=scale, interpolation=interpolation) if scale != 1 else image.copy()
     height, width = out.shape[:2]
     thickness = max(1, round(max(height, width) / 500))
     font_scale = max(height, width) / 1600
@@ -232,6 +247,39 @@ def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[FileResu
     return files, missing
 
 
+def draw_targets(inputs: Sequence[str | Path], files: Sequence[Path], draw_dir: Path) -> dict[Path, Path]:
+    """Where `--draw` writes each file's annotated copy: its path relative to the inputs' common folder,
+    mirrored under `draw_dir` (".png" added to other names). ValueError naming the
+    problem when `draw_dir` is (or is inside) an input folder, or a copy would replace an input file."""
+    draw = draw_dir.resolve()
+    for folder in (Path(p).resolve() for p in inputs if Path(p).is_dir()):
+        if draw == folder or folder in draw.parents:
+            raise ValueError(f"--draw {draw_dir}: is inside the input folder {folder}; "
+                             "annotated copies would mix with the photos or replace them. Choose another folder")
+    roots = [Path(p).absolute() if Path(p).is_dir() else Path(p).absolute().parent for p in inputs if Path(p).exists()]
+    base = Path(os.path.commonpath(roots)) if roots else Path.cwd()
+    targets = {}
+    for path in files:
+        relative = path.absolute().relative_to(base)
+        targets[path] = draw_dir / (relative if relative.suffix.lower() == ".png" else f"{relative}.png")
+    inputs_resolved = {path.resolve(): path for path in files}
+    for path, target in targets.items():
+        if target.resolve() in inputs_resolved:
+            raise ValueError(f"--draw {draw_dir}: the annotated copy of {path} would replace the input "
+                             f"{inputs_resolved[target.resolve()]}. Choose another folder")
+        if problem := output_file_problem(target):
+            raise ValueError(f"--draw {draw_dir}: {problem}")
+    return targets
+
+
+def check_out(out: Path, files: Sequence[Path]) -> None:
+    """ValueError naming `--out` when no file can be written there, or it is one of the input files."""
+    if problem := output_file_problem(out):
+        raise ValueError(f"--out {problem}")
+    if out.resolve() in {path.resolve() for path in files}:
+        raise ValueError(f"--out {out}: is one of the input files; writing the results there would replace it")
+
+
 def predict_paths(
     model: Any,
     config: dict[str, Any],
@@ -242,13 +290,14 @@ def predict_paths(
     boxes_from: Path | None = None,
     threshold: float = 0.5,
     batch_size: int = 32,
-    draw_dir: Path | None = None,
+    draw_to: dict[Path, Path] | None = None,
     progress: bool = False,
 ) -> Iterator[FileResult]:
     """Classify every file in order, one FileResult each; a bad file is reported, not raised.
 
     `crops`: each file is one face. Otherwise each file is a photo whose faces come from
-    `boxes_from` (VOC) when given, else from `detector`. `draw_dir` gets annotated copies.
+    `boxes_from` (VOC) when given, else from `detector` (`detect_faces`). `draw_to` maps
+    files to where their annotated copies go (`draw_targets`).
     """
     if not crops and boxes_from is None and detector is None:
         raise ValueError("photos need a detector or boxes_from")
@@ -257,14 +306,14 @@ def predict_paths(
     try:
         for start in range(0, len(files), chunk):
             group = files[start : start + chunk]
-            yield from (_crops(model, config, group, threshold, batch_size, draw_dir) if crops
-                        else [_photo(model, config, group[0], detector, boxes_from, threshold, batch_size, draw_dir)])
+            yield from (_crops(model, config, group, threshold, batch_size, draw_to) if crops
+                        else [_photo(model, config, group[0], detector, boxes_from, threshold, batch_size, draw_to)])
             bar.update(len(group))
     finally:
         bar.close()
 
 
-def _crops(model, config, files, threshold, batch_size, draw_dir) -> list[FileResult]:
+def _crops(model, config, files, threshold, batch_size, draw_to) -> list[FileResult]:
     results, images = [], []
     for path in files:
         try:
@@ -276,13 +325,13 @@ def _crops(model, config, files, threshold, batch_size, draw_dir) -> list[FileRe
     good = (r for r in results if r.error is None)
     for result, image in zip(good, images):
         height, width = image.shape[:2]
-        result.faces = [{"box": [0, 0, width, height], **next(labelled)}]
-        if draw_dir is not None:
-            save_image(annotate(image, result.faces), draw_dir / f"{result.path.stem}.png")
+        result.faces = [flag_small({"box": [0, 0, width, height], **next(labelled)})]
+        if draw_to is not None:
+            save_image(annotate(image, result.faces), draw_to[result.path])
     return results
 
 
-def _photo(model, config, path, detector, boxes_from, threshold, batch_size, draw_dir) -> FileResult:
+def _photo(model, config, path, detector, boxes_from, threshold, batch_size, draw_to) -> FileResult:
     try:
         image = load_image(path)
         height, width = image.shape[:2]
@@ -291,12 +340,12 @@ def _photo(model, config, path, detector, boxes_from, threshold, batch_size, dra
             faces = classify_photo(model, config, image, [box for _, box in truth], threshold, batch_size)
             faces = [{**face, "annotation": name} for face, (name, _) in zip(faces, truth)]
         else:
-            faces = classify_photo(model, config, image, detector(image), threshold, batch_size)
+            faces = classify_photo(model, config, image, detect_faces(detector, image), threshold, batch_size)
     except (ImageError, DataError) as exc:
         return FileResult(path, error=str(exc))
     summary = photo_summary(faces)
-    if draw_dir is not None:
-        save_image(annotate(image, faces, caption=summary_caption(summary)), draw_dir / f"{path.stem}.png")
+    if draw_to is not None:
+        save_image(annotate(image, faces, caption=summary_caption(summary)), draw_to[path])
     return FileResult(path, faces, summary=summary)
 
 
@@ -343,8 +392,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--boxes-from", metavar="VOC", type=Path, help="take face boxes from a VOC .xml, a folder of them, or a data set folder")
     add_model_options(parser)
     parser.add_argument("--batch-size", type=positive_int, default=32, help="crops per model call (default: %(default)s)")
-    parser.add_argument("--out", type=Path, help="write the JSON lines here instead of stdout")
-    parser.add_argument("--draw", type=Path, metavar="DIR", help="write annotated copies of the inputs here")
+    parser.add_argument("--out", type=Path, help="write the JSON lines to this file instead of stdout")
+    parser.add_argument("--draw", type=Path, metavar="DIR", help="write annotated copies of the inputs here, "
+                        "in the inputs' folder structure (not inside an input folder)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -357,6 +407,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     files, failed = expand_paths(args.paths)
     try:
+        if args.out is not None:
+            check_out(args.out, files)
+        draw_to = draw_targets(args.paths, files, args.draw) if args.draw is not None else None
         model, config = resolve_model(args.model)
         detector = None if args.crops or args.boxes_from else make_detector(args.detector, args.min_face)
     except (RunFolderError, ValueError, RuntimeError) as exc:
@@ -367,16 +420,17 @@ def run(args: argparse.Namespace) -> int:
     no_face: list[Path] = []
     results = predict_paths(
         model, config, files, crops=args.crops, detector=detector, boxes_from=args.boxes_from,
-        threshold=args.threshold, batch_size=args.batch_size, draw_dir=args.draw,
+        threshold=args.threshold, batch_size=args.batch_size, draw_to=draw_to,
         progress=any(Path(p).is_dir() for p in args.paths),
     )
-    n_read = 0
+    n_read = n_small = 0
     for result in results:
         if result.error:
             failed.append(result)
             continue
         n_read += 1
         n_faces += len(result.faces)
+        n_small += sum(face.get("small_face", False) for face in result.faces)
         if not result.faces:
             no_face.append(result.path)
         for line in json_lines(result):
@@ -386,6 +440,9 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         write_text_atomic(args.out, "".join(line + "\n" for line in lines))
     print(f"{n_faces} faces in {n_read} files" + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
+    if n_small:
+        print(f"warning: {n_small} faces under {SMALL_FACE} px (\"small_face\": true): their labels are unreliable",
+              file=sys.stderr)
     if no_face:
         print(f"no face found in {len(no_face)} files: " + ", ".join(map(str, no_face)), file=sys.stderr)
     if failed:

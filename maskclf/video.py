@@ -21,8 +21,8 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from .detect import Detector, DetectorModelError, make_detector
-from .fsutil import atomic_path
+from .detect import Detector, DetectorModelError, detect_faces, make_detector
+from .fsutil import atomic_path, output_file_problem
 from .predict import add_model_options, annotate, classify_photo, positive_int, resolve_model
 
 WINDOW = "maskclf (q or Esc to quit)"
@@ -92,7 +92,7 @@ def annotate_frames(
     fps = 0.0
     last = time.perf_counter()
     for frame in frames:
-        faces = classify_photo(model, config, frame, detector(frame), threshold)
+        faces = classify_photo(model, config, frame, detect_faces(detector, frame), threshold)
         now = time.perf_counter()
         current = 1.0 / max(now - last, 1e-6)
         fps = current if fps == 0.0 else 0.9 * fps + 0.1 * current
@@ -190,6 +190,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.no_show and args.out is None:
         print("error: --no-show without --out would do nothing; add --out FILE.mp4", file=sys.stderr)
+        return 2
+    if args.out is not None and (problem := output_file_problem(args.out)):
+        print(f"error: --out {problem}", file=sys.stderr)
+        return 2
+    if args.out is not None and Path(args.source).is_file() and args.out.resolve() == Path(args.source).resolve():
+        print(f"error: --out {args.out}: is the source video; writing there would replace it", file=sys.stderr)
         return 2
     try:
         model, config = resolve_model(args.model)

@@ -7,13 +7,20 @@ code nor exhaust the machine.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import functools
+import io
+import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -21,6 +28,8 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
 
 from maskclf import data, report
 from maskclf.data import DataError, extract_faces, read_manifest
@@ -558,3 +567,400 @@ def test_a_model_is_never_saved_over_a_foreign_folder(foreign_folder):
     with pytest.raises(FileExistsError, match="Documents: exists, is not empty and has no config.json"):
         make_tiny_run(foreign_folder)
     assert [p.name for p in foreign_folder.iterdir()] == ["thesis.tex"]
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+def _png(image: Image.Image | np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    from tinymodel import make_tiny_run
+
+    return make_tiny_run(tmp_path_factory.mktemp("model") / "run")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_run):
+    from maskclf.model import load_run
+
+    return load_run(tiny_run)
+
+
+class Recorder:
+    """A face detector that records the shape of every image it gets and finds `boxes` in each."""
+
+    def __init__(self, boxes=((100, 100, 200, 200),)):
+        self.boxes, self.shapes = list(boxes), []
+
+    def __call__(self, image: np.ndarray) -> list:
+        self.shapes.append(image.shape)
+        return self.boxes
+
+
+class Blocker(Recorder):
+    """A face detector that holds its caller until released."""
+
+    def __init__(self):
+        super().__init__()
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, image: np.ndarray) -> list:
+        self.started.set()
+        assert self.release.wait(30)
+        return super().__call__(image)
+
+
+def _client(tiny, detector, **kwargs) -> TestClient:
+    from maskclf.demo import create_app
+
+    model, config = tiny
+    return TestClient(create_app(model, config, detector, **kwargs), raise_server_exceptions=False)
+
+
+def _upload(client: TestClient, name: str, data: bytes):
+    return client.post("/api/predict", files={"file": (name, data, "image/png")})
+
+
+@pytest.fixture(scope="module")
+def grey_4000_png() -> bytes:
+    """A 56 KB PNG of 4000x4000 grey pixels: one such upload took 25 s and 6 GB of the demo."""
+    return _png(Image.new("L", (4000, 4000), 128))
+
+
+@pytest.fixture(scope="module")
+def grey_7990_png() -> bytes:
+    """A 205 KB PNG of 7990x7990 grey pixels, under the old 64-Mpx limit: it took the demo down."""
+    return _png(Image.new("L", (7990, 7990), 128))
+
+
+def test_demo_detects_faces_of_a_large_upload_on_a_bounded_copy(tiny, grey_4000_png):
+    from maskclf.images import WORK_SIDE
+
+    detector = Recorder()
+    reply = _upload(_client(tiny, detector), "big.png", grey_4000_png)
+    assert reply.status_code == 200, reply.text
+    assert max(max(shape[:2]) for shape in detector.shapes) <= WORK_SIDE
+    factor = WORK_SIDE / 4000
+    assert reply.json()["faces"][0]["box"] == [round(v / factor) for v in (100, 100, 200, 200)], "in the upload's pixels"
+    drawn = Image.open(io.BytesIO(base64.b64decode(reply.json()["image"].split(",", 1)[1])))
+    assert drawn.width <= WORK_SIDE
+
+
+def test_demo_refuses_an_image_too_large_to_decode(tiny, grey_7990_png):
+    detector = Recorder()
+    reply = _upload(_client(tiny, detector), "bomb.png", grey_7990_png)
+    assert reply.status_code == 413 and "bomb.png" in reply.json()["error"] and "megapixels" in reply.json()["error"]
+    assert detector.shapes == [], "never decoded nor detected"
+
+
+@pytest.fixture
+def blocked_large_lane():
+    """A detector for large uploads that holds the first one until the test releases it."""
+    blocker = Blocker()
+    yield blocker
+    blocker.release.set()
+
+
+def test_demo_answers_normal_photos_while_a_large_upload_is_analysed(tiny, blocked_large_lane, grey_4000_png):
+    from maskclf.demo import Lanes
+
+    client = _client(tiny, Recorder(), large_detector=blocked_large_lane, lanes=Lanes(wait_s=0.5, max_waiting=4))
+    first = threading.Thread(target=_upload, args=(client, "big.png", grey_4000_png))
+    first.start()
+    assert blocked_large_lane.started.wait(30)
+    normal = _upload(client, "photo.png", _png(np.full((300, 400, 3), 90, np.uint8)))
+    assert normal.status_code == 200, "a normal photo does not wait behind a large upload"
+    busy = _upload(client, "big2.png", grey_4000_png)
+    assert busy.status_code == 503 and "busy" in busy.json()["error"]
+    blocked_large_lane.release.set()
+    first.join(30)
+
+
+def test_demo_refuses_requests_past_the_queue_at_once(tiny, blocked_large_lane):
+    from maskclf.demo import Lanes
+
+    client = _client(tiny, blocked_large_lane, lanes=Lanes(wait_s=30, max_waiting=0))
+    first = threading.Thread(target=_upload, args=(client, "a.png", _png(np.full((30, 40, 3), 90, np.uint8))))
+    first.start()
+    assert blocked_large_lane.started.wait(30)
+    start = time.monotonic()
+    busy = _upload(client, "b.png", _png(np.full((30, 40, 3), 90, np.uint8)))
+    assert busy.status_code == 503 and "busy" in busy.json()["error"] and time.monotonic() - start < 5
+    blocked_large_lane.release.set()
+    first.join(30)
+
+
+@pytest.fixture
+def chunked_200_mb():
+    """A 200 MB upload sent in 64 KB chunks without Content-Length, counting the chunks read."""
+    head = (b'--x\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n")
+    chunk = bytes(64 * 1024)
+    pulled = []
+
+    async def receive() -> dict:
+        pulled.append(len(head) if not pulled else len(chunk))
+        if len(pulled) * len(chunk) >= 200 << 20:
+            return {"type": "http.request", "body": b"\r\n--x--\r\n", "more_body": False}
+        return {"type": "http.request", "body": head if len(pulled) == 1 else chunk, "more_body": True}
+
+    return receive, pulled
+
+
+def test_demo_stops_reading_a_chunked_upload_at_the_limit(tiny, chunked_200_mb):
+    from maskclf.demo import create_app
+
+    receive, pulled = chunked_200_mb
+    model, config = tiny
+    app = create_app(model, config, Recorder(), max_bytes=1 << 20)
+    sent = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/api/predict", "raw_path": b"/api/predict", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=x"), (b"transfer-encoding", b"chunked")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413 and b"larger than 1 MB" in b"".join(m.get("body", b"") for m in sent[1:])
+    assert sum(pulled) <= (1 << 20) + 2 * 64 * 1024 + 64 * 1024, "reading stopped at the limit"
+
+
+@pytest.fixture
+def one_pixel_png() -> bytes:
+    """A 1x1 image: it was classified at p=0.60 with no warning."""
+    return _png(np.full((1, 1, 3), 200, np.uint8))
+
+
+def test_demo_flags_faces_too_small_to_classify(tiny, one_pixel_png):
+    reply = _upload(_client(tiny, Recorder([(0, 0, 1, 1)])), "dot.png", one_pixel_png)
+    face = reply.json()["faces"][0]
+    assert reply.status_code == 200 and face["small_face"] is True and "under 16 px" in face["warning"]
+    assert "too small" in reply.json()["message"]
+    from maskclf.demo import PAGE
+
+    assert "face.small_face" in PAGE, "the page's table shows the warning"
+
+
+# --------------------------------------------------------------------------- predict, video, export
+
+
+def _cli(capsys, command: str, *args) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of `python -m maskclf COMMAND ARGS`, run in this process."""
+    from maskclf.cli import main
+
+    try:
+        status = main([command, *map(str, args)])
+    except SystemExit as exc:  # argparse's errors
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture
+def no_model_loaded(monkeypatch):
+    """Fail the test if a model is loaded: the inputs below must be refused before any work."""
+    from maskclf import export, predict, video
+
+    def resolve_model(*args, **kwargs):
+        pytest.fail("the model was loaded before the output was checked")
+
+    for module in (predict, video, export):
+        monkeypatch.setattr(module, "resolve_model", resolve_model)
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.full((60, 80, 3), 90, np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def out_is_a_folder(tmp_path) -> Path:
+    """An existing folder given as the output file: the results were lost after all the work."""
+    (tmp_path / "results").mkdir()
+    return tmp_path / "results"
+
+
+@pytest.mark.parametrize("command", ["predict", "video"])
+def test_an_output_file_that_is_a_folder_is_refused_before_the_work(command, out_is_a_folder, photo, no_model_loaded,
+                                                                    capsys):
+    args = [photo, "--crops"] if command == "predict" else ["--source", photo, "--no-show"]
+    status, _, err = _cli(capsys, command, *args, "--out", out_is_a_folder)
+    assert status == 2 and f"--out {out_is_a_folder}: is a folder" in err and "Traceback" not in err
+
+
+@pytest.fixture
+def export_is_a_file(tiny_run, tmp_path) -> Path:
+    """A run folder whose export/ is a file: the exports failed after the work."""
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    (run / "export").write_text("my notes")
+    return run
+
+
+def test_export_refuses_outputs_it_cannot_write_before_the_work(export_is_a_file, no_model_loaded, capsys):
+    status, _, err = _cli(capsys, "export", "--model", export_is_a_file, "--format", "onnx", "--check-limit", "1")
+    assert status == 2 and f"{export_is_a_file / 'export'} is not a folder" in err
+    assert (export_is_a_file / "export").read_text() == "my notes"
+
+
+@pytest.fixture
+def same_names_in_two_folders(tmp_path) -> Path:
+    """in/a/x.png and in/b/x.png, two different crops: their annotated copies overwrote each other."""
+    for sub, colour in (("a", (0, 200, 0)), ("b", (220, 10, 10))):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        Image.fromarray(np.full((40, 40, 3), colour, np.uint8)).save(tmp_path / "in" / sub / "x.png")
+    return tmp_path / "in"
+
+
+def test_draw_keeps_the_inputs_folder_structure(same_names_in_two_folders, tiny_run, tmp_path, capsys):
+    status, _, err = _cli(capsys, "predict", same_names_in_two_folders, "--crops", "--model", tiny_run,
+                          "--draw", tmp_path / "drawn")
+    assert status == 0, err
+    assert sorted(p.relative_to(tmp_path / "drawn").as_posix() for p in (tmp_path / "drawn").rglob("*.png")) == [
+        "a/x.png", "b/x.png"]
+
+
+@pytest.mark.parametrize("draw, problem", [
+    ("in", "is inside the input folder"), ("in/a/annotated", "is inside the input folder"),
+])
+def test_draw_inside_an_input_folder_is_refused(draw, problem, same_names_in_two_folders, no_model_loaded, tmp_path,
+                                                capsys):
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    status, _, err = _cli(capsys, "predict", same_names_in_two_folders, "--crops", "--draw", tmp_path / draw)
+    assert status == 2 and f"--draw {tmp_path / draw}: {problem}" in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_draw_never_replaces_an_input_file(same_names_in_two_folders, no_model_loaded, capsys):
+    photo = same_names_in_two_folders / "a" / "x.png"
+    before = photo.read_bytes()
+    status, _, err = _cli(capsys, "predict", photo, "--crops", "--draw", photo.parent)
+    assert status == 2 and f"the annotated copy of {photo} would replace the input" in err
+    assert photo.read_bytes() == before
+
+
+def _edit_config(run: Path, **changes) -> Path:
+    config = json.loads((run / "config.json").read_text())
+    config.update(changes)
+    (run / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    return run
+
+
+@pytest.fixture
+def config_without_image_size(tiny_run, tmp_path) -> Path:
+    """A run folder whose config.json lacks image_size: KeyError."""
+    return _edit_config(Path(shutil.copytree(tiny_run, tmp_path / "run")), image_size=None)
+
+
+@pytest.fixture
+def config_with_a_wrong_image_size(tiny_run, tmp_path) -> Path:
+    """A run folder whose config.json names 64-px crops for a model of 32-px ones: ValueError."""
+    return _edit_config(Path(shutil.copytree(tiny_run, tmp_path / "run")), image_size=64)
+
+
+@pytest.fixture
+def config_with_a_text_image_size(tiny_run, tmp_path) -> Path:
+    """A run folder whose config.json says "32" (text) for image_size."""
+    return _edit_config(Path(shutil.copytree(tiny_run, tmp_path / "run")), image_size="32")
+
+
+@pytest.fixture
+def truncated_model(tiny_run, tmp_path) -> Path:
+    """A run folder whose model.keras was cut in half (an interrupted copy): "File not found"."""
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    data = (run / "model.keras").read_bytes()
+    (run / "model.keras").write_bytes(data[: len(data) // 2])
+    return run
+
+
+@pytest.mark.parametrize("fixture, problem", [
+    ("config_without_image_size", "config.json: 'image_size' must be a whole number of pixels from 1 to 1024, got None"),
+    ("config_with_a_wrong_image_size", "config.json: 'image_size' is 64, but the model takes 32x32 crops"),
+    ("config_with_a_text_image_size", "config.json: 'image_size' must be a whole number of pixels from 1 to 1024, got '32'"),
+    ("truncated_model", "model.keras: not a complete Keras archive (truncated or corrupt)"),
+])
+def test_a_broken_run_folder_is_a_named_error(fixture, problem, request, photo, capsys):
+    run = request.getfixturevalue(fixture)
+    status, _, err = _cli(capsys, "predict", photo, "--crops", "--model", run)
+    assert status == 2 and problem in err and "Traceback" not in err
+
+
+@pytest.fixture
+def photo_8000_px(tmp_path) -> Path:
+    """An 8000x8000 photo: the face detector crashed with SIGSEGV under a 10 GB cap."""
+    path = tmp_path / "huge.png"
+    Image.new("L", (8000, 8000), 128).save(path)
+    return path
+
+
+def test_predict_detects_faces_of_a_huge_photo_on_a_bounded_copy(photo_8000_px, tiny_run, monkeypatch, capsys):
+    from maskclf.images import WORK_SIDE
+
+    from maskclf import predict
+
+    detector = Recorder()
+    monkeypatch.setattr(predict, "make_detector", lambda name, min_face: detector)
+    status, out, err = _cli(capsys, "predict", photo_8000_px, "--model", tiny_run)
+    assert status == 0, err
+    assert max(max(shape[:2]) for shape in detector.shapes) <= WORK_SIDE
+    face = json.loads(out.splitlines()[0])
+    assert face["box"] == [round(v * 8000 / WORK_SIDE) for v in (100, 100, 200, 200)], "in the photo's pixels"
+
+
+def test_video_frames_are_detected_on_a_bounded_copy(tiny):
+    from maskclf.images import WORK_SIDE
+
+    from maskclf.video import annotate_frames
+
+    detector = Recorder()
+    model, config = tiny
+    frames = iter([np.full((2000, 3000, 3), 90, np.uint8)])
+    _, faces = next(annotate_frames(frames, model, config, detector))
+    assert max(detector.shapes[0][:2]) <= WORK_SIDE and faces[0]["box"][2] == round(200 * 3000 / WORK_SIDE)
+
+
+@pytest.fixture
+def one_pixel_crop(tmp_path) -> Path:
+    """A 1x1 image: it was classified at p=0.60 with no warning."""
+    path = tmp_path / "dot.png"
+    Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(path)
+    return path
+
+
+def test_predict_flags_faces_too_small_to_classify(one_pixel_crop, tiny_run, capsys):
+    status, out, err = _cli(capsys, "predict", one_pixel_crop, "--crops", "--model", tiny_run)
+    face = json.loads(out.splitlines()[0])
+    assert status == 0 and face["small_face"] is True and face["warning"].startswith("face of 1x1 px, under 16 px")
+    assert "1 faces under 16 px" in err
+
+
+@pytest.fixture
+def draw_is_a_file(tmp_path) -> Path:
+    """A file of the user's where the --draw folder should go."""
+    path = tmp_path / "notes.txt"
+    path.write_text("my notes")
+    return path
+
+
+def test_a_draw_folder_that_is_a_file_is_refused_before_the_work(draw_is_a_file, photo, no_model_loaded, capsys):
+    status, _, err = _cli(capsys, "predict", photo, "--crops", "--draw", draw_is_a_file)
+    assert status == 2 and f"--draw {draw_is_a_file}: " in err and "is not a folder" in err
+    assert draw_is_a_file.read_text() == "my notes"
+
+
+@pytest.mark.parametrize("command", ["predict", "video"])
+def test_an_output_that_is_the_input_is_refused(command, photo, no_model_loaded, capsys):
+    before = photo.read_bytes()
+    args = [photo, "--crops"] if command == "predict" else ["--source", photo, "--no-show"]
+    status, _, err = _cli(capsys, command, *args, "--out", photo)
+    assert status == 2 and f"--out {photo}: is " in err and "would replace it" in err
+    assert photo.read_bytes() == before
