@@ -32,8 +32,9 @@ from .splits import N_FOLDS, assign_folds
 
 KAGGLE_DATASET = "andrewmvd/face-mask-detection"
 DATA_ENV_VAR = "MASKCLF_DATA"
-DATA_LOCATION_FILE = DATA_DIR / ".data_dir"
-"""Where the last `--data` given to extract or reports is remembered (git-ignored, this machine only)."""
+DATA_LOCATION_FILE = Path(os.environ.get("MASKCLF_DATA_LOCATION_FILE") or DATA_DIR / ".data_dir")
+"""Where the last `--data` given to extract or reports is remembered (git-ignored, this machine only;
+the tests point it elsewhere)."""
 
 DEFAULT_LABEL_MAP: dict[str, str] = {
     "with_mask": "with_mask",

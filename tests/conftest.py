@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # notebooks run by the tests (and their kernels) cache features away from the checkout's data/processed
 os.environ["MASKCLF_FEATURES_DIR"] = tempfile.mkdtemp(prefix="maskclf-test-features-")
 atexit.register(shutil.rmtree, os.environ["MASKCLF_FEATURES_DIR"], ignore_errors=True)
+os.environ["MASKCLF_DATA_LOCATION_FILE"] = os.path.join(os.environ["MASKCLF_FEATURES_DIR"], ".data_dir")
 
 from synthetic import make_voc_dataset  # noqa: E402
 
@@ -23,11 +24,12 @@ REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" /
 
 
 @pytest.fixture(autouse=True)
-def private_data_location(tmp_path_factory, monkeypatch):
-    """Commands that remember the data set's location write to a temporary file, never the checkout's."""
+def private_data_location(tmp_path, monkeypatch):
+    """Commands that remember the data set's location write to a file of each test's own."""
     from maskclf import data
 
-    monkeypatch.setattr(data, "DATA_LOCATION_FILE", tmp_path_factory.mktemp("location") / ".data_dir")
+    monkeypatch.setattr(data, "DATA_LOCATION_FILE", tmp_path / ".data_dir")
+    monkeypatch.setenv("MASKCLF_DATA_LOCATION_FILE", str(tmp_path / ".data_dir"))  # for commands run as subprocesses
 
 
 @pytest.fixture(scope="session")
