@@ -24,12 +24,13 @@ REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" /
 
 
 @pytest.fixture(autouse=True)
-def private_data_location(tmp_path, monkeypatch):
+def private_data_location(tmp_path_factory, monkeypatch):
     """Commands that remember the data set's location write to a file of each test's own."""
     from maskclf import data
 
-    monkeypatch.setattr(data, "DATA_LOCATION_FILE", tmp_path / ".data_dir")
-    monkeypatch.setenv("MASKCLF_DATA_LOCATION_FILE", str(tmp_path / ".data_dir"))  # for commands run as subprocesses
+    location = tmp_path_factory.mktemp("location") / ".data_dir"
+    monkeypatch.setattr(data, "DATA_LOCATION_FILE", location)
+    monkeypatch.setenv("MASKCLF_DATA_LOCATION_FILE", str(location))  # for commands run as subprocesses
 
 
 @pytest.fixture(scope="session")
