@@ -8,7 +8,6 @@ array is overwritten in place.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,7 +15,7 @@ from typing import Callable
 import keras
 
 from .layers import CaffePreprocess
-from .weights import BackboneWeightsError, keras_weights_cache, no_weights_message, resnet50_imagenet
+from .weights import BackboneWeightsError, keras_weights_cache, no_weights_message, resnet50_imagenet, sha256_file
 
 Weights = str | Path | None
 """`"imagenet"` (downloaded, packaged or converted), a path to a local weights file, or None (random)."""
@@ -161,8 +160,4 @@ def weights_id(weights: Weights) -> str:
     path = Path(weights).expanduser()
     if not path.is_file():
         raise BackboneWeightsError(f"{path}: weights file not found")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return f"file-{digest.hexdigest()[:16]}"
+    return f"file-{sha256_file(path)[:16]}"

@@ -456,6 +456,11 @@ def read_manifest(faces_dir: str | Path = DEFAULT_FACES_DIR) -> pd.DataFrame:
     return manifest
 
 
+def face_size(manifest: pd.DataFrame) -> pd.Series:
+    """Short side of each annotated box in pixels: the size every report, filter and bucket uses."""
+    return manifest[["width", "height"]].min(axis=1)
+
+
 def read_extraction_info(faces_dir: str | Path = DEFAULT_FACES_DIR) -> dict:
     """Parameters, counts and data hash recorded by the extraction that wrote `faces_dir`."""
     return json.loads((Path(faces_dir) / "extract.json").read_text(encoding="utf-8"))

@@ -14,6 +14,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from . import CLASS_NAMES, POSITIVE
+from .data import face_size
 
 
 def encode_labels(labels: Sequence[str]) -> np.ndarray:
@@ -102,7 +103,7 @@ def prediction_table(faces: pd.DataFrame, seen_paths: Sequence[str], p: Sequence
     table["p_without_mask"] = np.asarray(p, dtype=float)
     table["predicted"] = np.where(table["p_without_mask"] >= threshold, CLASS_NAMES[1], CLASS_NAMES[0])
     table["correct"] = table["predicted"] == table["label"]
-    table["face_px"] = table[["width", "height"]].min(axis=1)
+    table["face_px"] = face_size(table)
     table["size_bucket"] = size_buckets(table["face_px"])
     return table
 

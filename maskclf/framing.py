@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from .data import face_size
 from .images import load_rgb, resize_crop
 
 BoxXYXY = tuple[int, int, int, int]
@@ -137,8 +138,7 @@ def recut_faces(manifest: pd.DataFrame, photos_dir: str | Path, kind: str, image
 
 def framing_faces(manifest: pd.DataFrame, val_fold: int, min_size: int = FRAMING_MIN_SIZE) -> pd.DataFrame:
     """The validation faces that enter the framing check: fold `val_fold`, at least `min_size` px."""
-    size = np.minimum(manifest["width"], manifest["height"])
-    return manifest[(manifest["fold"] == val_fold) & (size >= min_size)]
+    return manifest[(manifest["fold"] == val_fold) & (face_size(manifest) >= min_size)]
 
 
 def framing_table(predict: Callable[[np.ndarray], np.ndarray], faces: pd.DataFrame, photos_dir: str | Path,

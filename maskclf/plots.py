@@ -11,14 +11,10 @@ import seaborn as sns
 from PIL import Image
 
 from . import CLASS_NAMES
+from .data import face_size
 
 PALETTE = {"with_mask": "#2a9d8f", "without_mask": "#e76f51"}
 TINY_FACE_PX = 16
-
-
-def face_size(manifest: pd.DataFrame) -> pd.Series:
-    """Short side of each annotated box in pixels."""
-    return manifest[["width", "height"]].min(axis=1)
 
 
 def plot_class_counts(manifest: pd.DataFrame) -> plt.Figure:

@@ -38,7 +38,7 @@ from . import CLASS_NAMES
 from .augment import view_names
 from .config import resolve_params, stage_defaults
 from .backbones import Weights, get_backbone, weights_id
-from .data import DataError, hash_extraction, read_manifest, source_photos_dir
+from .data import DataError, face_size, hash_extraction, read_manifest, source_photos_dir
 from .evaluate import binary_metrics, encode_labels, summarize_folds
 from .explain import FEATURE_MAP_LAYER
 from .features import FEATURES_DIR, cache_key, cached_outputs
@@ -329,6 +329,7 @@ def prepare_features(
             if config.fine_tune_blocks:
                 lower, upper, first = split_at_block(base, config.fine_tune_blocks)
                 branches.append(lower(preprocess(inputs), training=False))
+                supersets.append((None, None))  # the activations at the cut are cached as they are
             else:
                 branches.append(pooled_features(name, base, preprocess, inputs, config.pooling, first=i == 0))
                 supersets.append(_superset_branch(name, base, inputs, config.pooling))
@@ -341,7 +342,7 @@ def prepare_features(
     loaders = {view: jittered_loader(manifest, photos, view, config.train_seed, size) for view in jitter}
     views += jitter
     parts, hits = [], []
-    for name, branch, (superset, columns) in zip(config.backbones, branches, supersets or [(None, None)] * len(branches)):
+    for name, branch, (superset, columns) in zip(config.backbones, branches, supersets):
         stored = branch if superset is None else superset
         key = {"backbone": name, "weights": weights_id(config.weights), "cut": first or "pooled",
                "pooling": config.pooling if superset is None else "bands", "data_sha256": data_sha256,
@@ -395,7 +396,7 @@ def restrict_faces(fs: FeatureSet, manifest: pd.DataFrame) -> tuple[FeatureSet, 
     """
     if not fs.config.min_face:
         return fs, manifest
-    keep = np.flatnonzero(np.minimum(manifest["width"], manifest["height"]) >= fs.config.min_face)
+    keep = np.flatnonzero(face_size(manifest) >= fs.config.min_face)
     subset = dataclasses.replace(fs, activations=fs.activations[:, keep], pooled=fs.pooled[:, keep])
     return subset, manifest.iloc[keep].reset_index(drop=True)
 

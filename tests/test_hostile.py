@@ -260,15 +260,22 @@ def test_an_annotation_that_is_not_a_file_is_refused(annotation_is_a_fifo, tmp_p
 # --------------------------------------------------------------------------- extract: the command line
 
 
-def _extract(capsys, *args: str) -> tuple[int, str]:
-    """Exit status and stderr of `python -m maskclf extract ARGS`, run in this process."""
+def _cli(capsys, command: str, *args) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of `python -m maskclf COMMAND ARGS`, run in this process."""
     from maskclf.cli import main
 
     try:
-        status = main(["extract", *args])
+        status = main([command, *map(str, args)])
     except SystemExit as exc:  # argparse's errors
         status = exc.code
-    return status, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def _extract(capsys, *args: str) -> tuple[int, str]:
+    """Exit status and stderr of `python -m maskclf extract ARGS`."""
+    status, _, err = _cli(capsys, "extract", *args)
+    return status, err
 
 
 @pytest.fixture
@@ -453,14 +460,9 @@ def test_weights_files_are_read_within_a_limit(compressed_storage):
 
 
 def _reports(capsys, *args: str) -> tuple[int, str]:
-    """Exit status and stderr of `python -m maskclf reports ARGS`, run in this process."""
-    from maskclf.cli import main
-
-    try:
-        status = main(["reports", *args])
-    except SystemExit as exc:  # argparse's errors
-        status = exc.code
-    return status, capsys.readouterr().err
+    """Exit status and stderr of `python -m maskclf reports ARGS`."""
+    status, _, err = _cli(capsys, "reports", *args)
+    return status, err
 
 
 @pytest.fixture
@@ -751,18 +753,6 @@ def test_demo_flags_faces_too_small_to_classify(tiny, one_pixel_png):
 
 
 # --------------------------------------------------------------------------- predict, video, export
-
-
-def _cli(capsys, command: str, *args) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of `python -m maskclf COMMAND ARGS`, run in this process."""
-    from maskclf.cli import main
-
-    try:
-        status = main([command, *map(str, args)])
-    except SystemExit as exc:  # argparse's errors
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 @pytest.fixture
