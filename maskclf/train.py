@@ -5,8 +5,9 @@ The flow, for one configuration:
 1. `prepare_features` splits the backbone at the fine-tuning cut (or keeps it whole),
    runs the frozen lower part once per crop (and augmented view) and caches the result;
    several backbones ("a+b") each get their own cache and their features are concatenated;
-2. `fit_head` trains dropout + softmax on globally pooled features: with Adam and early
-   stopping (the study), or as a logistic regression fitted to convergence with L-BFGS;
+2. `fit_heads` trains dropout + softmax on globally pooled features: with Adam and early
+   stopping (the study), or as a logistic regression fitted to convergence with L-BFGS,
+   every fold's in the same passes over the features;
 3. `fine_tune` (optional) unfreezes the top blocks, BatchNorm kept in inference mode, and
    trains them with a low learning rate on the cached activations at the cut;
 4. `end_to_end_model` assembles raw crop in -> probabilities out, the model that is saved.
@@ -45,7 +46,7 @@ from .features import FEATURES_DIR, cache_key, cached_outputs
 from .framing import jittered_loader
 from .fsutil import write_json_atomic
 from .layers import HorizontalBands, MergeClasses, Standardize
-from .logreg import fit_logistic, standardisation
+from .logreg import LinearFit, Subset, fit_logistic, standardisation
 from .model import run_batched, save_run
 from .paths import DEFAULT_FACES_DIR, MODELS_DIR, project_path
 from .splits import early_stopping_split, train_val_indices
@@ -436,30 +437,49 @@ def _fit(model: keras.Model, x, y, xv, yv, config: TrainConfig, epochs: int, ver
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
-def fit_head(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
-             verbose: int = 0) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Train the head on pooled features of the training faces (all views); it reports CLASS_NAMES.
+def fit_heads(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]],
+              verbose: int = 0) -> list[tuple[keras.Model, dict[str, list[float]]]]:
+    """One head per (training faces, recorded faces) split, on pooled features (all views); they report CLASS_NAMES.
 
-    `labels` are the classes it trains on; `y` the binary labels. `val_idx` are the faces
-    whose loss decides early stopping ("adam") or is only recorded per iteration ("lbfgs").
+    `labels` are the classes the heads train on; `y` the binary labels. The recorded faces
+    decide early stopping ("adam") or are only recorded per iteration ("lbfgs"). The "lbfgs"
+    heads of all splits are fitted together, in shared passes over the features (maskclf.logreg).
     """
+    if fs.config.head == "lbfgs":
+        return [_logistic_head(fit, labels) for fit in _fit_logistic_heads(fs, labels, y, splits)]
+    return [_adam_head(fs, labels, train_idx, val_idx, verbose) for train_idx, val_idx in splits]
+
+
+def _fit_logistic_heads(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray,
+                        splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[LinearFit]:
+    n_classes = len(labels.names)
+    subsets = []
+    for train_idx, val_idx in splits:
+        weight = np.zeros(fs.pooled.shape[:2])
+        per_class = class_weights(labels.values[train_idx], n_classes) if fs.config.class_weight else None
+        weight[:, train_idx] = 1.0 if per_class is None else np.array(list(per_class.values()))[labels.values[train_idx]]
+        subsets.append(Subset(weight, val_idx))
+    return fit_logistic(fs.pooled, labels.values, n_classes, fs.config.head_c, subsets, val_labels=y, merge=labels.merge)
+
+
+def _logistic_head(fit: LinearFit, labels: TrainingLabels) -> tuple[keras.Model, dict[str, list[float]]]:
+    with tf.distribute.get_strategy().scope():
+        core = build_head(len(fit.mean), 0.0, len(labels.names), (fit.mean, fit.scale))
+        core.get_layer("head_softmax").set_weights([fit.kernel.astype("float32"), fit.bias.astype("float32")])
+        return with_merge(core, labels.merge), fit.history
+
+
+def _adam_head(fs: FeatureSet, labels: TrainingLabels, train_idx: np.ndarray, val_idx: np.ndarray,
+               verbose: int) -> tuple[keras.Model, dict[str, list[float]]]:
     config = fs.config
     keras.utils.set_random_seed(config.train_seed)
     x, lt = _train_views(fs.pooled, labels.values, train_idx)
-    n_classes = len(labels.names)
     with tf.distribute.get_strategy().scope():
-        if config.head == "lbfgs":
-            per_class = np.array(list(class_weights(lt, n_classes).values())) if config.class_weight else None
-            fit = fit_logistic(x, lt, n_classes, config.head_c, None if per_class is None else per_class[lt],
-                               validation=(fs.pooled[0, val_idx], y[val_idx]), merge=labels.merge)
-            core = build_head(x.shape[-1], 0.0, n_classes, (fit.mean, fit.scale))
-            core.get_layer("head_softmax").set_weights([fit.kernel.astype("float32"), fit.bias.astype("float32")])
-            history = fit.history
-        else:
-            standardization = standardisation(x) if config.pooling != "avg" else None
-            core = compile_model(build_head(x.shape[-1], config.dropout, n_classes, standardization), config.learning_rate)
-            history = _fit(core, x, lt, fs.pooled[0, val_idx], labels.values[val_idx], config, config.epochs, verbose)
-    return with_merge(core, labels.merge), history
+        standardization = standardisation(x) if config.pooling != "avg" else None
+        core = compile_model(build_head(x.shape[-1], config.dropout, len(labels.names), standardization),
+                             config.learning_rate)
+        history = _fit(core, x, lt, fs.pooled[0, val_idx], labels.values[val_idx], config, config.epochs, verbose)
+        return with_merge(core, labels.merge), history
 
 
 def fine_tune(fs: FeatureSet, head: keras.Model, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
@@ -485,28 +505,39 @@ def fine_tune(fs: FeatureSet, head: keras.Model, y: np.ndarray, train_idx: np.nd
     return upper, history
 
 
-def train_fold(fs: FeatureSet, manifest: pd.DataFrame, val_fold: int,
-               verbose: int = 0) -> TrainResult:
-    """Head (and fine-tuning) with `val_fold` held out; metrics on the held-out faces.
+def train_folds(fs: FeatureSet, manifest: pd.DataFrame, val_folds: Sequence[int],
+                verbose: int = 0) -> list[TrainResult]:
+    """For each of `val_folds`, the head (and fine-tuning) with that fold held out; metrics on its faces.
 
     Early stopping watches a grouped tenth of the training photos, never the held-out fold;
     the "lbfgs" head does not stop early but also leaves that tenth out, so that both heads
-    learn from the same faces and their curves are comparable.
+    learn from the same faces and their curves are comparable. A fold's model is the same
+    whichever other folds are trained with it.
     """
     y = encode_labels(manifest["label"])
     labels = training_labels(manifest, fs.config.labels)
-    train_idx, val_idx = train_val_indices(manifest["fold"], val_fold)
-    fit_idx, stop_idx = early_stopping_split(manifest["label"], manifest["source_image"], train_idx, seed=fs.config.train_seed)
-    head, history = fit_head(fs, labels, y, fit_idx, stop_idx, verbose)
-    histories = {"head": history}
-    upper = None
-    if fs.upper is not None:
-        upper, histories["fine_tune"] = fine_tune(fs, head, y, fit_idx, stop_idx, verbose)
-    p = predict_cached(fs, head, upper, val_idx)
-    metrics = binary_metrics(y[val_idx], p)
-    with tf.distribute.get_strategy().scope():
-        model = end_to_end_model(fs, head, upper)
-    return TrainResult(model, head, upper, histories, metrics, val_idx, p)
+    held_out, splits = [], []
+    for k in val_folds:
+        train_idx, val_idx = train_val_indices(manifest["fold"], k)
+        held_out.append(val_idx)
+        splits.append(early_stopping_split(manifest["label"], manifest["source_image"], train_idx,
+                                           seed=fs.config.train_seed))
+    results = []
+    for val_idx, (fit_idx, stop_idx), (head, history) in zip(held_out, splits, fit_heads(fs, labels, y, splits, verbose)):
+        histories = {"head": history}
+        upper = None
+        if fs.upper is not None:
+            upper, histories["fine_tune"] = fine_tune(fs, head, y, fit_idx, stop_idx, verbose)
+        p = predict_cached(fs, head, upper, val_idx)
+        with tf.distribute.get_strategy().scope():
+            model = end_to_end_model(fs, head, upper)
+        results.append(TrainResult(model, head, upper, histories, binary_metrics(y[val_idx], p), val_idx, p))
+    return results
+
+
+def train_fold(fs: FeatureSet, manifest: pd.DataFrame, val_fold: int, verbose: int = 0) -> TrainResult:
+    """`train_folds` for one fold."""
+    return train_folds(fs, manifest, [val_fold], verbose)[0]
 
 
 def predict_cached(fs: FeatureSet, head: keras.Model, upper: keras.Model | None, idx: np.ndarray) -> np.ndarray:
@@ -526,12 +557,12 @@ def cross_validate(
     Returns the summary and the trained result of `keep_fold` (None if not asked for).
     """
     per_fold, oof, kept = [], np.full(len(manifest), np.nan), None
-    for k in sorted(manifest["fold"].unique()):
-        result = train_fold(fs, manifest, int(k))
+    folds = [int(k) for k in sorted(manifest["fold"].unique())]
+    for k, result in zip(folds, train_folds(fs, manifest, folds)):
         oof[result.val_index] = result.val_probabilities
         kept = result if k == keep_fold else kept
         m = result.metrics
-        per_fold.append({"fold": int(k), "accuracy": m["accuracy"], "roc_auc": m["roc_auc"],
+        per_fold.append({"fold": k, "accuracy": m["accuracy"], "roc_auc": m["roc_auc"],
                          "recall_without_mask": m["recall"]["without_mask"], "balanced_accuracy": m["balanced_accuracy"],
                          "epochs": sum(len(h["loss"]) for h in result.history.values())})
     table = summarize_folds(per_fold, ("accuracy", "roc_auc", "recall_without_mask", "balanced_accuracy"))
@@ -540,8 +571,8 @@ def cross_validate(
     return summary, kept
 
 
-CV_FORMAT = 1
-"""Bumped when cross-validation changes in a way its cached results cannot show."""
+CV_FORMAT = 2
+"""Bumped when cross-validation changes in a way its cached results cannot show (2: fold-batched L-BFGS)."""
 
 
 def cv_key(fs: FeatureSet, manifest: pd.DataFrame) -> str:
