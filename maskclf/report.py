@@ -22,6 +22,7 @@ from typing import Any
 
 import nbformat
 
+from . import formatting
 from .config import PARAMS_FILE, ParamsError, load_params, parse_override
 from .data import DataNotFoundError, remember_data_dir, resolve_data_dir
 from .fsutil import atomic_dir, write_text_atomic
@@ -304,8 +305,7 @@ code {{ font-size: 0.9em; }} .muted {{ color: #666; }}
 
 def _headline_html(m: dict[str, Any]) -> str:
     def ci(name: str) -> str:
-        lo, hi = m.get("ci95", {}).get(name, [float("nan"), float("nan")])
-        return f"{m[name]:.3f} <span class='muted'>(95% CI {lo:.3f}–{hi:.3f})</span>"
+        return html.escape(formatting.with_ci(m[name], m.get("ci95", {}).get(name)))
 
     cv = m.get("cv", {}).get("mean", {})
     framing = m.get("framing_accuracy") or {}
@@ -317,11 +317,10 @@ def _headline_html(m: dict[str, Any]) -> str:
     items = [
         ("backbone / weights", f"{html.escape(str(m.get('backbone')))} / {html.escape(str(m.get('weights')))}"),
         ("split", html.escape(str(m.get("split")))),
-        ("evaluated on", f"validation fold: {m.get('n_val'):,} faces from {m.get('n_val_photos', '?')} photos; "
-                         f"cross-validation: all {m.get('n_faces'):,} faces"),
-        ("accuracy", ci("accuracy")),
-        ("ROC AUC", ci("roc_auc")),
-        ("balanced accuracy", f"{m['balanced_accuracy']:.3f}"),
+        ("evaluated on", html.escape(formatting.evaluated_on(m))),
+        ("accuracy [95% CI]", ci("accuracy")),
+        ("ROC AUC [95% CI]", ci("roc_auc")),
+        ("balanced accuracy [95% CI]", ci("balanced_accuracy")),
         ("recall of without_mask", f"{m['recall']['without_mask']:.3f}"),
         ("5-fold CV mean accuracy / AUC", f"{cv.get('accuracy', float('nan')):.3f} / {cv.get('roc_auc', float('nan')):.3f}"),
         ("data sha256", f"<code>{html.escape(str(m.get('data_sha256', ''))[:16])}…</code>"),
