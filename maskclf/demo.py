@@ -36,11 +36,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 
+from .cli_args import MAX_UPLOAD_MB
 from .detect import Detector, detect_faces, make_detector
 from .images import WORK_SIDE, to_rgb
-from .predict import SMALL_FACE, add_model_options, annotate, classify_photo, photo_summary, resolve_model, summary_caption
+from .predict import SMALL_FACE, annotate, classify_photo, photo_summary, resolve_model, summary_caption
 
-MAX_UPLOAD_MB = 10
 MAX_PIXELS = 50_000_000
 """Largest upload decoded: the largest phone photos. Analysing one costs ~13 bytes a pixel at its
 peak (the decoded image, its RGB copy, the array, the shrunk copies; measured: a 50-Mpx JPEG took
@@ -326,17 +326,8 @@ form.addEventListener("submit", async (event) => {
 """
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options of `python -m maskclf demo`."""
-    add_model_options(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
-    parser.add_argument("--max-mb", type=float, default=MAX_UPLOAD_MB, help="largest upload in MB (default: %(default)s)")
-
-
 def run(args: argparse.Namespace) -> int:
     """Run `demo` until interrupted: 2 if the model cannot be loaded."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import uvicorn
 
     from .model import RunFolderError
