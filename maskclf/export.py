@@ -1,8 +1,9 @@
 """Export a run's model for deployment and check that the export answers like the Keras model.
 
-    python -m maskclf export --model models/<run> --format tflite-fp32,tflite-fp16,tflite-int8,onnx
+    python -m maskclf export --model models/<run>            # tflite-fp32, tflite-fp16, onnx
+    python -m maskclf export --model models/<run> --format tflite-int8
 
-Files go to `<run>/export/` (`model_fp32.tflite`, `model_fp16.tflite`, `model_int8.tflite`,
+`python -m maskclf export --help` says what an export takes and gives. Files go to `<run>/export/` (`model_fp32.tflite`, `model_fp16.tflite`, `model_int8.tflite`,
 `model.onnx`) with `parity.json`. Every export keeps the run's contract: float32 raw
 0-255 RGB crops in, softmax probabilities out. `tflite-int8` quantises weights and
 activations (float input/output), calibrated on crops of the check set.
