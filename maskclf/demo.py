@@ -46,12 +46,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from PIL import Image
 
-from .detect import DEFAULT_DETECTOR, DETECTORS, Detector, detect_faces, make_detector
+from .cli_args import DEFAULT_DETECTOR, MAX_UPLOAD_MB, probability
+from .detect import DETECTORS, Detector, detect_faces, make_detector
 from .images import WORK_SIDE, to_rgb, working_image
 from .paths import DEFAULT_FACES_DIR
-from .predict import SMALL_FACE, add_model_options, classify_photo, photo_summary, probability, resolve_model, summary_caption
+from .predict import SMALL_FACE, classify_photo, photo_summary, resolve_model, summary_caption
 
-MAX_UPLOAD_MB = 10
 MAX_PIXELS = 50_000_000
 """Largest upload decoded: the largest phone photos. Analysing one costs ~13 bytes a pixel at its
 peak (the decoded image, its RGB copy, the array, the shrunk copies; measured: a 50-Mpx JPEG took
@@ -355,17 +355,10 @@ def create_app(
     return app
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options of `python -m maskclf demo`."""
-    add_model_options(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
-    parser.add_argument("--max-mb", type=float, default=MAX_UPLOAD_MB, help="largest upload in MB (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `demo` until interrupted: 2 if the model cannot be loaded."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import uvicorn
 
     from .model import RunFolderError

@@ -28,6 +28,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from .cli_args import DEFAULT_DETECTOR, MIN_FACE
 from .images import WORK_SIDE, working_image
 
 BoxXYXY = tuple[int, int, int, int]
@@ -36,9 +37,6 @@ Detector = Callable[[np.ndarray], list[BoxXYXY]]
 ScoredBoxes = tuple[np.ndarray, np.ndarray]
 """Float boxes (N, 4) as xyxy and their scores (N,)."""
 
-DEFAULT_DETECTOR = "centerface"
-MIN_FACE = 12
-"""Default smallest face to detect, in pixels of the original image."""
 
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 HAAR_WINDOW = 24

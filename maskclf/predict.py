@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import POSITIVE
 from .data import DataError, check_box, is_dataset_dir, parse_voc
-from .detect import DEFAULT_DETECTOR, DETECTORS, MIN_FACE, BoxXYXY, Detector, detect_faces, make_detector
+from .detect import BoxXYXY, Detector, detect_faces, make_detector
 from .fsutil import atomic_path, output_file_problem, write_text_atomic
 from .images import ImageError, load_rgb, resize_crop
 from .paths import MODELS_DIR
@@ -43,6 +43,10 @@ DRAW_MIN_SIDE = 800
 """`annotate` upscales smaller images to this longer side (the study's photos are ~400 px)."""
 SMALL_FACE = 16
 """Faces under this many pixels on a side are flagged: too few pixels for a reliable label (the reports' limit)."""
+
+LIKELY_CROP_SIDE = 256
+"""An image with no face found whose sides are all at most this many pixels is probably a face crop
+(the data set's photos are about 400 px wide, its faces mostly under 64 px)."""
 
 IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 """File name endings taken from folders (a file named explicitly is always tried)."""
@@ -273,11 +277,11 @@ def draw_targets(inputs: Sequence[str | Path], files: Sequence[Path], draw_dir: 
 
 
 def check_out(out: Path, files: Sequence[Path]) -> None:
-    """ValueError naming `--out` when no file can be written there, or it is one of the input files."""
+    """ValueError naming `--jsonl` when no file can be written there, or it is one of the input files."""
     if problem := output_file_problem(out):
-        raise ValueError(f"--out {problem}")
+        raise ValueError(f"--jsonl {problem}")
     if out.resolve() in {path.resolve() for path in files}:
-        raise ValueError(f"--out {out}: is one of the input files; writing the results there would replace it")
+        raise ValueError(f"--jsonl {out}: is one of the input files; writing the results there would replace it")
 
 
 def predict_paths(
@@ -361,45 +365,30 @@ def json_lines(result: FileResult) -> list[str]:
 # --------------------------------------------------------------------------- CLI
 
 
-def probability(text: str) -> float:
-    """argparse type: a float in [0, 1]."""
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
-    return value
+def no_face_message(paths: Sequence[Path], detected: bool = True) -> str:
+    """What to tell the user about images with no face, and the likely reason when a detector looked (`detected`).
 
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --detector, --min-face, --threshold: shared by predict, video and demo."""
-    parser.add_argument("--model", help="run folder (default: the latest complete one under models/)")
-    parser.add_argument("--detector", choices=list(DETECTORS), default=DEFAULT_DETECTOR, help="face detector (default: %(default)s)")
-    parser.add_argument("--min-face", type=positive_int, default=MIN_FACE, help="smallest face to detect, px (default: %(default)s)")
-    parser.add_argument("--threshold", type=probability, default=0.5, help="label without_mask when P(without_mask) >= this (default: %(default)s)")
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options of `python -m maskclf predict`."""
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    parser.add_argument("--crops", action="store_true", help="inputs are face crops, not whole photos")
-    parser.add_argument("--boxes-from", metavar="VOC", type=Path, help="take face boxes from a VOC .xml, a folder of them, or a data set folder")
-    add_model_options(parser)
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="crops per model call (default: %(default)s)")
-    parser.add_argument("--out", type=Path, help="write the JSON lines to this file instead of stdout")
-    parser.add_argument("--draw", type=Path, metavar="DIR", help="write annotated copies of the inputs here, "
-                        "in the inputs' folder structure (not inside an input folder)")
+    When every one of them is small (LIKELY_CROP_SIDE), they are most likely face crops: a face
+    that fills the image is not what a detector looks for in a photo.
+    """
+    message = f"no face found in {len(paths)} files: " + ", ".join(map(str, paths))
+    if not detected:
+        return message
+    sides = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sides.append(max(image.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return message
+    if sides and max(sides) <= LIKELY_CROP_SIDE:
+        message += (f"\nThese look like face crops: small images (at most {max(sides)} px) in which the detector, "
+                    "which looks for faces inside photos, finds none. If they are crops, pass --crops.")
+    return message
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `predict`: 0 if every file was read, 1 if some failed, 2 if nothing could start."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Run `predict`: 0 if every file was read, 1 if some failed, 2 if nothing could start or no face was classified."""
     from .model import RunFolderError
 
     if args.boxes_from is not None and not args.boxes_from.exists():
@@ -444,10 +433,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {n_small} faces under {SMALL_FACE} px (\"small_face\": true): their labels are unreliable",
               file=sys.stderr)
     if no_face:
-        print(f"no face found in {len(no_face)} files: " + ", ".join(map(str, no_face)), file=sys.stderr)
+        print(no_face_message(no_face, detected=detector is not None), file=sys.stderr)
     if failed:
         print(f"{len(failed)} files failed:", file=sys.stderr)
         for result in failed:
             print(f"  {result.error}", file=sys.stderr)
         return 1
-    return 0
+    return 0 if n_faces else 2

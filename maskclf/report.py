@@ -23,9 +23,10 @@ from typing import Any
 import nbformat
 
 from . import formatting
-from .config import PARAMS_FILE, ParamsError, load_params, parse_override
+from .config import ParamsError, load_params
 from .data import DataNotFoundError, remember_data_dir, resolve_data_dir
 from .fsutil import atomic_dir, write_text_atomic
+from .native_logs import drop_native_logs
 from .paths import NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR
 
 PIPELINE = ("01_extract", "02_train", "03_evaluate", "04_error_analysis")
@@ -159,22 +160,6 @@ def collapse_carriage_returns(text: str) -> str:
     Progress bars redraw one line with '\r'; a saved notebook keeps every redraw.
     """
     return "\n".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r") for line in text.split("\n"))
-
-
-NATIVE_LOG = re.compile(
-    r"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\]"  # TensorFlow/absl C++ log lines
-    r"|WARNING: All log messages before absl::InitializeLog\(\)"
-    r"|To enable the following instructions: .* rebuild TensorFlow)"
-)
-
-
-def drop_native_logs(text: str) -> str:
-    """Remove the C++ log lines TensorFlow prints on import (CUDA probing, oneDNN notes) from a stream.
-
-    They are written before any Python logging is set up, so no environment variable
-    silences them reliably; Python warnings and errors are kept.
-    """
-    return "".join(line for line in text.splitlines(keepends=True) if not NATIVE_LOG.match(line))
 
 
 def network_references(page: str) -> list[str]:
@@ -324,7 +309,7 @@ def _headline_html(m: dict[str, Any]) -> str:
         ("recall of without_mask", f"{m['recall']['without_mask']:.3f}"),
         ("5-fold CV mean accuracy / AUC", f"{cv.get('accuracy', float('nan')):.3f} / {cv.get('roc_auc', float('nan')):.3f}"),
         ("data sha256", f"<code>{html.escape(str(m.get('data_sha256', ''))[:16])}…</code>"),
-        ("files", f'<a href="metrics.json">metrics.json</a>' + (f"; run folder <code>models/{run}/</code>: {files}" if run else "")),
+        ("files", '<a href="metrics.json">metrics.json</a>' + (f"; run folder <code>models/{run}/</code>: {files}" if run else "")),
     ]
     if worst:
         items.insert(7, ("worst re-cut (framing check)", f"{html.escape(worst[0])}: {worst[1]:.3f} "
@@ -333,15 +318,6 @@ def _headline_html(m: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options of `python -m maskclf reports`."""
-    parser.add_argument("--params", default=str(PARAMS_FILE), help="shared parameter file, YAML or JSON (default: %(default)s)")
-    parser.add_argument("--data", help="data set folder (shortcut for -p data_dir=DIR)")
-    parser.add_argument("-p", "--param", action="append", type=parse_override, default=[], metavar="NAME=VALUE",
-                        help="override one parameter (value parsed as YAML); repeatable")
-    parser.add_argument("--reports-dir", default=str(REPORTS_DIR), help="output folder (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from . import CLASS_NAMES
 from .augment import view_names
-from .config import resolve_params, stage_defaults
+from .config import PARAM_CHOICES, resolve_params
 from .backbones import Weights, get_backbone, weights_id
 from .data import DataError, face_size, hash_extraction, read_manifest, source_photos_dir
 from .evaluate import binary_metrics, encode_labels, summarize_folds
@@ -48,7 +48,7 @@ from .fsutil import write_json_atomic
 from .layers import HorizontalBands, MergeClasses, Standardize
 from .logreg import LinearFit, Subset, fit_logistic, standardisation
 from .model import run_batched, save_run
-from .paths import DEFAULT_FACES_DIR, MODELS_DIR, project_path
+from .paths import MODELS_DIR, project_path
 from .splits import early_stopping_split, train_val_indices
 
 BLOCK_PATTERN = re.compile(r"^(block\d+[a-z]|conv\d_block\d+|block_\d+)_")
@@ -57,11 +57,11 @@ BLOCK_PATTERN = re.compile(r"^(block\d+[a-z]|conv\d_block\d+|block_\d+)_")
 STAGE_OUTPUT_PATTERN = re.compile(r"^(block\d+)[a-z]_add$|^(conv\d)_block\d+_out$")
 """Residual outputs of EfficientNet(-Lite) and ResNet blocks; the last one of a stage is its output."""
 
-POOLINGS = ("avg", "stages", "bands")
+POOLINGS = PARAM_CHOICES["pooling"]
 BANDS = 4
 """Horizontal bands of each stage output pooled with pooling="bands"."""
-HEADS = ("adam", "lbfgs")
-LABEL_SETS = ("binary", "original")
+HEADS = PARAM_CHOICES["head"]
+LABEL_SETS = PARAM_CHOICES["labels"]
 
 
 @dataclass
@@ -702,47 +702,6 @@ def default_run_name(config: TrainConfig) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-OPTION_HELP = {
-    "backbone": "one of maskclf.backbones.BACKBONES, or several joined by '+'",
-    "weights": "'imagenet', a weights file, or 'none' (random)",
-    "image_size": "input size in pixels (default: the backbone's own)",
-    "epochs": "most epochs of the Adam head (early stopping)",
-    "batch_size": "crops per batch",
-    "learning_rate": "Adam's learning rate for the head",
-    "dropout": "dropout before the softmax (Adam head)",
-    "patience": "epochs without improvement before early stopping",
-    "fine_tune_blocks": "top backbone blocks to unfreeze (0: frozen backbone)",
-    "fine_tune_epochs": "most fine-tuning epochs",
-    "fine_tune_learning_rate": "learning rate while fine-tuning",
-    "augment_views": "cached augmented views per crop (1: a horizontal flip)",
-    "jitter_views": "cached re-cuts per face with a jittered box",
-    "pooling": "how backbone outputs are pooled",
-    "head": "adam (the study's) or lbfgs (logistic regression to convergence)",
-    "head_c": "inverse L2 strength of the lbfgs head",
-    "labels": "train on the binary labels or the 3 original classes",
-    "min_face": "leave out faces under this many pixels (short side)",
-    "val_fold": "fold held out for the saved model",
-    "train_seed": "seed of initialisation, shuffling, views and the early-stopping split",
-}
-"""Help of each TrainConfig option of the train command; the defaults come from params.yaml."""
-CHOICES = {"pooling": POOLINGS, "head": HEADS, "labels": LABEL_SETS}
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options of `python -m maskclf train`; each default is params.yaml's, shown in the help."""
-    defaults = stage_defaults("02_train")
-    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    parser.add_argument("--faces", default=str(DEFAULT_FACES_DIR), help="extraction output folder (default: %(default)s)")
-    parser.add_argument("--out", metavar="RUN_DIR",
-                        help="run folder to write (default: models/<backbone>-<weights>-...-fold<k>)")
-    for name, text in OPTION_HELP.items():
-        kind = {"int": int, "float": float}.get(str(types[name]).split(" ")[0], str)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=CHOICES.get(name), default=None,
-                            help=f"{text} (default: {defaults[name]})")
-    parser.add_argument("--no-class-weight", action="store_true", help="do not reweight the classes")
-    parser.add_argument("--no-cv", action="store_true", help="skip the 5-fold cross-validation")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -104,6 +104,17 @@ def test_cli_prints_parity(run_dir, crops_dir, capsys):
     assert "broken.png" in err
 
 
+def test_cli_default_exports_the_formats_that_meet_parity_and_succeeds(run_dir, crops_dir, capsys):
+    status = main(["export", "--model", str(run_dir), "--check", str(crops_dir)])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    table = {line.split()[0] for line in out.splitlines()[2:]}
+    assert table == {"tflite-fp32", "tflite-fp16", "onnx"}
+    written = {p.name for p in (run_dir / "export").iterdir()}
+    assert written == {FILES["tflite-fp32"], FILES["tflite-fp16"], FILES["onnx"], "parity.json"}
+    assert set(json.loads((run_dir / "export" / "parity.json").read_text())["formats"]) == table
+
+
 def test_cli_errors(run_dir, tmp_path, capsys):
     assert main(["export", "--model", str(run_dir), "--format", "tflite-int8", "--check", str(tmp_path / "none")]) == 2
     assert "no labelled crops" in capsys.readouterr().err

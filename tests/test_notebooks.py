@@ -125,7 +125,7 @@ def test_03_and_04_run_headless_and_export_readable_html(tiny_pipeline, tmp_path
 
 
 def test_native_tensorflow_logs_are_dropped_from_reports():
-    from maskclf.report import drop_native_logs
+    from maskclf.native_logs import drop_native_logs
 
     text = (
         "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"

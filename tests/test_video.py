@@ -70,7 +70,7 @@ def test_process_video_writes_every_frame(run_dir, clip, tmp_path):
 
 def test_cli_headless_with_the_real_detector(run_dir, clip, tmp_path, capsys):
     out = tmp_path / "cli.mp4"
-    status = main(["video", "--source", str(clip), "--out", str(out), "--no-show", "--model", str(run_dir),
+    status = main(["video", "--source", str(clip), "--out-video", str(out), "--no-show", "--model", str(run_dir),
                    "--detector", "haar", "--max-frames", "4"])
     assert status == 0 and out.stat().st_size > 0
     assert "4 frames" in capsys.readouterr().err
@@ -83,7 +83,7 @@ def test_cli_headless_with_the_real_detector(run_dir, clip, tmp_path, capsys):
 ])
 def test_cli_bad_sources_are_named(run_dir, tmp_path, capsys, make_source, message):
     source = make_source(tmp_path)
-    status = main(["video", "--source", str(source), "--out", str(tmp_path / "o.mp4"), "--no-show", "--model", str(run_dir)])
+    status = main(["video", "--source", str(source), "--out-video", str(tmp_path / "o.mp4"), "--no-show", "--model", str(run_dir)])
     err = capsys.readouterr().err
     assert status == 2 and message in err
     assert not (tmp_path / "o.mp4").exists()
@@ -91,7 +91,7 @@ def test_cli_bad_sources_are_named(run_dir, tmp_path, capsys, make_source, messa
 
 def test_cli_no_show_needs_an_output(run_dir, clip, capsys):
     assert main(["video", "--source", str(clip), "--no-show", "--model", str(run_dir)]) == 2
-    assert "--out" in capsys.readouterr().err
+    assert "--out-video" in capsys.readouterr().err
 
 
 @pytest.mark.skipif("GUI:                           NONE" not in cv2.getBuildInformation()
