@@ -44,7 +44,7 @@ from .evaluate import binary_metrics, encode_labels, summarize_folds
 from .explain import FEATURE_MAP_LAYER
 from .features import FEATURES_DIR, cache_key, cached_outputs
 from .framing import jittered_loader
-from .fsutil import write_json_atomic
+from .fsutil import atomic_path, write_json_atomic
 from .layers import HorizontalBands, MergeClasses, Standardize
 from .logreg import LinearFit, Subset, fit_logistic, standardisation
 from .model import run_batched, save_run
@@ -586,19 +586,52 @@ def cv_key(fs: FeatureSet, manifest: pd.DataFrame) -> str:
 def cached_cross_validate(
     fs: FeatureSet, manifest: pd.DataFrame, keep_fold: int | None = None, cache_dir: str | Path = FEATURES_DIR,
 ) -> tuple[dict[str, Any], TrainResult | None]:
-    """`cross_validate`, with its summary read from `cache_dir/cv/` when nothing it depends on changed.
+    """`cross_validate`, read from `cache_dir/cv/` when nothing it depends on changed.
 
-    On a hit only the fold `keep_fold` is trained again (its model is needed); the same
-    seed gives the same model, so the result equals a full rerun's.
+    The cache holds the summary and the head of `keep_fold` (and its history), so a rerun
+    trains nothing and gives the same model; with fine-tuning, the kept fold is trained
+    again (the same seed gives the same model).
     """
     path = Path(cache_dir) / "cv" / f"{cv_key(fs, manifest)}.json"
     if path.is_file():
         summary = json.loads(path.read_text(encoding="utf-8"))
-        kept = None if keep_fold is None else train_fold(fs, manifest, keep_fold)
+        kept = None if keep_fold is None else _cached_fold(fs, manifest, keep_fold, path)
         return summary, kept
     summary, kept = cross_validate(fs, manifest, keep_fold)
+    if kept is not None and fs.upper is None:
+        _save_fold_head(kept, path, keep_fold)
     write_json_atomic(path, summary)
     return summary, kept
+
+
+def _fold_files(summary_path: Path, fold: int) -> tuple[Path, Path]:
+    stem = summary_path.with_suffix("")
+    return stem.with_name(f"{stem.name}-fold{fold}.keras"), stem.with_name(f"{stem.name}-fold{fold}-history.json")
+
+
+def _save_fold_head(result: TrainResult, summary_path: Path, fold: int) -> None:
+    head_file, history_file = _fold_files(summary_path, fold)
+    with atomic_path(head_file, suffix=".keras") as tmp:
+        result.head.save(tmp)
+    write_json_atomic(history_file, result.history)
+
+
+def _cached_fold(fs: FeatureSet, manifest: pd.DataFrame, fold: int, summary_path: Path) -> TrainResult:
+    """The kept fold's result from its cached head, or trained again if there is none."""
+    head_file, history_file = _fold_files(summary_path, fold)
+    if fs.upper is not None or not (head_file.is_file() and history_file.is_file()):
+        result = train_fold(fs, manifest, fold)
+        if fs.upper is None:
+            _save_fold_head(result, summary_path, fold)
+        return result
+    with tf.distribute.get_strategy().scope():
+        head = keras.models.load_model(head_file, compile=False)
+        model = end_to_end_model(fs, head, None)
+    y = encode_labels(manifest["label"])
+    _, val_idx = train_val_indices(manifest["fold"], fold)
+    p = predict_cached(fs, head, None, val_idx)
+    history = json.loads(history_file.read_text(encoding="utf-8"))
+    return TrainResult(model, head, None, history, binary_metrics(y[val_idx], p), val_idx, p)
 
 
 # --------------------------------------------------------------------------- one call for notebooks and the CLI
