@@ -44,6 +44,9 @@ DRAW_MIN_SIDE = 800
 SMALL_FACE = 16
 """Faces under this many pixels on a side are flagged: too few pixels for a reliable label (the reports' limit)."""
 
+PHOTOS_PER_BATCH = 8
+"""Whole photos detected before their faces are classified together (~5 faces a photo in the study's set)."""
+
 IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 """File name endings taken from folders (a file named explicitly is always tried)."""
 
@@ -120,9 +123,28 @@ def classify_photo(
     batch_size: int = 32,
 ) -> list[dict[str, Any]]:
     """Classify the faces `boxes` of an RGB photo: each result also holds its `box`."""
-    crops = crop_faces(image, boxes, config["image_size"])
-    results = label_probabilities(predict_probabilities(model, crops, batch_size), config["class_names"], threshold)
-    return [flag_small({"box": list(box), **result}) for box, result in zip(boxes, results)]
+    return classify_photos(model, config, [(image, boxes)], threshold, batch_size)[0]
+
+
+def classify_photos(
+    model: Any,
+    config: dict[str, Any],
+    photos: Sequence[tuple[np.ndarray, Sequence[BoxXYXY]]],
+    threshold: float = 0.5,
+    batch_size: int = 32,
+) -> list[list[dict[str, Any]]]:
+    """Classify the faces of several photos, (RGB photo, boxes) each, in shared batches of up to
+    `batch_size` crops (the model's time per face falls with the batch): `classify_photo`'s results per photo."""
+    crops = [crop_faces(image, boxes, config["image_size"]) for image, boxes in photos]
+    return _classify_cropped(model, config, crops, [boxes for _, boxes in photos], threshold, batch_size)
+
+
+def _classify_cropped(model, config, crops, boxes, threshold, batch_size) -> list[list[dict[str, Any]]]:
+    """`classify_photos` on the photos' `crop_faces` arrays (a list of (n_i, S, S, 3)) and boxes."""
+    size = config["image_size"]
+    batch = np.concatenate(crops) if crops else np.zeros((0, size, size, 3), np.float32)
+    results = iter(label_probabilities(predict_probabilities(model, batch, batch_size), config["class_names"], threshold))
+    return [[flag_small({"box": list(box), **next(results)}) for box in photo_boxes] for photo_boxes in boxes]
 
 
 def flag_small(face: dict[str, Any]) -> dict[str, Any]:
@@ -301,13 +323,13 @@ def predict_paths(
     """
     if not crops and boxes_from is None and detector is None:
         raise ValueError("photos need a detector or boxes_from")
-    chunk = batch_size if crops else 1
+    chunk = batch_size if crops else PHOTOS_PER_BATCH
     bar = tqdm(total=len(files), unit="crop" if crops else "photo", disable=not progress, file=sys.stderr)
     try:
         for start in range(0, len(files), chunk):
             group = files[start : start + chunk]
             yield from (_crops(model, config, group, threshold, batch_size, draw_to) if crops
-                        else [_photo(model, config, group[0], detector, boxes_from, threshold, batch_size, draw_to)])
+                        else _photos(model, config, group, detector, boxes_from, threshold, batch_size, draw_to))
             bar.update(len(group))
     finally:
         bar.close()
@@ -331,22 +353,36 @@ def _crops(model, config, files, threshold, batch_size, draw_to) -> list[FileRes
     return results
 
 
-def _photo(model, config, path, detector, boxes_from, threshold, batch_size, draw_to) -> FileResult:
-    try:
-        image = load_image(path)
-        height, width = image.shape[:2]
-        if boxes_from is not None:
-            truth = voc_boxes(path, boxes_from, width, height)
-            faces = classify_photo(model, config, image, [box for _, box in truth], threshold, batch_size)
-            faces = [{**face, "annotation": name} for face, (name, _) in zip(faces, truth)]
-        else:
-            faces = classify_photo(model, config, image, detect_faces(detector, image), threshold, batch_size)
-    except (ImageError, DataError) as exc:
-        return FileResult(path, error=str(exc))
-    summary = photo_summary(faces)
-    if draw_to is not None:
-        save_image(annotate(image, faces, caption=summary_caption(summary)), draw_to[path])
-    return FileResult(path, faces, summary=summary)
+def _photos(model, config, files, detector, boxes_from, threshold, batch_size, draw_to) -> list[FileResult]:
+    """Detect (or read) and crop the faces of each photo, then classify all their crops in shared batches.
+
+    Only the crops are kept, and the photos themselves only when drawing, so a group of large photos costs little memory.
+    """
+    results, crops, boxes, names, images = [], [], [], [], []
+    for path in files:
+        try:
+            image = load_image(path)
+            if boxes_from is not None:
+                truth = voc_boxes(path, boxes_from, image.shape[1], image.shape[0])
+                found, names_i = [box for _, box in truth], [name for name, _ in truth]
+            else:
+                found, names_i = detect_faces(detector, image), None
+        except (ImageError, DataError) as exc:
+            results.append(FileResult(path, error=str(exc)))
+            continue
+        results.append(FileResult(path))
+        crops.append(crop_faces(image, found, config["image_size"]))
+        boxes.append(found)
+        names.append(names_i)
+        images.append(image if draw_to is not None else None)
+    classified = _classify_cropped(model, config, crops, boxes, threshold, batch_size)
+    for result, faces, names_i, image in zip((r for r in results if r.error is None), classified, names, images):
+        if names_i is not None:
+            faces = [{**face, "annotation": name} for face, name in zip(faces, names_i)]
+        result.faces, result.summary = faces, photo_summary(faces)
+        if image is not None:
+            save_image(annotate(image, faces, caption=summary_caption(result.summary)), draw_to[result.path])
+    return results
 
 
 def json_lines(result: FileResult) -> list[str]:

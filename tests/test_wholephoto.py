@@ -91,3 +91,34 @@ def test_photos_from_manifest_groups_faces_by_photo_and_filters_folds(tmp_path):
     assert photos[0].boxes.tolist() == [[0, 0, 4, 4], [5, 5, 15, 15]] and photos[0].path == tmp_path / "p2.png"
     assert photos[0].original_labels == ["with_mask", "mask_weared_incorrect"]
     assert [p.name for p in photos_from_manifest(manifest, tmp_path, folds=[1])] == ["p10.png"]
+
+
+def test_faces_of_many_photos_classified_in_shared_batches_equal_one_at_a_time(tmp_path):
+    """classify_photos (one batch over several photos' faces, split across model calls) gives each face
+    the probabilities it gets alone, in each photo's order, with its box."""
+    from synthetic import draw_face
+    from tinymodel import make_tiny_run
+
+    from maskclf.model import load_run
+    from maskclf.predict import classify_photo, classify_photos
+
+    model, config = load_run(make_tiny_run(tmp_path / "run"))
+    photos = []
+    for k, classes in enumerate([["with_mask", "without_mask"], [], ["without_mask", "with_mask", "with_mask"]]):
+        image = np.full((100, 260, 3), (90, 140, 90), np.uint8)
+        boxes = []
+        for i, cls in enumerate(classes):
+            side = 20 + 10 * i + 3 * k
+            x0, y0 = 10 + 80 * i, 10 + 5 * k
+            image[y0:y0 + side, x0:x0 + side] = draw_face(side, cls)
+            boxes.append((x0, y0, x0 + side, y0 + side))
+        photos.append((image, boxes))
+    together = classify_photos(model, config, photos, batch_size=2)  # 5 faces: three model calls
+    alone = [[classify_photo(model, config, image, [box])[0] for box in boxes] for image, boxes in photos]
+    assert [len(faces) for faces in together] == [2, 0, 3]
+    assert [[f["label"] for f in faces] for faces in together] == [["with_mask", "without_mask"], [],
+                                                                   ["without_mask", "with_mask", "with_mask"]]
+    for faces, single in zip(together, alone):
+        assert [f["box"] for f in faces] == [f["box"] for f in single]
+        assert [f["p_without_mask"] for f in faces] == pytest.approx([f["p_without_mask"] for f in single], abs=1e-5)
+    assert classify_photos(model, config, []) == []
