@@ -11,7 +11,8 @@ and model loaded once; without --model it counts only load and detect.
 `--throughput N` also times `predict_paths`, the code behind `python -m maskclf predict`, on
 the first N photos (fold 0 when it is among the folds; the study's photos are ~400 px):
 detector and model loaded once, the faces of PHOTOS_PER_BATCH photos classified together,
-one warm-up photo untimed. It prints photos/s, the issue's throughput figure.
+one warm-up photo untimed. It prints photos/s, the issue's throughput figure. The model
+runs as predict runs it: the run's fastest exported runtime when there is one (`predict.fastest_runtime`).
 
     python benchmarks/detector_recall.py --data ../shared/datasets/face-mask-detection --model models/<run>
     python benchmarks/detector_recall.py --data ../shared/datasets/face-mask-detection --folds 0 --detectors centerface
@@ -73,7 +74,7 @@ def throughput(model, config, detector_name: str, min_face: int, paths: list[Pat
     start = time.perf_counter()
     faces = sum(len(r.faces) for r in predict_paths(model, config, paths, detector=detector))
     seconds = time.perf_counter() - start
-    return {"detector": detector_name, "photos": len(paths), "faces found": faces,
+    return {"detector": detector_name, "runtime": Path(getattr(model, "path", "keras")).name, "photos": len(paths), "faces found": faces,
             "photos_per_batch": PHOTOS_PER_BATCH, "photo_ms": 1000 * seconds / len(paths),
             "throughput_photos_per_s": len(paths) / seconds}
 
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-face", type=int, default=MIN_FACE, help="smallest face in px (default: %(default)s)")
     parser.add_argument("--model", help="run folder: also measure detected-and-correctly-classified")
     parser.add_argument("--throughput", type=int, metavar="N", help="also time predict on N photos (needs --model)")
+    parser.add_argument("--keras", action="store_true", help="classify with the Keras model, not the run's fastest export")
     parser.add_argument("--skip-recall", action="store_true", help="only the throughput figure")
     parser.add_argument("--out", help="also write every row to this JSON file")
     args = parser.parse_args(argv)
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         from maskclf.predict import resolve_model
 
-        loaded = resolve_model(args.model)
+        loaded = resolve_model(args.model, fast=not args.keras)
         classify = model_classifier(*loaded)
     rows = []
     for name in args.detectors.split(",") if not args.skip_recall else []:

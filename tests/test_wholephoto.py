@@ -122,3 +122,34 @@ def test_faces_of_many_photos_classified_in_shared_batches_equal_one_at_a_time(t
         assert [f["box"] for f in faces] == [f["box"] for f in single]
         assert [f["p_without_mask"] for f in faces] == pytest.approx([f["p_without_mask"] for f in single], abs=1e-5)
     assert classify_photos(model, config, []) == []
+
+
+def test_predict_classifies_with_a_good_export_and_falls_back_to_keras(tmp_path):
+    """fastest_runtime: the ONNX export when its parity passed and it is not older than the Keras model
+    (same probabilities), Keras when the check failed, the export is stale or there is none."""
+    import json
+    import os
+
+    from tinymodel import make_tiny_run
+
+    from maskclf.export import export_model
+    from maskclf.model import load_run
+    from maskclf.predict import ExportedModel, fastest_runtime, predict_probabilities
+
+    run = make_tiny_run(tmp_path / "run")
+    model, config = load_run(run)
+    assert fastest_runtime(model, run) is model, "no export: Keras"
+    crops = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 3)).astype(np.float32)
+    keras_probs = predict_probabilities(model, crops)  # also builds the model, which the exporter needs
+    export_model(model, "onnx", run / "export" / "model.onnx")
+    parity = run / "export" / "parity.json"
+    parity.write_text(json.dumps({"formats": {"onnx": {"parity": {"passed": True}}}}))
+    fast = fastest_runtime(model, run)
+    assert isinstance(fast, ExportedModel) and fast.path.name == "model.onnx"
+    assert predict_probabilities(fast, crops, batch_size=2) == pytest.approx(keras_probs, abs=1e-5)
+    parity.write_text(json.dumps({"formats": {"onnx": {"parity": {"passed": False}}}}))
+    assert fastest_runtime(model, run) is model, "a failed parity check: Keras"
+    parity.write_text(json.dumps({"formats": {"onnx": {"parity": {"passed": True}}}}))
+    old = (run / "model.keras").stat().st_mtime - 60
+    os.utime(run / "export" / "model.onnx", (old, old))
+    assert fastest_runtime(model, run) is model, "an export older than the model: Keras"
