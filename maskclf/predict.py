@@ -88,7 +88,7 @@ def fastest_runtime(model: Any, run_dir: str | Path, threads: int | None = None)
     """The run's exported model in the first of FAST_RUNTIMES whose export passed its parity check
     (`export/parity.json`) and is not older than the Keras model; `model` itself when there is none."""
     from .export import EXPORT_DIR, FILES, load_runner
-    from .model import MODEL_FILE
+    from .model import MODEL_FILE, RunFolderError
 
     export = Path(run_dir) / EXPORT_DIR
     try:
@@ -98,10 +98,21 @@ def fastest_runtime(model: Any, run_dir: str | Path, threads: int | None = None)
     keras_time = (Path(run_dir) / MODEL_FILE).stat().st_mtime
     for fmt in FAST_RUNTIMES:
         path = export / FILES[fmt]
-        passed = (report.get("formats", {}).get(fmt, {}).get("parity") or {}).get("passed") is True
-        if passed and path.is_file() and path.stat().st_mtime >= keras_time:
-            return ExportedModel(load_runner(path, threads), model.output_shape[-1], path)
+        if _parity_passed(report, fmt) and path.is_file() and path.stat().st_mtime >= keras_time:
+            try:
+                return ExportedModel(load_runner(path, threads), model.output_shape[-1], path)
+            except Exception as exc:  # onnxruntime and LiteRT raise their own types for a corrupt file
+                raise RunFolderError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc}); export the model "
+                                     f"again, or remove {export} to classify with Keras") from exc
     return model
+
+
+def _parity_passed(report: Any, fmt: str) -> bool:
+    """Whether `parity.json`'s entry for `fmt` says its parity check passed (False for anything malformed)."""
+    entry = report.get("formats") if isinstance(report, dict) else None
+    entry = entry.get(fmt) if isinstance(entry, dict) else None
+    entry = entry.get("parity") if isinstance(entry, dict) else None
+    return isinstance(entry, dict) and entry.get("passed") is True
 
 
 def predict_probabilities(model: Any, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:

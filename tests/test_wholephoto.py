@@ -133,7 +133,7 @@ def test_predict_classifies_with_a_good_export_and_falls_back_to_keras(tmp_path)
     from tinymodel import make_tiny_run
 
     from maskclf.export import export_model
-    from maskclf.model import load_run
+    from maskclf.model import RunFolderError, load_run
     from maskclf.predict import ExportedModel, fastest_runtime, predict_probabilities
 
     run = make_tiny_run(tmp_path / "run")
@@ -153,3 +153,10 @@ def test_predict_classifies_with_a_good_export_and_falls_back_to_keras(tmp_path)
     old = (run / "model.keras").stat().st_mtime - 60
     os.utime(run / "export" / "model.onnx", (old, old))
     assert fastest_runtime(model, run) is model, "an export older than the model: Keras"
+    for broken in ("[1, 2]", '{"formats": {"onnx": "passed"}}', "not json"):
+        parity.write_text(broken)
+        assert fastest_runtime(model, run) is model, f"a malformed parity.json ({broken}): Keras"
+    parity.write_text(json.dumps({"formats": {"onnx": {"parity": {"passed": True}}}}))
+    (run / "export" / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(RunFolderError, match="model.onnx: cannot be loaded"):
+        fastest_runtime(model, run)
