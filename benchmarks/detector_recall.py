@@ -67,14 +67,14 @@ def summary_row(name: str, subset: str, faces: pd.DataFrame, per_photo: pd.DataF
 
 def throughput(model, config, detector_name: str, min_face: int, paths: list[Path]) -> dict:
     """Photos per second of `predict_paths` (load, detect, classify in shared batches) over `paths`, after one warm-up photo."""
-    from maskclf.predict import PHOTOS_PER_BATCH, predict_paths
+    from maskclf.predict import PHOTOS_PER_BATCH, ExportedModel, predict_paths
 
     detector = make_detector(detector_name, min_face)
     list(predict_paths(model, config, paths[:1], detector=detector))
     start = time.perf_counter()
     faces = sum(len(r.faces) for r in predict_paths(model, config, paths, detector=detector))
     seconds = time.perf_counter() - start
-    return {"detector": detector_name, "runtime": Path(getattr(model, "path", "keras")).name, "photos": len(paths), "faces found": faces,
+    return {"detector": detector_name, "runtime": model.path.name if isinstance(model, ExportedModel) else "keras", "photos": len(paths), "faces found": faces,
             "photos_per_batch": PHOTOS_PER_BATCH, "photo_ms": 1000 * seconds / len(paths),
             "throughput_photos_per_s": len(paths) / seconds}
 
