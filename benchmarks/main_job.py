@@ -7,10 +7,13 @@ memory of the whole process tree (papermill and its kernels, sampled every 0.2 s
 of each notebook, and the slowest cells of each notebook (the stages: backbone passes,
 fits, comparison, evaluation...).
 
-    .venv/bin/python benchmarks/main_job.py [--data DIR] [--work DIR] [--runs cold warm]
+    .venv/bin/python benchmarks/main_job.py [--data DIR] [--work DIR | --in-place] [--runs cold warm]
 
 --work keeps the work folder (default: a temporary one, removed at the end); giving the
-same --work again with `--runs warm` measures a warm run later.
+same --work again with `--runs warm` measures a warm run later. --in-place runs the job on
+the checkout's own folders and regenerates reports/ (for a cold run, first move
+data/interim/, data/processed/ and models/ aside: a cold run refuses to start if they hold
+anything).
 """
 
 from __future__ import annotations
@@ -92,23 +95,40 @@ def notebook_times(executed_dir: Path, slowest: int) -> list[tuple[str, float, l
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="the data set folder (default: as `python -m maskclf reports` finds it)")
-    parser.add_argument("--work", help="work folder for crops, caches, models and reports (default: temporary)")
+    place = parser.add_mutually_exclusive_group()
+    place.add_argument("--work", help="work folder for crops, caches, models and reports (default: temporary)")
+    place.add_argument("--in-place", action="store_true", help="use the checkout's own folders and reports/")
     parser.add_argument("--runs", nargs="+", default=["cold", "warm"], choices=["cold", "warm"])
     parser.add_argument("--slowest", type=int, default=4, help="slowest cells shown per notebook")
     args = parser.parse_args()
 
-    work = Path(args.work or tempfile.mkdtemp(prefix="maskclf-main-job-")).resolve()
-    env = {**os.environ, "MASKCLF_FEATURES_DIR": str(work / "features")}
-    command = [sys.executable, "-m", "maskclf", "reports", "--reports-dir", str(work / "reports"),
-               "-p", f"faces_dir={work / 'faces'}", "-p", f"models_dir={work / 'models'}"]
+    if args.in_place:
+        work, env = ROOT, dict(os.environ)
+        command = [sys.executable, "-m", "maskclf", "reports"]
+        folders = {"crops": ROOT / "data" / "interim", "caches": ROOT / "data" / "processed", "models": ROOT / "models"}
+        reports = ROOT / "reports"
+    else:
+        work = Path(args.work or tempfile.mkdtemp(prefix="maskclf-main-job-")).resolve()
+        env = {**os.environ, "MASKCLF_FEATURES_DIR": str(work / "features")}
+        command = [sys.executable, "-m", "maskclf", "reports", "--reports-dir", str(work / "reports"),
+                   "-p", f"faces_dir={work / 'faces'}", "-p", f"models_dir={work / 'models'}"]
+        folders = {"crops": work / "faces", "caches": work / "features", "models": work / "models"}
+        reports = work / "reports"
+    if "cold" in args.runs:
+        used = [f"{name} ({path})" for name, path in folders.items()
+                if path.exists() and any(p.name != ".gitkeep" for p in path.iterdir())]
+        if used:
+            print(f"error: not a cold start: {', '.join(used)} not empty; move them aside or give --runs warm",
+                  file=sys.stderr)
+            return 2
     if args.data:
         command += ["--data", args.data]
-    print(f"machine: {cpu_name()}; work folder {'(temporary)' if not args.work else work}", flush=True)
+    print(f"machine: {cpu_name()}; work folder: {'the checkout' if args.in_place else work}", flush=True)
     results = []
     for run in args.runs:
         print(f"--- {run} run", flush=True)
         seconds, peak, status = run_measured(command, env)
-        results.append((run, seconds, peak, status, notebook_times(work / "reports" / "executed", args.slowest)))
+        results.append((run, seconds, peak, status, notebook_times(reports / "executed", args.slowest)))
         if status:
             print(f"{run} run failed with exit status {status}", file=sys.stderr)
             break
@@ -122,7 +142,7 @@ def main() -> int:
         for name, _, cells in notebooks:
             for s, line in cells:
                 print(f"  {name:<20} {s:7.1f} s  {line}")
-    if not args.work:
+    if not (args.work or args.in_place):
         subprocess.run(["rm", "-rf", str(work)], check=False)
     return max((r[3] for r in results), default=0)
 
