@@ -339,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import uvicorn
 
-    from .model import RunFolderError
+    from .runs import RunFolderError
 
     try:
         model, config = resolve_model(args.model)

@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import POSITIVE
-from .data import DataError, check_box, is_dataset_dir, parse_voc
+from .data import DataError, annotation_boxes, is_dataset_dir, parse_voc
 from .detect import DEFAULT_DETECTOR, DETECTORS, MIN_FACE, BoxXYXY, Detector, detect_faces, make_detector
 from .fsutil import atomic_path, output_file_problem, write_text_atomic
 from .images import ImageError, load_rgb, resize_crop
@@ -53,7 +53,7 @@ IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().ite
 
 def resolve_model(model_dir: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
     """Load a run folder (default: the latest under models/); RunFolderError if unusable."""
-    from .model import RunFolderError, latest_run, load_run  # TensorFlow loads here
+    from .runs import RunFolderError, latest_run, load_run  # TensorFlow loads here
 
     model, config = load_run(model_dir if model_dir else latest_run(MODELS_DIR))
     if POSITIVE not in config["class_names"]:
@@ -211,8 +211,7 @@ def voc_boxes(image_path: Path, boxes_from: Path, width: int, height: int) -> li
         xml = folder / f"{image_path.stem}.xml"
     if not xml.is_file():
         raise DataError(f"{image_path}: no annotation file {xml}")
-    ann = parse_voc(xml)
-    return [(box.name, check_box(box, width, height, xml, i)) for i, box in enumerate(ann.boxes)]
+    return annotation_boxes(parse_voc(xml), width, height)
 
 
 # --------------------------------------------------------------------------- files and folders
@@ -400,7 +399,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `predict`: 0 if every file was read, 1 if some failed, 2 if nothing could start."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from .model import RunFolderError
+    from .runs import RunFolderError
 
     if args.boxes_from is not None and not args.boxes_from.exists():
         print(f"error: {args.boxes_from}: no such annotation file or folder", file=sys.stderr)

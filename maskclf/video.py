@@ -186,7 +186,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `video`: 0 on success, 2 if the source, output or model cannot be used."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from .model import RunFolderError
+    from .runs import RunFolderError
 
     if args.no_show and args.out is None:
         print("error: --no-show without --out would do nothing; add --out FILE.mp4", file=sys.stderr)

@@ -18,7 +18,7 @@ from synthetic import draw_face
 from tinymodel import make_tiny_run
 
 from maskclf.demo import create_app, decode_upload, UploadError
-from maskclf.model import load_run
+from maskclf.runs import load_run
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 BOXES = [(20, 20, 60, 60), (120, 50, 168, 98)]
