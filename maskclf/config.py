@@ -28,6 +28,12 @@ STAGES = {"01_extract": "extract", "02_train": "train", "03_evaluate": "evaluate
           "04_error_analysis": "error_analysis"}
 """Notebook -> its section of params.yaml; every notebook also takes the `common` section."""
 COMMON = "common"
+PARAM_CHOICES: dict[str, tuple[str, ...]] = {
+    "pooling": ("avg", "stages", "bands"),
+    "head": ("adam", "lbfgs"),
+    "labels": ("binary", "original"),
+}
+"""The values a parameter that names one of a few ways may take (TrainConfig checks them; the CLI lists them)."""
 MAX_PARAMS_BYTES = 1 << 20
 """Refuse a parameter file larger than this (notebooks/params.yaml is 3 kB)."""
 MAX_PARAM_VALUES = 100_000

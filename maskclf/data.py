@@ -18,21 +18,20 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from lxml import etree
 from tqdm import tqdm
 
-from .config import resolve_params, stage_defaults
+from .config import resolve_params
 from .fsutil import atomic_dir, write_text_atomic
 from .images import ImageError, load_rgb
-from .paths import DATA_DIR, DATASET_NAME, DEFAULT_FACES_DIR, RAW_DIR
+from .paths import DATA_DIR, DATA_ENV_VAR, DATASET_NAME, DEFAULT_FACES_DIR, RAW_DIR
 from .splits import N_FOLDS, assign_folds
 
 KAGGLE_DATASET = "andrewmvd/face-mask-detection"
-DATA_ENV_VAR = "MASKCLF_DATA"
 DATA_LOCATION_FILE = Path(os.environ.get("MASKCLF_DATA_LOCATION_FILE") or DATA_DIR / ".data_dir")
 """Where the last `--data` given to extract or reports is remembered (git-ignored, this machine only;
 the tests point it elsewhere)."""
@@ -468,7 +467,8 @@ def face_size(manifest: pd.DataFrame) -> pd.Series:
 
 
 TINY_FACE = 16
-"""Faces under this many pixels (short side) are tiny: the first size bucket, marked in the figures."""
+"""Faces under this many pixels (short side) are tiny: too few pixels for a reliable label. The first size
+bucket, marked in the figures, and flagged (`"small_face"`) in predictions."""
 SIZE_BINS = (0, TINY_FACE, 32, 64, float("inf"))
 SIZE_LABELS = ("<16 px", "16-31 px", "32-63 px", ">=64 px")
 
@@ -494,19 +494,6 @@ def source_photos_dir(faces_dir: str | Path = DEFAULT_FACES_DIR) -> Path:
 # --------------------------------------------------------------------------- CLI
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options of `python -m maskclf extract`."""
-    parser.add_argument("--data", help=f"data set folder (default: ${DATA_ENV_VAR}, then data/raw/{DATASET_NAME}, then Kaggle)")
-    parser.add_argument("--out", default=str(DEFAULT_FACES_DIR), help="output folder (default: %(default)s)")
-    defaults = stage_defaults("01_extract")
-    parser.add_argument("--margin", type=_option(check_margin), default=defaults["margin"],
-                        help="context around each box, fraction of its size (default: %(default)s, from params.yaml)")
-    parser.add_argument("--label-map", type=_option(parse_label_map), default=None, help="JSON object mapping original to binary labels")
-    parser.add_argument("--fold-seed", type=_option(check_seed), default=defaults["fold_seed"],
-                        help="seed of the grouped fold assignment (default: %(default)s, from params.yaml)")
-    parser.add_argument("--skip-bad", action="store_true", help="record bad files in skipped.csv instead of stopping")
-
-
 def parse_label_map(text: str) -> dict[str, str]:
     """A `--label-map` argument: a JSON object mapping original classes to labels."""
     try:
@@ -514,18 +501,6 @@ def parse_label_map(text: str) -> dict[str, str]:
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"not valid JSON ({exc})") from None
     return check_label_map(obj)
-
-
-def _option(check: Callable[[Any], Any]) -> Callable[[str], Any]:
-    """An argparse type that reports `check`'s ValueError as the option's error (exit 2)."""
-    def parse(text: str) -> Any:
-        try:
-            return check(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    parse.__name__ = check.__name__
-    return parse
 
 
 def run(args: argparse.Namespace) -> int:

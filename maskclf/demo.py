@@ -1,17 +1,24 @@
-"""Web demo: upload a photo, see it annotated and a table of each face's probabilities.
+"""Web demo: a photo (uploaded, or one of the examples) or live webcam frames, each face boxed and labelled.
 
     python -m maskclf demo --model models/<run> --port 7860      # then open http://127.0.0.1:7860
 
-FastAPI + uvicorn serving one self-contained HTML page (inline CSS and JS, nothing
-fetched from elsewhere, so it works offline) and one JSON endpoint, `POST /api/predict`.
-Any bad upload (not an image, truncated, empty, too large) gets a friendly message with
-status 4xx; an unexpected failure gets a 500 with a message, never a stack trace, and
-the server keeps serving.
+FastAPI + uvicorn serving one self-contained page (`templates/demo/index.html`: inline CSS
+and JS, nothing fetched from elsewhere, so it works offline) and one JSON endpoint,
+`POST /api/predict` (form fields: `file`; optional `threshold`, `detector`, `with_image`).
+The page has the detector (one of `detect.DETECTORS`) and the threshold as controls, a few
+example photos of the validation fold to click (`example_photos`: chosen by EXAMPLE_RULE,
+served from the data set the extraction read, none when it is not there), and a webcam
+mode: the browser's `getUserMedia` frames are posted one at a time, at most one every
+FRAME_INTERVAL_MS, and the boxes are drawn on a canvas over the video. Photos and frames
+are drawn by the page, with the faces numbered as the table's rows and labelled with the
+same words. Any bad upload (not an image, truncated, empty, too large, a bad setting)
+gets a friendly message with status 4xx; an unexpected failure gets a 500 with a message,
+never a stack trace, and the server keeps serving.
 
 The work per request is bounded: bodies are cut off at the size limit (with or without
 Content-Length), images over MAX_PIXELS are refused before decoding, faces are detected
 on a copy shrunk to WORK_SIDE px (`detect_faces`) and classified on crops of the original,
-and the annotated image sent back is at most WORK_SIDE px. One normal photo and one large
+and the image sent back is at most WORK_SIDE px. One normal photo and one large
 upload are analysed at a time, each in its own lane so that large uploads never hold up
 normal photos; a request waits at most QUEUE_WAIT_S for its turn, at most MAX_WAITING
 wait at once, and the others get a 503 asking to try again.
@@ -22,25 +29,30 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import json
 import logging
 import os
 import sys
 import threading
 import warnings
 from contextlib import contextmanager, nullcontext
-from typing import Any, ContextManager, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
-from fastapi import FastAPI, Request, UploadFile
+from fastapi import FastAPI, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from PIL import Image
 
-from .detect import Detector, detect_faces, make_detector
-from .images import WORK_SIDE, to_rgb
-from .predict import SMALL_FACE, add_model_options, annotate, classify_photo, photo_summary, resolve_model, summary_caption
+from .cli_args import DEFAULT_DETECTOR, MAX_UPLOAD_MB, probability
+from .data import TINY_FACE
+from .detect import DETECTORS, Detector, detect_faces, make_detector
+from .images import WORK_SIDE, to_rgb, working_image
+from .paths import DEFAULT_FACES_DIR
+from .predict import classify_photo, photo_summary, resolve_model, summary_caption
 
-MAX_UPLOAD_MB = 10
 MAX_PIXELS = 50_000_000
 """Largest upload decoded: the largest phone photos. Analysing one costs ~13 bytes a pixel at its
 peak (the decoded image, its RGB copy, the array, the shrunk copies; measured: a 50-Mpx JPEG took
@@ -53,6 +65,16 @@ QUEUE_WAIT_S = 8.0
 MAX_WAITING = 32
 """Most requests waiting at once (each holds its upload in memory); more get a 503 at once."""
 BUSY = "The demo is busy analysing other photos. Please try again in a moment."
+EXAMPLE_COUNT = 4
+EXAMPLE_MIN_FACES = 2
+EXAMPLE_RULE = (f"the first {EXAMPLE_COUNT} photos of the validation fold (fold 0), in the data set's order, "
+                f"with at least {EXAMPLE_MIN_FACES} annotated faces")
+"""How the example photos are chosen: by a rule, not by how well the model does on them."""
+FRAME_INTERVAL_MS = 500
+"""Webcam: at most one frame every this many ms, and one at a time (the next once the answer is in)."""
+FRAME_SIDE = 640
+"""Webcam: frames are sent at most this many px on their longer side."""
+PAGE = resources.files(__package__).joinpath("templates/demo/index.html").read_text(encoding="utf-8")
 log = logging.getLogger(__name__)
 
 
@@ -91,33 +113,88 @@ def decode_upload(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.nd
         raise UploadError(f"“{name}” looks truncated or corrupt: the image could not be decoded.") from exc
 
 
-def png_data_url(image: np.ndarray) -> str:
-    """An RGB array as a `data:image/png;base64,...` URL (fast compression: a quarter of the time, 7% larger)."""
+def jpeg_data_url(image: np.ndarray, quality: int = 90) -> str:
+    """An RGB array as a `data:image/jpeg;base64,...` URL."""
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def analyse(
     model: Any, config: dict[str, Any], detector: Detector, data: bytes, name: str, threshold: float = 0.5,
-    model_lock: ContextManager[Any] | None = None, max_pixels: int = MAX_PIXELS,
+    model_lock: ContextManager[Any] | None = None, max_pixels: int = MAX_PIXELS, with_image: bool = True,
 ) -> dict[str, Any]:
-    """Detect and classify the faces of an uploaded photo: faces, photo summary, annotated image, message.
+    """Detect and classify the faces of an uploaded photo: numbered faces, photo summary and its line, notes, message.
 
-    Boxes are in the upload's pixels; the annotated image is shrunk to at most WORK_SIDE px.
+    Each face gets `number` (1, 2, ...: its row and its tag on the drawing) and `label_text`
+    (its label in words, the same on both). Boxes are in the upload's pixels. With
+    `with_image`, `image` is the photo as analysed (orientation and colours as decoded),
+    shrunk to at most WORK_SIDE px, for the page to draw the boxes on.
     """
     image = decode_upload(data, name, max_pixels)
     boxes = detect_faces(detector, image)
     with model_lock or nullcontext():
         faces = classify_photo(model, config, image, boxes, threshold)
+    faces = [{"number": i, "label_text": face["label"].replace("_", " "), **face} for i, face in enumerate(faces, 1)]
     summary = photo_summary(faces)
-    message = f"{len(faces)} face(s) found." if faces else "No face found in this photo."
+    line = summary_caption(summary)
     small = sum(face.get("small_face", False) for face in faces)
-    if small:
-        message += f" {small} under {SMALL_FACE} px: too small for a reliable label."
-    drawn = annotate(image, faces, caption=summary_caption(summary), max_side=WORK_SIDE)
-    return {"name": name, "width": image.shape[1], "height": image.shape[0], "faces": faces, "summary": summary,
-            "image": png_data_url(drawn), "message": message}
+    notes = [f"{small} under {TINY_FACE} px: too small for a reliable label."] if small else []
+    message = " ".join([f"{line}." if faces else "No face found in this photo.", *notes])
+    reply = {"name": name, "width": image.shape[1], "height": image.shape[0], "faces": faces, "summary": summary,
+             "summary_line": line, "notes": notes, "message": message}
+    if with_image:
+        reply["image"] = jpeg_data_url(working_image(image)[0])
+    return reply
+
+
+def example_photos(faces_dir: str | Path = DEFAULT_FACES_DIR, count: int = EXAMPLE_COUNT,
+                   min_faces: int = EXAMPLE_MIN_FACES) -> list[Path]:
+    """The example photos by EXAMPLE_RULE, from the extraction at `faces_dir` (its folds) and the data set it
+    read; [] (the reason logged) when either is not there."""
+    from .data import DataError, read_manifest, source_photos_dir
+    from .wholephoto import photos_from_manifest
+
+    try:
+        photos = photos_from_manifest(read_manifest(faces_dir), source_photos_dir(faces_dir), folds=[0])
+    except (DataError, OSError, ValueError, KeyError) as exc:  # DataNotFoundError is an OSError
+        log.warning("no example photos: %s", exc)
+        return []
+    return [photo.path for photo in photos if len(photo.boxes) >= min_faces and photo.path.is_file()][:count]
+
+
+def setting_threshold(text: str | None, default: float) -> float:
+    """The threshold a request asks for (its default when not given); UploadError when it is not in [0, 1]."""
+    if text is None or text == "":
+        return default
+    try:
+        return probability(text)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise UploadError(f"The threshold must be a number from 0 to 1, not “{text}”.") from exc
+
+
+class Detectors:
+    """The detectors a request may choose: one per (name, lane), so that the two lanes never call one
+    detector at once; each made by `make` on its first use. Without `make`, only the default."""
+
+    def __init__(self, default: str, normal: Detector, large: Detector, make: Callable[[str], Detector] | None = None):
+        self.default, self.make = default, make
+        self.choices = list(dict.fromkeys([*DETECTORS, default])) if make else [default]
+        self.made = {(default, False): normal, (default, True): large}
+        self.lock = threading.Lock()
+
+    def get(self, name: str | None, large: bool) -> Detector:
+        """The detector `name` (default: the default) of the large or the normal lane; UploadError if unknown or unavailable."""
+        name = name or self.default
+        if name not in self.choices:
+            raise UploadError(f"Unknown detector “{name}”: choose one of {', '.join(self.choices)}.")
+        with self.lock:
+            if (name, large) not in self.made:
+                try:
+                    self.made[name, large] = self.make(name)
+                except (ImportError, RuntimeError, ValueError, OSError) as exc:
+                    raise UploadError(f"The {name} detector is not available on this server: {exc}", 503) from exc
+            return self.made[name, large]
 
 
 class Lanes:
@@ -209,16 +286,26 @@ def create_app(
     large_detector: Detector | None = None,
     lanes: Lanes | None = None,
     max_pixels: int = MAX_PIXELS,
+    detector_name: str = DEFAULT_DETECTOR,
+    make_detector: Callable[[str], Detector] | None = None,
+    examples: Sequence[str | Path] = (),
 ) -> FastAPI:
-    """The demo app around a loaded model and detector.
+    """The demo app around a loaded model and detector (`detector_name`, the page's default choice).
 
     `large_detector` serves the large lane, so that the two lanes never call one detector at
     once (default: `detector`, for one safe to share, as onnxruntime's CenterFace is).
+    `make_detector(name)` makes the other detectors of `detect.DETECTORS` when a request picks
+    one (without it, only `detector_name` is offered). `examples`: photos the page offers.
     """
     app = FastAPI(title="maskclf demo", docs_url=None, redoc_url=None, openapi_url=None)
     model_lock = threading.Lock()  # the Keras model is not guaranteed thread-safe
     lanes = lanes or Lanes()
-    detectors = {False: detector, True: large_detector or detector}
+    detectors = Detectors(detector_name, detector, large_detector or detector, make_detector)
+    example_files = {Path(path).name: Path(path) for path in examples}
+    settings = {"threshold": threshold, "detectors": detectors.choices, "detector": detector_name,
+                "examples": [{"name": name, "url": f"examples/{name}"} for name in example_files],
+                "example_rule": EXAMPLE_RULE, "frame_interval_ms": FRAME_INTERVAL_MS, "frame_side": FRAME_SIDE}
+    html = PAGE.replace("{CONFIG}", json.dumps(settings).replace("<", "\\u003c"))
     too_big = f"The file is larger than {max_bytes / 1024 / 1024:.0f} MB. Please upload a smaller photo."
     app.add_middleware(BodyLimit, max_bytes=max_bytes + 64 * 1024, message=too_big)  # room for the multipart envelope
 
@@ -228,23 +315,37 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        return PAGE.replace("{THRESHOLD}", f"{threshold:g}")
+        return html
 
     @app.get("/healthz")
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/api/examples")
+    def list_examples() -> dict[str, Any]:
+        return {"rule": EXAMPLE_RULE, "examples": settings["examples"]}
+
+    @app.get("/examples/{name}")
+    def example(name: str) -> Response:
+        if name not in example_files:
+            return JSONResponse({"error": f"No example photo “{name}”."}, status_code=404)
+        return FileResponse(example_files[name])
+
     @app.post("/api/predict")
-    def predict(file: UploadFile) -> JSONResponse:
+    def predict(file: UploadFile, threshold: str | None = Form(None), detector: str | None = Form(None),
+                with_image: str = Form("1")) -> JSONResponse:
         name = os.path.basename(file.filename or "upload")
         try:
+            chosen = setting_threshold(threshold, settings["threshold"])
             data = file.file.read(max_bytes + 1)
             if len(data) > max_bytes:
                 raise UploadError(too_big, 413)
             img = open_upload(data, name, max_pixels)
             large = img.width * img.height > LARGE_PIXELS
             with lanes.turn(large):
-                return JSONResponse(analyse(model, config, detectors[large], data, name, threshold, model_lock, max_pixels))
+                found = detectors.get(detector, large)
+                return JSONResponse(analyse(model, config, found, data, name, chosen, model_lock, max_pixels,
+                                            with_image=with_image != "0"))
         except UploadError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         except Exception:
@@ -255,88 +356,10 @@ def create_app(
     return app
 
 
-PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Mask or no mask?</title>
-<style>
-  body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; padding: 0 1rem; color: #222; }
-  h1 { font-size: 1.5rem; }
-  form { display: flex; gap: .75rem; align-items: center; flex-wrap: wrap; margin-bottom: 1rem; }
-  button { padding: .4rem 1rem; font-size: 1rem; }
-  #message { min-height: 1.5rem; font-weight: 600; }
-  #message.error { color: #b00020; }
-  #result { max-width: 100%; border: 1px solid #ccc; display: none; }
-  table { border-collapse: collapse; margin-top: 1rem; }
-  th, td { border: 1px solid #ccc; padding: .3rem .6rem; text-align: right; }
-  td.label { text-align: left; font-weight: 600; }
-  td.with_mask { color: #007a00; } td.without_mask { color: #c00000; } td.note { text-align: left; color: #8a5a00; }
-  .note { color: #666; font-size: .9rem; }
-</style>
-</head>
-<body>
-<h1>Does each face wear a mask?</h1>
-<form id="upload">
-  <input id="file" name="file" type="file" accept="image/*" required>
-  <button id="submit" type="submit">Analyse</button>
-</form>
-<p class="note">A face is labelled <b>without_mask</b> when P(without_mask) &ge; {THRESHOLD}.
-Photos stay on this server and are not stored.</p>
-<div id="message" role="status" aria-live="polite"></div>
-<img id="result" alt="photo with a box around each detected face">
-<table id="faces" hidden>
-  <thead><tr><th>#</th><th>label</th><th>P(with_mask)</th><th>P(without_mask)</th><th>box (x0, y0, x1, y1)</th><th>note</th></tr></thead>
-  <tbody></tbody>
-</table>
-<script>
-const form = document.getElementById("upload"), message = document.getElementById("message");
-const img = document.getElementById("result"), table = document.getElementById("faces");
-function show(text, isError) { message.textContent = text; message.className = isError ? "error" : ""; }
-form.addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const file = document.getElementById("file").files[0];
-  if (!file) { show("Please choose a photo first.", true); return; }
-  const body = new FormData(); body.append("file", file);
-  show("Analysing " + file.name + " ...", false);
-  img.style.display = "none"; table.hidden = true;
-  let reply;
-  try {
-    const response = await fetch("api/predict", { method: "POST", body });
-    reply = await response.json();
-  } catch (err) { show("The server did not answer. Is it still running?", true); return; }
-  if (reply.error) { show(reply.error, true); return; }
-  show(reply.message, false);
-  img.src = reply.image; img.style.display = "block";
-  const rows = table.querySelector("tbody"); rows.replaceChildren();
-  reply.faces.forEach((face, i) => {
-    const tr = rows.insertRow();
-    const cells = [i + 1, face.label, face.probabilities.with_mask.toFixed(3),
-                   face.p_without_mask.toFixed(3), face.box.join(", "), face.small_face ? "⚠ " + face.warning : ""];
-    cells.forEach((value, k) => { const td = tr.insertCell(); td.textContent = value;
-      if (k === 1) td.className = "label " + face.label;
-      if (k === 5) td.className = "note"; });
-  });
-  table.hidden = reply.faces.length === 0;
-});
-</script>
-</body>
-</html>
-"""
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options of `python -m maskclf demo`."""
-    add_model_options(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
-    parser.add_argument("--max-mb", type=float, default=MAX_UPLOAD_MB, help="largest upload in MB (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `demo` until interrupted: 2 if the model cannot be loaded."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import uvicorn
 
     from .runs import RunFolderError
@@ -348,7 +371,11 @@ def run(args: argparse.Namespace) -> int:
     except (RunFolderError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(model, config, detector, args.threshold, int(args.max_mb * 1024 * 1024), large_detector)
-    print(f"maskclf demo on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    examples = example_photos()
+    app = create_app(model, config, detector, args.threshold, int(args.max_mb * 1024 * 1024), large_detector,
+                     detector_name=args.detector, make_detector=lambda name: make_detector(name, args.min_face),
+                     examples=examples)
+    print(f"maskclf demo on http://{args.host}:{args.port}/ with {len(examples)} example photos (Ctrl-C to stop)",
+          file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -1,8 +1,9 @@
 """Export a run's model for deployment and check that the export answers like the Keras model.
 
-    python -m maskclf export --model models/<run> --format tflite-fp32,tflite-fp16,tflite-int8,onnx
+    python -m maskclf export --model models/<run>            # tflite-fp32, tflite-fp16, onnx
+    python -m maskclf export --model models/<run> --format tflite-int8
 
-Files go to `<run>/export/` (`model_fp32.tflite`, `model_fp16.tflite`, `model_int8.tflite`,
+`python -m maskclf export --help` says what an export takes and gives. Files go to `<run>/export/` (`model_fp32.tflite`, `model_fp16.tflite`, `model_int8.tflite`,
 `model.onnx`) with `parity.json`. Every export keeps the run's contract: float32 raw
 0-255 RGB crops in, softmax probabilities out. `tflite-int8` quantises weights and
 activations (float input/output), calibrated on crops of the check set.
@@ -15,7 +16,6 @@ the Keras model (target >= 99.5%) and the difference in ROC AUC (target <= 0.002
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import warnings
@@ -27,7 +27,6 @@ import numpy as np
 from .data import DEFAULT_LABEL_MAP, DataError, annotation_boxes, is_dataset_dir, parse_voc, read_manifest
 from .fsutil import atomic_path, output_file_problem
 from .images import ImageError, load_crop, load_rgb
-from .paths import DEFAULT_FACES_DIR
 from . import POSITIVE
 from .model import run_batched
 from .predict import crop_faces, predict_probabilities, resolve_model
@@ -269,31 +268,8 @@ def format_report(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
-def parse_formats(text: str) -> list[str]:
-    """argparse type: a comma-separated list of FORMATS."""
-    formats = [f.strip() for f in text.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in EXPORT_FILES]
-    if unknown or not formats:
-        raise argparse.ArgumentTypeError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
-    return formats
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options of `python -m maskclf export`."""
-    default_check = DEFAULT_FACES_DIR
-    parser.add_argument("--model", help="run folder (default: the latest complete one under models/)")
-    parser.add_argument("--format", type=parse_formats, default=list(FORMATS), help=f"comma-separated, from {', '.join(FORMATS)} (default: all)")
-    parser.add_argument("--check", type=Path, default=default_check if default_check.is_dir() else None,
-                        help="an `extract` output (parity on the model's validation fold, int8 calibration on the "
-                             "training folds), labelled crops (DIR/<class>/*.png) or a VOC data set folder "
-                             f"(default: {default_check} when it exists)")
-    parser.add_argument("--check-limit", type=int, default=1000, help="random sample of check crops (default: %(default)s)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="label threshold on P(without_mask) (default: %(default)s)")
-
-
 def run(args: argparse.Namespace) -> int:
     """Run `export`: 0 if every parity target is met, 1 if one is missed, 2 on an error."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from .runs import RunFolderError, latest_run
     from .paths import MODELS_DIR
 

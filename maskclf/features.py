@@ -77,7 +77,7 @@ def cached_outputs(
     loaders = loaders or {}
     names = [Path(p).name for p in paths]
     crops = hashlib.sha256("\n".join(names).encode()).hexdigest()
-    outputs, hits = [], []
+    stacked, hits = None, []
     for v, view in enumerate(views):
         recipe = {"recipe": JITTER_VERSION} if view in loaders else {}
         key = cache_key(**key_parts, image_size=image_size, view=view, seed=seed + 10 * v, crops=crops, **recipe)
@@ -92,8 +92,10 @@ def cached_outputs(
             with atomic_path(cache_file, suffix=".npz") as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, outputs=stored, paths=np.array(names), key=json.dumps(key_parts, default=str))
-        outputs.append(stored)
-    return np.stack(outputs), all(hits)
+        if stacked is None:  # filled view by view: never two copies of every view in memory
+            stacked = np.empty((len(views), *stored.shape), stored.dtype)
+        stacked[v] = stored
+    return stacked, all(hits)
 
 
 def _read_cache(cache_file: Path, names: list[str]) -> np.ndarray | None:

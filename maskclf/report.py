@@ -22,9 +22,11 @@ from typing import Any
 
 import nbformat
 
-from .config import PARAMS_FILE, ParamsError, load_params, parse_override
+from . import formatting
+from .config import ParamsError, load_params
 from .data import DataNotFoundError, remember_data_dir, resolve_data_dir
 from .fsutil import atomic_dir, write_text_atomic
+from .native_logs import drop_native_logs
 from .paths import NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR
 
 PIPELINE = ("01_extract", "02_train", "03_evaluate", "04_error_analysis")
@@ -160,22 +162,6 @@ def collapse_carriage_returns(text: str) -> str:
     return "\n".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r") for line in text.split("\n"))
 
 
-NATIVE_LOG = re.compile(
-    r"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\]"  # TensorFlow/absl C++ log lines
-    r"|WARNING: All log messages before absl::InitializeLog\(\)"
-    r"|To enable the following instructions: .* rebuild TensorFlow)"
-)
-
-
-def drop_native_logs(text: str) -> str:
-    """Remove the C++ log lines TensorFlow prints on import (CUDA probing, oneDNN notes) from a stream.
-
-    They are written before any Python logging is set up, so no environment variable
-    silences them reliably; Python warnings and errors are kept.
-    """
-    return "".join(line for line in text.splitlines(keepends=True) if not NATIVE_LOG.match(line))
-
-
 def network_references(page: str) -> list[str]:
     """URLs that a browser would fetch when opening `page` (scripts, styles, images, frames)."""
     tags = re.findall(r"<(?:script|link|img|iframe|source|embed)\b[^>]*>", page, flags=re.I)
@@ -304,8 +290,7 @@ code {{ font-size: 0.9em; }} .muted {{ color: #666; }}
 
 def _headline_html(m: dict[str, Any]) -> str:
     def ci(name: str) -> str:
-        lo, hi = m.get("ci95", {}).get(name, [float("nan"), float("nan")])
-        return f"{m[name]:.3f} <span class='muted'>(95% CI {lo:.3f}–{hi:.3f})</span>"
+        return html.escape(formatting.with_ci(m[name], m.get("ci95", {}).get(name)))
 
     cv = m.get("cv", {}).get("mean", {})
     framing = m.get("framing_accuracy") or {}
@@ -317,15 +302,14 @@ def _headline_html(m: dict[str, Any]) -> str:
     items = [
         ("backbone / weights", f"{html.escape(str(m.get('backbone')))} / {html.escape(str(m.get('weights')))}"),
         ("split", html.escape(str(m.get("split")))),
-        ("evaluated on", f"validation fold: {m.get('n_val'):,} faces from {m.get('n_val_photos', '?')} photos; "
-                         f"cross-validation: all {m.get('n_faces'):,} faces"),
-        ("accuracy", ci("accuracy")),
-        ("ROC AUC", ci("roc_auc")),
-        ("balanced accuracy", f"{m['balanced_accuracy']:.3f}"),
+        ("evaluated on", html.escape(formatting.evaluated_on(m))),
+        ("accuracy [95% CI]", ci("accuracy")),
+        ("ROC AUC [95% CI]", ci("roc_auc")),
+        ("balanced accuracy [95% CI]", ci("balanced_accuracy")),
         ("recall of without_mask", f"{m['recall']['without_mask']:.3f}"),
         ("5-fold CV mean accuracy / AUC", f"{cv.get('accuracy', float('nan')):.3f} / {cv.get('roc_auc', float('nan')):.3f}"),
         ("data sha256", f"<code>{html.escape(str(m.get('data_sha256', ''))[:16])}…</code>"),
-        ("files", f'<a href="metrics.json">metrics.json</a>' + (f"; run folder <code>models/{run}/</code>: {files}" if run else "")),
+        ("files", '<a href="metrics.json">metrics.json</a>' + (f"; run folder <code>models/{run}/</code>: {files}" if run else "")),
     ]
     if worst:
         items.insert(7, ("worst re-cut (framing check)", f"{html.escape(worst[0])}: {worst[1]:.3f} "
@@ -334,15 +318,6 @@ def _headline_html(m: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options of `python -m maskclf reports`."""
-    parser.add_argument("--params", default=str(PARAMS_FILE), help="shared parameter file, YAML or JSON (default: %(default)s)")
-    parser.add_argument("--data", help="data set folder (shortcut for -p data_dir=DIR)")
-    parser.add_argument("-p", "--param", action="append", type=parse_override, default=[], metavar="NAME=VALUE",
-                        help="override one parameter (value parsed as YAML); repeatable")
-    parser.add_argument("--reports-dir", default=str(REPORTS_DIR), help="output folder (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,8 +5,9 @@ The flow, for one configuration:
 1. `prepare_features` splits the backbone at the fine-tuning cut (or keeps it whole),
    runs the frozen lower part once per crop (and augmented view) and caches the result;
    several backbones ("a+b") each get their own cache and their features are concatenated;
-2. `fit_head` trains dropout + softmax on globally pooled features: with Adam and early
-   stopping (the study), or as a logistic regression fitted to convergence with L-BFGS;
+2. `fit_heads` trains dropout + softmax on globally pooled features: with Adam and early
+   stopping (the study), or as a logistic regression fitted to convergence with L-BFGS,
+   every fold's in the same passes over the features;
 3. `fine_tune` (optional) unfreezes the top blocks, BatchNorm kept in inference mode, and
    trains them with a low learning rate on the cached activations at the cut;
 4. `end_to_end_model` assembles raw crop in -> probabilities out, the model that is saved.
@@ -36,20 +37,20 @@ import tensorflow as tf
 
 from . import CLASS_NAMES
 from .augment import view_names
-from .config import resolve_params, stage_defaults
+from .config import PARAM_CHOICES, resolve_params, stage_defaults
 from .backbones import Weights, get_backbone, weights_id
 from .data import DataError, face_size, hash_extraction, read_manifest, source_photos_dir
 from .evaluate import binary_metrics, encode_labels, fold_metrics, summarize_folds
 from .explain import FEATURE_MAP_LAYER
 from .features import FEATURES_DIR, cache_key, cached_outputs
 from .framing import jittered_loader
-from .fsutil import write_json_atomic
+from .fsutil import atomic_path, write_json_atomic
 from .images import load_crop
 from .layers import HorizontalBands, MergeClasses, Standardize
-from .logreg import fit_logistic, standardisation
+from .logreg import LinearFit, Subset, fit_logistic, standardisation
 from .model import run_batched
+from .paths import MODELS_DIR, project_path
 from .runs import save_run
-from .paths import DEFAULT_FACES_DIR, MODELS_DIR, project_path
 from .splits import early_stopping_split, train_val_indices
 
 BLOCK_PATTERN = re.compile(r"^(block\d+[a-z]|conv\d_block\d+|block_\d+)_")
@@ -58,11 +59,11 @@ BLOCK_PATTERN = re.compile(r"^(block\d+[a-z]|conv\d_block\d+|block_\d+)_")
 STAGE_OUTPUT_PATTERN = re.compile(r"^(block\d+)[a-z]_add$|^(conv\d)_block\d+_out$")
 """Residual outputs of EfficientNet(-Lite) and ResNet blocks; the last one of a stage is its output."""
 
-POOLINGS = ("avg", "stages", "bands")
+POOLINGS = PARAM_CHOICES["pooling"]
 BANDS = 4
 """Horizontal bands of each stage output pooled with pooling="bands"."""
-HEADS = ("adam", "lbfgs")
-LABEL_SETS = ("binary", "original")
+HEADS = PARAM_CHOICES["head"]
+LABEL_SETS = PARAM_CHOICES["labels"]
 
 
 @dataclass
@@ -438,30 +439,49 @@ def _fit(model: keras.Model, x, y, xv, yv, config: TrainConfig, epochs: int, ver
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
-def fit_head(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
-             verbose: int = 0) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Train the head on pooled features of the training faces (all views); it reports CLASS_NAMES.
+def fit_heads(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]],
+              verbose: int = 0) -> list[tuple[keras.Model, dict[str, list[float]]]]:
+    """One head per (training faces, recorded faces) split, on pooled features (all views); they report CLASS_NAMES.
 
-    `labels` are the classes it trains on; `y` the binary labels. `val_idx` are the faces
-    whose loss decides early stopping ("adam") or is only recorded per iteration ("lbfgs").
+    `labels` are the classes the heads train on; `y` the binary labels. The recorded faces
+    decide early stopping ("adam") or are only recorded per iteration ("lbfgs"). The "lbfgs"
+    heads of all splits are fitted together, in shared passes over the features (maskclf.logreg).
     """
+    if fs.config.head == "lbfgs":
+        return [_logistic_head(fit, labels) for fit in _fit_logistic_heads(fs, labels, y, splits)]
+    return [_adam_head(fs, labels, train_idx, val_idx, verbose) for train_idx, val_idx in splits]
+
+
+def _fit_logistic_heads(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray,
+                        splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[LinearFit]:
+    n_classes = len(labels.names)
+    subsets = []
+    for train_idx, val_idx in splits:
+        weight = np.zeros(fs.pooled.shape[:2])
+        per_class = class_weights(labels.values[train_idx], n_classes) if fs.config.class_weight else None
+        weight[:, train_idx] = 1.0 if per_class is None else np.array(list(per_class.values()))[labels.values[train_idx]]
+        subsets.append(Subset(weight, val_idx))
+    return fit_logistic(fs.pooled, labels.values, n_classes, fs.config.head_c, subsets, val_labels=y, merge=labels.merge)
+
+
+def _logistic_head(fit: LinearFit, labels: TrainingLabels) -> tuple[keras.Model, dict[str, list[float]]]:
+    with tf.distribute.get_strategy().scope():
+        core = build_head(len(fit.mean), 0.0, len(labels.names), (fit.mean, fit.scale))
+        core.get_layer("head_softmax").set_weights([fit.kernel.astype("float32"), fit.bias.astype("float32")])
+        return with_merge(core, labels.merge), fit.history
+
+
+def _adam_head(fs: FeatureSet, labels: TrainingLabels, train_idx: np.ndarray, val_idx: np.ndarray,
+               verbose: int) -> tuple[keras.Model, dict[str, list[float]]]:
     config = fs.config
     keras.utils.set_random_seed(config.train_seed)
     x, lt = _train_views(fs.pooled, labels.values, train_idx)
-    n_classes = len(labels.names)
     with tf.distribute.get_strategy().scope():
-        if config.head == "lbfgs":
-            per_class = np.array(list(class_weights(lt, n_classes).values())) if config.class_weight else None
-            fit = fit_logistic(x, lt, n_classes, config.head_c, None if per_class is None else per_class[lt],
-                               validation=(fs.pooled[0, val_idx], y[val_idx]), merge=labels.merge)
-            core = build_head(x.shape[-1], 0.0, n_classes, (fit.mean, fit.scale))
-            core.get_layer("head_softmax").set_weights([fit.kernel.astype("float32"), fit.bias.astype("float32")])
-            history = fit.history
-        else:
-            standardization = standardisation(x) if config.pooling != "avg" else None
-            core = compile_model(build_head(x.shape[-1], config.dropout, n_classes, standardization), config.learning_rate)
-            history = _fit(core, x, lt, fs.pooled[0, val_idx], labels.values[val_idx], config, config.epochs, verbose)
-    return with_merge(core, labels.merge), history
+        standardization = standardisation(x) if config.pooling != "avg" else None
+        core = compile_model(build_head(x.shape[-1], config.dropout, len(labels.names), standardization),
+                             config.learning_rate)
+        history = _fit(core, x, lt, fs.pooled[0, val_idx], labels.values[val_idx], config, config.epochs, verbose)
+        return with_merge(core, labels.merge), history
 
 
 def fine_tune(fs: FeatureSet, head: keras.Model, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
@@ -487,28 +507,39 @@ def fine_tune(fs: FeatureSet, head: keras.Model, y: np.ndarray, train_idx: np.nd
     return upper, history
 
 
-def train_fold(fs: FeatureSet, manifest: pd.DataFrame, val_fold: int,
-               verbose: int = 0) -> TrainResult:
-    """Head (and fine-tuning) with `val_fold` held out; metrics on the held-out faces.
+def train_folds(fs: FeatureSet, manifest: pd.DataFrame, val_folds: Sequence[int],
+                verbose: int = 0) -> list[TrainResult]:
+    """For each of `val_folds`, the head (and fine-tuning) with that fold held out; metrics on its faces.
 
     Early stopping watches a grouped tenth of the training photos, never the held-out fold;
     the "lbfgs" head does not stop early but also leaves that tenth out, so that both heads
-    learn from the same faces and their curves are comparable.
+    learn from the same faces and their curves are comparable. A fold's model is the same
+    whichever other folds are trained with it.
     """
     y = encode_labels(manifest["label"])
     labels = training_labels(manifest, fs.config.labels)
-    train_idx, val_idx = train_val_indices(manifest["fold"], val_fold)
-    fit_idx, stop_idx = early_stopping_split(manifest["label"], manifest["source_image"], train_idx, seed=fs.config.train_seed)
-    head, history = fit_head(fs, labels, y, fit_idx, stop_idx, verbose)
-    histories = {"head": history}
-    upper = None
-    if fs.upper is not None:
-        upper, histories["fine_tune"] = fine_tune(fs, head, y, fit_idx, stop_idx, verbose)
-    p = predict_cached(fs, head, upper, val_idx)
-    metrics = binary_metrics(y[val_idx], p)
-    with tf.distribute.get_strategy().scope():
-        model = end_to_end_model(fs, head, upper)
-    return TrainResult(model, head, upper, histories, metrics, val_idx, p)
+    held_out, splits = [], []
+    for k in val_folds:
+        train_idx, val_idx = train_val_indices(manifest["fold"], k)
+        held_out.append(val_idx)
+        splits.append(early_stopping_split(manifest["label"], manifest["source_image"], train_idx,
+                                           seed=fs.config.train_seed))
+    results = []
+    for val_idx, (fit_idx, stop_idx), (head, history) in zip(held_out, splits, fit_heads(fs, labels, y, splits, verbose)):
+        histories = {"head": history}
+        upper = None
+        if fs.upper is not None:
+            upper, histories["fine_tune"] = fine_tune(fs, head, y, fit_idx, stop_idx, verbose)
+        p = predict_cached(fs, head, upper, val_idx)
+        with tf.distribute.get_strategy().scope():
+            model = end_to_end_model(fs, head, upper)
+        results.append(TrainResult(model, head, upper, histories, binary_metrics(y[val_idx], p), val_idx, p))
+    return results
+
+
+def train_fold(fs: FeatureSet, manifest: pd.DataFrame, val_fold: int, verbose: int = 0) -> TrainResult:
+    """`train_folds` for one fold."""
+    return train_folds(fs, manifest, [val_fold], verbose)[0]
 
 
 def predict_cached(fs: FeatureSet, head: keras.Model, upper: keras.Model | None, idx: np.ndarray) -> np.ndarray:
@@ -528,11 +559,11 @@ def cross_validate(
     Returns the summary and the trained result of `keep_fold` (None if not asked for).
     """
     per_fold, oof, kept = [], np.full(len(manifest), np.nan), None
-    for k in sorted(manifest["fold"].unique()):
-        result = train_fold(fs, manifest, int(k))
+    folds = [int(k) for k in sorted(manifest["fold"].unique())]
+    for k, result in zip(folds, train_folds(fs, manifest, folds)):
         oof[result.val_index] = result.val_probabilities
         kept = result if k == keep_fold else kept
-        per_fold.append({"fold": int(k), **fold_metrics(result.metrics),
+        per_fold.append({"fold": k, **fold_metrics(result.metrics),
                          "epochs": sum(len(h["loss"]) for h in result.history.values())})
     table = summarize_folds(per_fold)
     summary = {"per_fold": per_fold, "mean": table.loc["mean"].to_dict(), "std": table.loc["std"].to_dict(),
@@ -540,8 +571,8 @@ def cross_validate(
     return summary, kept
 
 
-CV_FORMAT = 1
-"""Bumped when cross-validation changes in a way its cached results cannot show."""
+CV_FORMAT = 2
+"""Bumped when cross-validation changes in a way its cached results cannot show (2: fold-batched L-BFGS)."""
 
 
 def cv_key(fs: FeatureSet, manifest: pd.DataFrame) -> str:
@@ -555,19 +586,52 @@ def cv_key(fs: FeatureSet, manifest: pd.DataFrame) -> str:
 def cached_cross_validate(
     fs: FeatureSet, manifest: pd.DataFrame, keep_fold: int | None = None, cache_dir: str | Path = FEATURES_DIR,
 ) -> tuple[dict[str, Any], TrainResult | None]:
-    """`cross_validate`, with its summary read from `cache_dir/cv/` when nothing it depends on changed.
+    """`cross_validate`, read from `cache_dir/cv/` when nothing it depends on changed.
 
-    On a hit only the fold `keep_fold` is trained again (its model is needed); the same
-    seed gives the same model, so the result equals a full rerun's.
+    The cache holds the summary and the head of `keep_fold` (and its history), so a rerun
+    trains nothing and gives the same model; with fine-tuning, the kept fold is trained
+    again (the same seed gives the same model).
     """
     path = Path(cache_dir) / "cv" / f"{cv_key(fs, manifest)}.json"
     if path.is_file():
         summary = json.loads(path.read_text(encoding="utf-8"))
-        kept = None if keep_fold is None else train_fold(fs, manifest, keep_fold)
+        kept = None if keep_fold is None else _cached_fold(fs, manifest, keep_fold, path)
         return summary, kept
     summary, kept = cross_validate(fs, manifest, keep_fold)
+    if kept is not None and fs.upper is None:
+        _save_fold_head(kept, path, keep_fold)
     write_json_atomic(path, summary)
     return summary, kept
+
+
+def _fold_files(summary_path: Path, fold: int) -> tuple[Path, Path]:
+    stem = summary_path.with_suffix("")
+    return stem.with_name(f"{stem.name}-fold{fold}.keras"), stem.with_name(f"{stem.name}-fold{fold}-history.json")
+
+
+def _save_fold_head(result: TrainResult, summary_path: Path, fold: int) -> None:
+    head_file, history_file = _fold_files(summary_path, fold)
+    with atomic_path(head_file, suffix=".keras") as tmp:
+        result.head.save(tmp)
+    write_json_atomic(history_file, result.history)
+
+
+def _cached_fold(fs: FeatureSet, manifest: pd.DataFrame, fold: int, summary_path: Path) -> TrainResult:
+    """The kept fold's result from its cached head, or trained again if there is none."""
+    head_file, history_file = _fold_files(summary_path, fold)
+    if fs.upper is not None or not (head_file.is_file() and history_file.is_file()):
+        result = train_fold(fs, manifest, fold)
+        if fs.upper is None:
+            _save_fold_head(result, summary_path, fold)
+        return result
+    with tf.distribute.get_strategy().scope():
+        head = keras.models.load_model(head_file, compile=False)
+        model = end_to_end_model(fs, head, None)
+    y = encode_labels(manifest["label"])
+    _, val_idx = train_val_indices(manifest["fold"], fold)
+    p = predict_cached(fs, head, None, val_idx)
+    history = json.loads(history_file.read_text(encoding="utf-8"))
+    return TrainResult(model, head, None, history, binary_metrics(y[val_idx], p), val_idx, p)
 
 
 # --------------------------------------------------------------------------- one call for notebooks and the CLI
@@ -707,49 +771,6 @@ def default_run_name(config: TrainConfig) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-OPTION_HELP = {
-    "backbone": "one of maskclf.backbones.BACKBONES, or several joined by '+'",
-    "weights": "'imagenet', a weights file, or 'none' (random)",
-    "image_size": "input size in pixels (default: the backbone's own)",
-    "epochs": "most epochs of the Adam head (early stopping)",
-    "batch_size": "crops per batch",
-    "learning_rate": "Adam's learning rate for the head",
-    "dropout": "dropout before the softmax (Adam head)",
-    "patience": "epochs without improvement before early stopping",
-    "fine_tune_blocks": "top backbone blocks to unfreeze (0: frozen backbone)",
-    "fine_tune_epochs": "most fine-tuning epochs",
-    "fine_tune_learning_rate": "learning rate while fine-tuning",
-    "augment_views": "cached augmented views per crop (1: a horizontal flip)",
-    "jitter_views": "cached re-cuts per face with a jittered box",
-    "pooling": "how backbone outputs are pooled",
-    "head": "adam (the study's) or lbfgs (logistic regression to convergence)",
-    "head_c": "inverse L2 strength of the lbfgs head",
-    "labels": "train on the binary labels or the 3 original classes",
-    "min_face": "leave out faces under this many pixels (short side)",
-    "val_fold": "fold held out for the saved model",
-    "train_seed": "seed of initialisation, shuffling, views and the early-stopping split",
-}
-"""Help of each TrainConfig option of the train command; the defaults come from params.yaml."""
-CHOICES = {"pooling": POOLINGS, "head": HEADS, "labels": LABEL_SETS}
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options of `python -m maskclf train`; each default is params.yaml's, shown in the help."""
-    defaults = stage_defaults("02_train")
-    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    parser.add_argument("--faces", default=str(DEFAULT_FACES_DIR), help="extraction output folder (default: %(default)s)")
-    parser.add_argument("--out", metavar="RUN_DIR",
-                        help="run folder to write (default: models/<backbone>-<weights>-...-fold<k>)")
-    for name, text in OPTION_HELP.items():
-        kind = {"int": int, "float": float}.get(str(types[name]).split(" ")[0], str)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=CHOICES.get(name), default=None,
-                            help=f"{text} (default: {defaults[name]})")
-    parser.add_argument("--no-class-weight", action="store_true", help="do not reweight the classes")
-    parser.add_argument("--no-cv", action="store_true", help="skip the 5-fold cross-validation")
-    parser.add_argument("--no-compare", action="store_true",
-                        help="skip the comparison with params.yaml's `compare` configurations")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

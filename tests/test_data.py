@@ -202,11 +202,11 @@ def test_offline_without_data_says_where_to_put_it(tmp_path, monkeypatch):
 def test_cli_extract(voc_dir, tmp_path, capsys):
     from maskclf.cli import main
 
-    assert main(["extract", "--data", str(voc_dir), "--out", str(tmp_path / "out")]) == 0
+    assert main(["extract", "--data", str(voc_dir), "--faces-dir", str(tmp_path / "out")]) == 0
     assert "wrote" in capsys.readouterr().out
     assert len(read_manifest(tmp_path / "out")) > 0
     (voc_dir / "images" / "photo3.png").unlink()
-    assert main(["extract", "--data", str(voc_dir), "--out", str(tmp_path / "out")]) == 2
+    assert main(["extract", "--data", str(voc_dir), "--faces-dir", str(tmp_path / "out")]) == 2
     assert "photo3.png: image file not found" in capsys.readouterr().err
 
 
@@ -230,7 +230,7 @@ def test_the_data_location_given_once_is_found_again(voc_dir, tmp_path, monkeypa
     monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
     monkeypatch.setattr(data, "RAW_DIR", tmp_path / "raw")  # no copy under data/raw either
     assert data.remembered_data_dir() is None
-    assert main(["extract", "--data", str(voc_dir), "--out", str(tmp_path / "faces")]) == 0
+    assert main(["extract", "--data", str(voc_dir), "--faces-dir", str(tmp_path / "faces")]) == 0
     assert data.resolve_data_dir(download=False) == voc_dir.resolve()
     other = tmp_path / "elsewhere"
     monkeypatch.setenv(data.DATA_ENV_VAR, str(voc_dir))

@@ -17,7 +17,7 @@ from maskclf.cli import main
 from maskclf.export import (
     FORMATS, MAX_AUC_DIFF, MIN_AGREEMENT, export_run, load_check_crops, load_runner, parity,
 )
-from maskclf.runs import EXPORT_FILES, load_run
+from maskclf.runs import EXPORT_FILES, PARITY_FILE, load_run, read_json
 
 
 @pytest.fixture
@@ -97,6 +97,17 @@ def test_cli_prints_parity(run_dir, crops_dir, capsys):
     assert status == 0, err
     assert "tflite-fp32" in out and "onnx" in out and "agreement" in out
     assert "broken.png" in err
+
+
+def test_cli_default_exports_the_formats_that_meet_parity_and_succeeds(run_dir, crops_dir, capsys):
+    status = main(["export", "--model", str(run_dir), "--check", str(crops_dir)])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    table = {line.split()[0] for line in out.splitlines()[2:]}
+    assert table == {"tflite-fp32", "tflite-fp16", "onnx"}
+    written = {p.name for p in (run_dir / "export").iterdir()}
+    assert written == {EXPORT_FILES["tflite-fp32"], EXPORT_FILES["tflite-fp16"], EXPORT_FILES["onnx"], "parity.json"}
+    assert set(read_json(run_dir, PARITY_FILE)["formats"]) == table
 
 
 def test_cli_errors(run_dir, tmp_path, capsys):

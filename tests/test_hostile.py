@@ -249,7 +249,7 @@ def annotation_is_a_fifo(voc_dir) -> Path:
 
 def test_an_annotation_that_is_not_a_file_is_refused(annotation_is_a_fifo, tmp_path):
     run = _python("from maskclf.cli import main; raise SystemExit(main())", "extract", "--data",
-                  str(annotation_is_a_fifo), "--out", str(tmp_path / "out"), stderr=subprocess.PIPE)
+                  str(annotation_is_a_fifo), "--faces-dir", str(tmp_path / "out"), stderr=subprocess.PIPE)
     try:
         _, err = run.communicate(timeout=60)
     finally:
@@ -299,10 +299,10 @@ def overflowing_coordinate(voc_dir) -> Path:
 ])
 def test_bad_files_are_named_errors_and_skippable(fixture, problem, request, tmp_path, capsys):
     voc = request.getfixturevalue(fixture)
-    status, err = _extract(capsys, "--data", str(voc), "--out", str(tmp_path / "out"))
+    status, err = _extract(capsys, "--data", str(voc), "--faces-dir", str(tmp_path / "out"))
     assert status == 2 and problem in err
     assert not (tmp_path / "out").exists()
-    status, err = _extract(capsys, "--data", str(voc), "--out", str(tmp_path / "out"), "--skip-bad")
+    status, err = _extract(capsys, "--data", str(voc), "--faces-dir", str(tmp_path / "out"), "--skip-bad")
     assert status == 0
     skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
     assert len(skipped) == 1 and problem in skipped["problem"][0]
@@ -317,7 +317,7 @@ def fewer_photos_than_folds(voc_dir) -> Path:
 
 
 def test_fewer_photos_than_folds_is_a_named_error(fewer_photos_than_folds, tmp_path, capsys):
-    status, err = _extract(capsys, "--data", str(fewer_photos_than_folds), "--out", str(tmp_path / "out"))
+    status, err = _extract(capsys, "--data", str(fewer_photos_than_folds), "--faces-dir", str(tmp_path / "out"))
     assert status == 2 and f"{fewer_photos_than_folds}: faces from only 3 photos, fewer than the 5 folds" in err
 
 
@@ -328,7 +328,7 @@ def test_fewer_photos_than_folds_is_a_named_error(fewer_photos_than_folds, tmp_p
     ("--label-map", '{"with_mask": "../up"}'), pytest.param("--label-map", "[" * 100_000, id="--label-map-deeply-nested"),
 ])
 def test_bad_options_are_named_errors(option, value, voc_master, tmp_path, capsys):
-    status, err = _extract(capsys, "--data", str(voc_master), "--out", str(tmp_path / "out"), option, value)
+    status, err = _extract(capsys, "--data", str(voc_master), "--faces-dir", str(tmp_path / "out"), option, value)
     assert status == 2 and f"argument {option}: " in err
     assert not (tmp_path / "out").exists()
 
@@ -345,7 +345,7 @@ def output_is_a_link(tmp_path) -> Path:
 def test_extract_refuses_an_output_it_did_not_write(fixture, request, voc_master, capsys):
     out = request.getfixturevalue(fixture)
     before = sorted(out.parent.iterdir())
-    status, err = _extract(capsys, "--data", str(voc_master), "--out", str(out))
+    status, err = _extract(capsys, "--data", str(voc_master), "--faces-dir", str(out))
     assert status == 2 and f"{out}: exists and is not a folder written by `maskclf extract`" in err
     assert sorted(out.parent.iterdir()) == before, "nothing renamed aside, nothing added"
 
@@ -767,12 +767,12 @@ def out_is_a_folder(tmp_path) -> Path:
     return tmp_path / "results"
 
 
-@pytest.mark.parametrize("command", ["predict", "video"])
-def test_an_output_file_that_is_a_folder_is_refused_before_the_work(command, out_is_a_folder, photo, no_model_loaded,
-                                                                    capsys):
+@pytest.mark.parametrize("command, option", [("predict", "--jsonl"), ("video", "--out-video")])
+def test_an_output_file_that_is_a_folder_is_refused_before_the_work(command, option, out_is_a_folder, photo,
+                                                                    no_model_loaded, capsys):
     args = [photo, "--crops"] if command == "predict" else ["--source", photo, "--no-show"]
-    status, _, err = _cli(capsys, command, *args, "--out", out_is_a_folder)
-    assert status == 2 and f"--out {out_is_a_folder}: is a folder" in err and "Traceback" not in err
+    status, _, err = _cli(capsys, command, *args, option, out_is_a_folder)
+    assert status == 2 and f"{option} {out_is_a_folder}: is a folder" in err and "Traceback" not in err
 
 
 @pytest.fixture
@@ -934,10 +934,10 @@ def test_a_draw_folder_that_is_a_file_is_refused_before_the_work(draw_is_a_file,
     assert draw_is_a_file.read_text() == "my notes"
 
 
-@pytest.mark.parametrize("command", ["predict", "video"])
-def test_an_output_that_is_the_input_is_refused(command, photo, no_model_loaded, capsys):
+@pytest.mark.parametrize("command, option", [("predict", "--jsonl"), ("video", "--out-video")])
+def test_an_output_that_is_the_input_is_refused(command, option, photo, no_model_loaded, capsys):
     before = photo.read_bytes()
     args = [photo, "--crops"] if command == "predict" else ["--source", photo, "--no-show"]
-    status, _, err = _cli(capsys, command, *args, "--out", photo)
-    assert status == 2 and f"--out {photo}: is " in err and "would replace it" in err
+    status, _, err = _cli(capsys, command, *args, option, photo)
+    assert status == 2 and f"{option} {photo}: is " in err and "would replace it" in err
     assert photo.read_bytes() == before

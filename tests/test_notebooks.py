@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import nbformat
 import pytest
@@ -41,6 +42,7 @@ def test_01_extract_runs_headless_on_fixtures(voc_dir, tmp_path):
     assert figures >= 5
     page = export_html(executed, tmp_path / "01.html").read_text()
     assert network_references(page) == [] and "<script" not in page
+    assert "share without mask" in page and "row_0" not in page  # the fold and size tables, formatted
     assert page.count("data:image/png;base64") >= 5 and "Folds" in page
 
 
@@ -90,6 +92,7 @@ def test_02_train_runs_headless_and_writes_the_run_folder(tiny_pipeline):
         p.name for p in run.iterdir()}
     text = json.dumps([c.get("outputs", []) for c in nbformat.read(executed["02_train"], as_version=4).cells])
     assert "max |end-to-end - cached|" in text
+    assert json.dumps("accuracy (mean ± std)")[1:-1] in text and "dtype: object" not in text  # the comparison, formatted
     comparison = (run / "comparison.csv").read_text()
     assert "efficientnet_lite0-imagenet-ft1" in comparison and "efficientnet_lite0-imagenet," in comparison
 
@@ -111,6 +114,9 @@ def test_03_and_04_run_headless_and_export_readable_html(tiny_pipeline, tmp_path
         assert network_references(page) == [] and "<script" not in page
         for section in expected:
             assert section in page, f"{name}: section {section!r} missing"
+        # numbers as people read them, and tables that scroll rather than run off the page
+        assert "dtype: object" not in page and not re.search(r"\(0\.\d{3,}, 0\.\d{3,}\)", page), f"{name}: a raw repr"
+        assert 0 < page.count("<table") <= page.count('<div class="maskclf-scroll">'), f"{name}: a table outside the scroller"
         assert page.count("data:image/png;base64") + page.count("data:image/jpeg;base64") >= 4
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"backbone", "weights", "split", "n_faces", "n_val", "accuracy", "balanced_accuracy", "roc_auc",
@@ -119,7 +125,7 @@ def test_03_and_04_run_headless_and_export_readable_html(tiny_pipeline, tmp_path
 
 
 def test_native_tensorflow_logs_are_dropped_from_reports():
-    from maskclf.report import drop_native_logs
+    from maskclf.native_logs import drop_native_logs
 
     text = (
         "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"

@@ -25,7 +25,7 @@ from maskclf.predict import (
 
 FACE_KEYS = {"type", "path", "face", "box", "label", "p_without_mask", "probabilities"}
 SMALL_FACE_KEYS = {"small_face", "warning"}
-"""Added to a face under predict.SMALL_FACE px."""
+"""Added to a face under data.TINY_FACE px."""
 PHOTO_KEYS = {"type", "path", "faces", "with_mask", "without_mask", "everyone_masked"}
 
 
@@ -211,7 +211,7 @@ def test_cli_on_crop_folders_reports_every_bad_file(tiny_run, tmp_path, capsys):
 def test_cli_photos_with_ground_truth_boxes_every_image_mode(tiny_run, voc_dir, tmp_path, capsys):
     out = tmp_path / "faces.jsonl"
     status, _, err = run_cli(capsys, voc_dir / "images", "--model", tiny_run, "--boxes-from", voc_dir,
-                             "--out", out, "--draw", tmp_path / "drawn")
+                             "--jsonl", out, "--draw", tmp_path / "drawn")
     assert status == 0, err
     everything = [json.loads(line) for line in out.read_text().splitlines()]
     lines = [line for line in everything if line["type"] == "face"]
@@ -248,6 +248,21 @@ def test_cli_with_the_detector_photo_without_face(tiny_run, tmp_path, capsys, mo
     assert status == 0
     assert [line["label"] for line in lines] == labels
     assert "no face found in 1 files" in err and "blank.png" in err
+
+
+def test_cli_on_face_crops_without_crops_says_why_and_exits_2(tiny_run, tmp_path, capsys, monkeypatch):
+    write_crops(tmp_path / "crops")
+    monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: [])  # a detector, on crops
+    status, lines, err = run_cli(capsys, tmp_path / "crops", "--model", tiny_run)
+    assert status == 2 and lines == []
+    assert "no face found in 5 files" in err and "look like face crops" in err and "--crops" in err
+
+
+def test_cli_photos_without_faces_exit_2_without_the_crops_hint(tiny_run, tmp_path, capsys, monkeypatch):
+    Image.fromarray(np.full((300, 400, 3), 100, np.uint8)).save(tmp_path / "empty_room.png")
+    monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: [])
+    status, _, err = run_cli(capsys, tmp_path / "empty_room.png", "--model", tiny_run)
+    assert status == 2 and "no face found in 1 files" in err and "--crops" not in err
 
 
 def test_cli_writes_a_photo_summary_after_each_photos_faces(tiny_run, tmp_path, capsys, monkeypatch):

@@ -116,3 +116,20 @@ def test_main_job_regenerates_all_reports_on_fixtures(voc_master, tmp_path):
     index = (out / "index.html").read_text()
     assert "95% CI" in index and "01_extract.html" in index and metrics["data_sha256"][:16] in index
     assert report.network_references(index) == []
+
+
+def test_index_headline_reads_as_numbers_with_intervals():
+    import datetime as dt
+
+    metrics = json.loads(json.dumps({
+        "accuracy": 0.9693251533742331, "roc_auc": 0.9950872157209096, "balanced_accuracy": 0.9630529182306616,
+        "recall": {"without_mask": 0.9523809523809523}, "backbone": "resnet50", "weights": "imagenet", "split": "grouped",
+        "n_val": 815, "n_val_photos": 169, "n_faces": 4072, "run_name": "run", "data_sha256": "ab" * 32,
+        "ci95": {"accuracy": [0.9567498529750186, 0.9842270934466019], "roc_auc": [0.9896147855138312, 0.9990712019548146],
+                 "balanced_accuracy": [0.9436428105367513, 0.9822150087352369]},
+        "cv": {"mean": {"accuracy": 0.9754422677765252, "roc_auc": 0.9937786986143718}},
+    }))
+    page = report.render_index([], {}, metrics, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    assert "0.969 [0.957, 0.984]" in page and "0.995 [0.990, 0.999]" in page and "0.963 [0.944, 0.982]" in page
+    assert "815 faces from 169 photos" in page and "all 4,072 faces" in page
+    assert "0.9567" not in page and "(0.9" not in page

@@ -154,25 +154,34 @@ def test_cli_train_runs_the_same_study_as_the_notebook(faces, tmp_path, monkeypa
     assert study.comparison.index.tolist() == runs.read_table(tmp_path / "cli", runs.COMPARISON_FILE).index.tolist()
 
 
-def test_cross_validation_is_cached_by_what_it_depends_on(faces, cache, monkeypatch):
+@pytest.mark.parametrize("head", ["adam", "lbfgs"])
+def test_cross_validation_is_cached_by_what_it_depends_on(faces, cache, monkeypatch, head):
     manifest = read_manifest(faces)
-    fs = _fs(faces, cache)
+    fs = _fs(faces, cache, head=head)
     first, kept = train.cached_cross_validate(fs, manifest, keep_fold=0, cache_dir=cache)
-    assert kept is not None and len(list((cache / "cv").glob("*.json"))) == 1
 
-    def no_cv(*args, **kwargs):
-        raise AssertionError("a warm rerun must not cross-validate again")
+    def summaries() -> list:
+        return [p for p in (cache / "cv").glob("*.json") if "-fold" not in p.name]
 
-    monkeypatch.setattr(train, "cross_validate", no_cv)
+    assert kept is not None and len(summaries()) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a warm rerun must train nothing")
+
+    monkeypatch.setattr(train, "cross_validate", no_training)
+    monkeypatch.setattr(train, "train_folds", no_training)
     again, kept_again = train.cached_cross_validate(fs, manifest, keep_fold=0, cache_dir=cache)
     assert again == json.loads(json.dumps(first))
     np.testing.assert_array_equal(kept_again.val_probabilities, kept.val_probabilities)
+    assert kept_again.history == json.loads(json.dumps(kept.history)) and kept_again.metrics == kept.metrics
+    crops = np.stack([load_crop(p, 32) for p in manifest["crop_file"].iloc[kept.val_index]]).astype("float32")
+    np.testing.assert_array_equal(kept_again.model.predict(crops, verbose=0), kept.model.predict(crops, verbose=0))
     monkeypatch.undo()
-    changed = _fs(faces, cache, dropout=0.3)  # a head parameter: same features, another result
+    changed = _fs(faces, cache, head=head, dropout=0.3, head_c=0.5)  # a head parameter: same features, another result
     train.cached_cross_validate(changed, manifest, cache_dir=cache)
     refolded = manifest.assign(fold=(manifest["fold"] + 1) % 5)
     train.cached_cross_validate(fs, refolded, cache_dir=cache)
-    assert len(list((cache / "cv").glob("*.json"))) == 3
+    assert len(summaries()) == 3
 
 
 def test_class_weights_balance_the_classes():

@@ -64,7 +64,7 @@ def test_process_video_writes_every_frame(tiny_run, clip, tmp_path):
 
 def test_cli_headless_with_the_real_detector(tiny_run, clip, tmp_path, capsys):
     out = tmp_path / "cli.mp4"
-    status = main(["video", "--source", str(clip), "--out", str(out), "--no-show", "--model", str(tiny_run),
+    status = main(["video", "--source", str(clip), "--out-video", str(out), "--no-show", "--model", str(tiny_run),
                    "--detector", "haar", "--max-frames", "4"])
     assert status == 0 and out.stat().st_size > 0
     assert "4 frames" in capsys.readouterr().err
@@ -77,7 +77,7 @@ def test_cli_headless_with_the_real_detector(tiny_run, clip, tmp_path, capsys):
 ])
 def test_cli_bad_sources_are_named(tiny_run, tmp_path, capsys, make_source, message):
     source = make_source(tmp_path)
-    status = main(["video", "--source", str(source), "--out", str(tmp_path / "o.mp4"), "--no-show", "--model", str(tiny_run)])
+    status = main(["video", "--source", str(source), "--out-video", str(tmp_path / "o.mp4"), "--no-show", "--model", str(tiny_run)])
     err = capsys.readouterr().err
     assert status == 2 and message in err
     assert not (tmp_path / "o.mp4").exists()
@@ -85,7 +85,7 @@ def test_cli_bad_sources_are_named(tiny_run, tmp_path, capsys, make_source, mess
 
 def test_cli_no_show_needs_an_output(tiny_run, clip, capsys):
     assert main(["video", "--source", str(clip), "--no-show", "--model", str(tiny_run)]) == 2
-    assert "--out" in capsys.readouterr().err
+    assert "--out-video" in capsys.readouterr().err
 
 
 @pytest.mark.skipif("GUI:                           NONE" not in cv2.getBuildInformation()
