@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from maskclf.detect import DETECTORS  # noqa: E402
-from maskclf.export import EXPORT_DIR, FILES, load_runner  # noqa: E402
-from maskclf.model import latest_run  # noqa: E402
+from maskclf.export import FORMATS, load_runner  # noqa: E402
+from maskclf.runs import EXPORT_DIR, export_path, latest_run  # noqa: E402
 from maskclf.paths import MODELS_DIR  # noqa: E402
 from maskclf.predict import resolve_model  # noqa: E402
 
@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     batch = rng.uniform(0, 255, (args.batch, size, size, 3)).astype(np.float32)
 
     engines: dict[str, Callable[[np.ndarray], object]] = {"keras": model.predict_on_batch}
-    for fmt, name in FILES.items():
-        path = model_dir / EXPORT_DIR / name
+    for fmt in FORMATS:
+        path = export_path(model_dir, fmt)
         if path.is_file():
             engines[fmt] = load_runner(path, num_threads=os.cpu_count())
     if len(engines) == 1:

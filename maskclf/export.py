@@ -24,22 +24,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .data import DEFAULT_LABEL_MAP, DataError, check_box, is_dataset_dir, parse_voc, read_manifest
-from .fsutil import atomic_path, output_file_problem, write_json_atomic
-from .images import ImageError, load_rgb, resize_crop
+from .data import DEFAULT_LABEL_MAP, DataError, annotation_boxes, is_dataset_dir, parse_voc, read_manifest
+from .fsutil import atomic_path, output_file_problem
+from .images import ImageError, load_crop, load_rgb
 from . import POSITIVE
 from .model import run_batched
 from .predict import crop_faces, predict_probabilities, resolve_model
+from .runs import EXPORT_FILES, PARITY_FILE, export_path, write_parity
 from .splits import N_FOLDS
 
-FILES = {
-    "tflite-fp32": "model_fp32.tflite",
-    "tflite-fp16": "model_fp16.tflite",
-    "tflite-int8": "model_int8.tflite",
-    "onnx": "model.onnx",
-}
-FORMATS = tuple(FILES)
-EXPORT_DIR = "export"
+FORMATS = tuple(EXPORT_FILES)
 MIN_AGREEMENT = 0.995
 MAX_AUC_DIFF = 0.002
 CALIBRATION_CROPS = 200
@@ -57,7 +51,7 @@ def export_model(model: Any, fmt: str, path: str | Path, calibration: np.ndarray
     """
     import tensorflow as tf
 
-    if fmt not in FILES:
+    if fmt not in EXPORT_FILES:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     options: dict[str, Any] = {}
     if fmt == "tflite-fp16":
@@ -180,7 +174,7 @@ def _manifest_items(faces_dir: Path, folds: Sequence[int] | None) -> list[tuple[
     manifest = read_manifest(faces_dir)
     if folds is not None:
         manifest = manifest[manifest["fold"].isin(folds)]
-    return [(lambda size, path=path: resize_crop(load_rgb(path), size), label)
+    return [(lambda size, path=path: load_crop(path, size), label)
             for path, label in zip(manifest["crop_file"], manifest["label"])]
 
 
@@ -188,7 +182,7 @@ def _folder_items(folder: Path) -> list[tuple[Callable[[int], np.ndarray], str]]
     items = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
         for path in sorted(sub.glob("*.png")) + sorted(sub.glob("*.jpg")):
-            items.append((lambda size, path=path: resize_crop(load_rgb(path), size), sub.name))
+            items.append((lambda size, path=path: load_crop(path, size), sub.name))
     return items
 
 
@@ -204,7 +198,7 @@ def _voc_items(root: Path) -> list[tuple[Callable[[int], np.ndarray], str]]:
 
 def _voc_crop(root: Path, ann: Any, index: int, size: int) -> np.ndarray:
     image = np.asarray(load_rgb(root / "images" / ann.filename))
-    box = check_box(ann.boxes[index], image.shape[1], image.shape[0], ann.xml_path, index)
+    _, box = annotation_boxes(ann, image.shape[1], image.shape[0])[index]
     return crop_faces(image, [box], size)[0]
 
 
@@ -221,7 +215,6 @@ def export_run(
     threshold: float = 0.5,
 ) -> dict[str, Any]:
     """Export `formats` into `run_dir/export/`, measure parity on `check`, write `parity.json`."""
-    out_dir = Path(run_dir) / EXPORT_DIR
     crops = labels = calibration = None
     problems: list[str] = []
     if check is not None:
@@ -236,7 +229,7 @@ def export_run(
     reference = predict_probabilities(model, crops) if crops is not None else None
     report: dict[str, Any] = {"check": str(check) if check else None, "problems": problems, "formats": {}}
     for fmt in formats:
-        path = out_dir / FILES[fmt]
+        path = export_path(run_dir, fmt)
         start = time.perf_counter()
         export_model(model, fmt, path, calibration=calibration)
         entry: dict[str, Any] = {"file": str(path), "bytes": path.stat().st_size,
@@ -245,14 +238,14 @@ def export_run(
             candidate = run_batched(load_runner(path), crops, batch_size=32)
             entry["parity"] = parity(reference, candidate, config["class_names"], labels, threshold)
         report["formats"][fmt] = entry
-    write_json_atomic(out_dir / "parity.json", report)
+    write_parity(run_dir, report)
     return report
 
 
-def check_outputs(out_dir: Path, formats: Sequence[str]) -> None:
-    """ValueError naming the first file of an export to `out_dir` that cannot be written (checked before the work)."""
-    for name in [*(FILES[fmt] for fmt in formats), "parity.json"]:
-        if problem := output_file_problem(out_dir / name):
+def check_outputs(run_dir: Path, formats: Sequence[str]) -> None:
+    """ValueError naming the first file of an export of `run_dir` that cannot be written (checked before the work)."""
+    for name in [*formats, PARITY_FILE]:
+        if problem := output_file_problem(export_path(run_dir, name)):
             raise ValueError(problem)
 
 
@@ -277,7 +270,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run `export`: 0 if every parity target is met, 1 if one is missed, 2 on an error."""
-    from .model import RunFolderError, latest_run
+    from .runs import RunFolderError, latest_run
     from .paths import MODELS_DIR
 
     if "tflite-int8" in args.format and args.check is None:
@@ -285,13 +278,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         run_dir = Path(args.model) if args.model else latest_run(MODELS_DIR)
-        check_outputs(run_dir / EXPORT_DIR, args.format)
+        check_outputs(run_dir, args.format)
         model, config = resolve_model(run_dir)
         report = export_run(run_dir, model, config, args.format, args.check, args.check_limit, args.threshold)
     except (RunFolderError, DataError, ImageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"exported to {run_dir / EXPORT_DIR}; parity on {args.check or 'no check set'}"
+    print(f"exported to {export_path(run_dir, PARITY_FILE).parent}; parity on {args.check or 'no check set'}"
           + (f" ({next(iter(report['formats'].values())).get('parity', {}).get('n', 0)} crops)" if args.check else ""))
     print(format_report(report))
     for problem in report["problems"]:

@@ -7,7 +7,7 @@ over files and folders, and the CLI only wires options to it.
 One JSON line per face:
 `{"type": "face", "path", "face", "box": [xmin, ymin, xmax, ymax], "label", "p_without_mask", "probabilities": {class: p}}`,
 plus `"annotation"` (the VOC class) when boxes come from `--boxes-from`, and `"small_face": true`
-with a `"warning"` when the face is under SMALL_FACE px on a side; then, for a whole
+with a `"warning"` when the face is under data.TINY_FACE px on a side; then, for a whole
 photo (not for `--crops`), one summary line
 `{"type": "photo", "path", "faces", "with_mask", "without_mask", "everyone_masked"}`
 (`everyone_masked` is null when no face was found).
@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import POSITIVE
-from .data import DataError, check_box, is_dataset_dir, parse_voc
+from .data import TINY_FACE, DataError, annotation_boxes, is_dataset_dir, parse_voc
 from .detect import BoxXYXY, Detector, detect_faces, make_detector
 from .fsutil import atomic_path, output_file_problem, write_text_atomic
 from .images import ImageError, load_rgb, resize_crop
@@ -41,8 +41,6 @@ COLOURS = {"with_mask": (0, 190, 0), "without_mask": (230, 20, 20)}
 SHORT_LABELS = {"with_mask": "mask", "without_mask": "no mask"}
 DRAW_MIN_SIDE = 800
 """`annotate` upscales smaller images to this longer side (the study's photos are ~400 px)."""
-SMALL_FACE = 16
-"""Faces under this many pixels on a side are flagged: too few pixels for a reliable label (the reports' limit)."""
 
 LIKELY_CROP_SIDE = 256
 """An image with no face found whose sides are all at most this many pixels is probably a face crop
@@ -62,7 +60,7 @@ def resolve_model(model_dir: str | Path | None = None, fast: bool = False) -> tu
 
     `fast`: the model is the run's `fastest_runtime` (an exported file when there is a good one), for classifying only.
     """
-    from .model import RunFolderError, latest_run, load_run  # TensorFlow loads here
+    from .runs import RunFolderError, latest_run, load_run  # TensorFlow loads here
 
     run_dir = model_dir if model_dir else latest_run(MODELS_DIR)
     model, config = load_run(run_dir)
@@ -90,23 +88,22 @@ class ExportedModel:
 def fastest_runtime(model: Any, run_dir: str | Path, threads: int | None = None) -> Any:
     """The run's exported model in the first of FAST_RUNTIMES whose export passed its parity check
     (`export/parity.json`) and is not older than the Keras model; `model` itself when there is none."""
-    from .export import EXPORT_DIR, FILES, load_runner
-    from .model import MODEL_FILE, RunFolderError
+    from .export import load_runner
+    from .runs import MODEL_FILE, PARITY_FILE, RunFolderError, export_path, read_json
 
-    export = Path(run_dir) / EXPORT_DIR
     try:
-        report = json.loads((export / "parity.json").read_text())
-    except (OSError, ValueError):
+        report = read_json(run_dir, PARITY_FILE)
+    except (OSError, ValueError):  # missing or malformed (RunFolderError and JSON errors are ValueErrors)
         return model
     keras_time = (Path(run_dir) / MODEL_FILE).stat().st_mtime
     for fmt in FAST_RUNTIMES:
-        path = export / FILES[fmt]
+        path = export_path(run_dir, fmt)
         if _parity_passed(report, fmt) and path.is_file() and path.stat().st_mtime >= keras_time:
             try:
                 return ExportedModel(load_runner(path, threads), model.output_shape[-1], path)
             except Exception as exc:  # onnxruntime and LiteRT raise their own types for a corrupt file
                 raise RunFolderError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc}); export the model "
-                                     f"again, or remove {export} to classify with Keras") from exc
+                                     f"again, or remove {path.parent} to classify with Keras") from exc
     return model
 
 
@@ -202,12 +199,12 @@ def _classify_cropped(model, config, crops, boxes, threshold, batch_size) -> lis
 
 
 def flag_small(face: dict[str, Any]) -> dict[str, Any]:
-    """`face` with `"small_face": True` and a `"warning"` when its box is under SMALL_FACE px on a side."""
+    """`face` with `"small_face": True` and a `"warning"` when its box is under TINY_FACE px on a side."""
     x0, y0, x1, y1 = face["box"]
-    if min(x1 - x0, y1 - y0) >= SMALL_FACE:
+    if min(x1 - x0, y1 - y0) >= TINY_FACE:
         return face
     return {**face, "small_face": True,
-            "warning": f"face of {x1 - x0}x{y1 - y0} px, under {SMALL_FACE} px: too small for a reliable label"}
+            "warning": f"face of {x1 - x0}x{y1 - y0} px, under {TINY_FACE} px: too small for a reliable label"}
 
 
 def photo_summary(faces: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -287,8 +284,7 @@ def voc_boxes(image_path: Path, boxes_from: Path, width: int, height: int) -> li
         xml = folder / f"{image_path.stem}.xml"
     if not xml.is_file():
         raise DataError(f"{image_path}: no annotation file {xml}")
-    ann = parse_voc(xml)
-    return [(box.name, check_box(box, width, height, xml, i)) for i, box in enumerate(ann.boxes)]
+    return annotation_boxes(parse_voc(xml), width, height)
 
 
 # --------------------------------------------------------------------------- files and folders
@@ -475,7 +471,7 @@ def no_face_message(paths: Sequence[Path], detected: bool = True) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run `predict`: 0 if every file was read, 1 if some failed, 2 if nothing could start or no face was classified."""
-    from .model import RunFolderError
+    from .runs import RunFolderError
 
     if args.boxes_from is not None and not args.boxes_from.exists():
         print(f"error: {args.boxes_from}: no such annotation file or folder", file=sys.stderr)
@@ -516,7 +512,7 @@ def run(args: argparse.Namespace) -> int:
         write_text_atomic(args.out, "".join(line + "\n" for line in lines))
     print(f"{n_faces} faces in {n_read} files" + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
     if n_small:
-        print(f"warning: {n_small} faces under {SMALL_FACE} px (\"small_face\": true): their labels are unreliable",
+        print(f"warning: {n_small} faces under {TINY_FACE} px (\"small_face\": true): their labels are unreliable",
               file=sys.stderr)
     if no_face:
         print(no_face_message(no_face, detected=detector is not None), file=sys.stderr)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .detect import BoxXYXY, Detector, iou_matrix
-from .evaluate import size_buckets
+from .data import size_buckets
 from .images import load_rgb
 
 IOU_THRESHOLD = 0.5

@@ -11,23 +11,18 @@ import pytest
 from PIL import Image
 
 from synthetic import draw_face
-from tinymodel import make_tiny_run, solid
+from tinymodel import solid
 
 from maskclf.cli import main
 from maskclf.export import (
-    FILES, FORMATS, MAX_AUC_DIFF, MIN_AGREEMENT, export_run, load_check_crops, load_runner, parity,
+    FORMATS, MAX_AUC_DIFF, MIN_AGREEMENT, export_run, load_check_crops, load_runner, parity,
 )
-from maskclf.model import load_run
-
-
-@pytest.fixture(scope="module")
-def run_master(tmp_path_factory) -> Path:
-    return make_tiny_run(tmp_path_factory.mktemp("model") / "run")
+from maskclf.runs import EXPORT_FILES, PARITY_FILE, load_run, read_json
 
 
 @pytest.fixture
-def run_dir(run_master, tmp_path) -> Path:
-    return Path(shutil.copytree(run_master, tmp_path / "run"))
+def run_dir(tiny_run, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +69,7 @@ def test_export_every_format_with_parity(run_dir, crops_dir):
     report = export_run(run_dir, model, config, FORMATS, crops_dir, limit=None)
     assert set(report["formats"]) == set(FORMATS)
     for fmt, entry in report["formats"].items():
-        assert (run_dir / "export" / FILES[fmt]).is_file()
+        assert (run_dir / "export" / EXPORT_FILES[fmt]).is_file()
         p = entry["parity"]
         assert p["n"] == 61
         if fmt == "tflite-int8":  # quantised: close, not identical
@@ -111,8 +106,8 @@ def test_cli_default_exports_the_formats_that_meet_parity_and_succeeds(run_dir, 
     table = {line.split()[0] for line in out.splitlines()[2:]}
     assert table == {"tflite-fp32", "tflite-fp16", "onnx"}
     written = {p.name for p in (run_dir / "export").iterdir()}
-    assert written == {FILES["tflite-fp32"], FILES["tflite-fp16"], FILES["onnx"], "parity.json"}
-    assert set(json.loads((run_dir / "export" / "parity.json").read_text())["formats"]) == table
+    assert written == {EXPORT_FILES["tflite-fp32"], EXPORT_FILES["tflite-fp16"], EXPORT_FILES["onnx"], "parity.json"}
+    assert set(read_json(run_dir, PARITY_FILE)["formats"]) == table
 
 
 def test_cli_errors(run_dir, tmp_path, capsys):

@@ -93,16 +93,14 @@ def test_photos_from_manifest_groups_faces_by_photo_and_filters_folds(tmp_path):
     assert [p.name for p in photos_from_manifest(manifest, tmp_path, folds=[1])] == ["p10.png"]
 
 
-def test_faces_of_many_photos_classified_in_shared_batches_equal_one_at_a_time(tmp_path):
+def test_faces_of_many_photos_classified_in_shared_batches_equal_one_at_a_time(tiny):
     """classify_photos (one batch over several photos' faces, split across model calls) gives each face
     the probabilities it gets alone, in each photo's order, with its box."""
     from synthetic import draw_face
-    from tinymodel import make_tiny_run
 
-    from maskclf.model import load_run
     from maskclf.predict import classify_photo, classify_photos
 
-    model, config = load_run(make_tiny_run(tmp_path / "run"))
+    model, config = tiny
     photos = []
     for k, classes in enumerate([["with_mask", "without_mask"], [], ["without_mask", "with_mask", "with_mask"]]):
         image = np.full((100, 260, 3), (90, 140, 90), np.uint8)
@@ -133,16 +131,16 @@ def test_predict_classifies_with_a_good_export_and_falls_back_to_keras(tmp_path)
     from tinymodel import make_tiny_run
 
     from maskclf.export import export_model
-    from maskclf.model import RunFolderError, load_run
     from maskclf.predict import ExportedModel, fastest_runtime, predict_probabilities
+    from maskclf.runs import PARITY_FILE, RunFolderError, export_path, load_run
 
     run = make_tiny_run(tmp_path / "run")
     model, config = load_run(run)
     assert fastest_runtime(model, run) is model, "no export: Keras"
     crops = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 3)).astype(np.float32)
     keras_probs = predict_probabilities(model, crops)  # also builds the model, which the exporter needs
-    export_model(model, "onnx", run / "export" / "model.onnx")
-    parity = run / "export" / "parity.json"
+    onnx = export_model(model, "onnx", export_path(run, "onnx"))
+    parity = export_path(run, PARITY_FILE)
     parity.write_text(json.dumps({"formats": {"onnx": {"parity": {"passed": True}}}}))
     fast = fastest_runtime(model, run)
     assert isinstance(fast, ExportedModel) and fast.path.name == "model.onnx"
@@ -151,12 +149,12 @@ def test_predict_classifies_with_a_good_export_and_falls_back_to_keras(tmp_path)
     assert fastest_runtime(model, run) is model, "a failed parity check: Keras"
     parity.write_text(json.dumps({"formats": {"onnx": {"parity": {"passed": True}}}}))
     old = (run / "model.keras").stat().st_mtime - 60
-    os.utime(run / "export" / "model.onnx", (old, old))
+    os.utime(onnx, (old, old))
     assert fastest_runtime(model, run) is model, "an export older than the model: Keras"
     for broken in ("[1, 2]", '{"formats": {"onnx": "passed"}}', "not json"):
         parity.write_text(broken)
         assert fastest_runtime(model, run) is model, f"a malformed parity.json ({broken}): Keras"
     parity.write_text(json.dumps({"formats": {"onnx": {"parity": {"passed": True}}}}))
-    (run / "export" / "model.onnx").write_bytes(b"not a model")
+    onnx.write_bytes(b"not a model")
     with pytest.raises(RunFolderError, match="model.onnx: cannot be loaded"):
         fastest_runtime(model, run)
