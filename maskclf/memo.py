@@ -3,7 +3,7 @@
 A result lives in `<feature cache>/results/<kind>-<key>.<ext>`, where the key hashes its
 inputs: the model's architecture and weights, the faces (by content), the parameters. A
 changed input is another key, so a stale entry is never read; writes are atomic. Arrays
-are stored as .npy, everything else as JSON, both of which give back exactly what was
+are stored as .npz, everything else as JSON, both of which give back exactly what was
 stored (JSON floats round-trip), so a rerun that reads the cache reports the same numbers
 to the last digit.
 """
@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from types import ModuleType
+from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
 
@@ -39,19 +40,34 @@ def array_fingerprint(array: np.ndarray) -> str:
     return digest.hexdigest()[:20]
 
 
+def files_fingerprint(paths: Iterable[str | Path]) -> str:
+    """Hex digest of the names and contents of files, in order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).name.encode() + b"\0" + Path(path).read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def source_fingerprint(*modules: ModuleType) -> str:
+    """Hex digest of modules' source files: a code change there is a new key."""
+    return files_fingerprint(Path(m.__file__) for m in modules)
+
+
 def _path(kind: str, key_parts: dict[str, Any], suffix: str, cache_dir: str | Path | None) -> Path:
     return Path(cache_dir or FEATURES_DIR) / "results" / f"{kind}-{cache_key(kind=kind, **key_parts)}{suffix}"
 
 
-def cached_array(kind: str, key_parts: dict[str, Any], compute: Callable[[], np.ndarray],
-                 cache_dir: str | Path | None = None) -> np.ndarray:
-    """`compute()`, an array, from the cache when an entry of the same kind and key exists."""
-    path = _path(kind, key_parts, ".npy", cache_dir)
+def cached_arrays(kind: str, key_parts: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]],
+                  cache_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+    """`compute()`, named arrays, from the cache when an entry of the same kind and key exists."""
+    path = _path(kind, key_parts, ".npz", cache_dir)
     if path.is_file():
-        return np.load(path, allow_pickle=False)
-    result = np.asarray(compute())
-    with atomic_path(path, suffix=".npy") as tmp:
-        np.save(tmp, result, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as stored:
+            return {name: stored[name] for name in stored.files}
+    result = {name: np.asarray(value) for name, value in compute().items()}
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **result)
     return result
 
 

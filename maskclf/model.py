@@ -34,3 +34,22 @@ def predict_crops(model: Any, paths: Sequence[str], image_size: int, batch_size:
         seen += [p.decode() for p in batch_paths.numpy()]
         scores.append(model(images, training=False).numpy()[:, 1])
     return seen, np.concatenate(scores) if scores else np.zeros(0)
+
+
+def cached_predict_crops(model: Any, paths: Sequence[str], image_size: int,
+                         batch_size: int = 64) -> tuple[list[str], np.ndarray]:
+    """`predict_crops`, from the result cache (maskclf.memo) when this model already scored these crop files."""
+    from .memo import cached_arrays, files_fingerprint, model_fingerprint
+
+    paths = list(map(str, paths))
+    key = {"model": model_fingerprint(model), "crops": files_fingerprint(paths), "image_size": image_size,
+           "batch_size": batch_size}
+
+    def compute() -> dict[str, np.ndarray]:
+        seen, scores = predict_crops(model, paths, image_size, batch_size)
+        position = {path: i for i, path in enumerate(paths)}
+        return {"seen": np.array([position[path] for path in seen], dtype=np.int64), "scores": scores}
+
+    stored = cached_arrays("crop-scores", key, compute)
+    return [paths[i] for i in stored["seen"]], stored["scores"]
+

@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -122,6 +122,19 @@ def predict_probabilities(model: Any, crops: np.ndarray, batch_size: int = 32) -
     from .model import run_batched  # TensorFlow is loaded by now: `model` is a Keras model
 
     return run_batched(model.predict_on_batch, crops, batch_size).astype(np.float32)
+
+
+def cached_scorer(model: Any, batch_size: int = 32) -> Callable[[np.ndarray], np.ndarray]:
+    """P(without_mask) of raw crops (N, S, S, 3) by a Keras model, from the result cache when it already scored them."""
+    from .memo import array_fingerprint, cached_arrays, model_fingerprint
+
+    fingerprint = model_fingerprint(model)
+
+    def score(crops: np.ndarray) -> np.ndarray:
+        key = {"model": fingerprint, "crops": array_fingerprint(crops), "batch_size": batch_size}
+        return cached_arrays("scores", key, lambda: {"p": predict_probabilities(model, crops, batch_size)[:, 1]})["p"]
+
+    return score
 
 
 # --------------------------------------------------------------------------- pure functions
