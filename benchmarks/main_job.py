@@ -128,7 +128,7 @@ def main() -> int:
     for run in args.runs:
         print(f"--- {run} run", flush=True)
         seconds, peak, status = run_measured(command, env)
-        results.append((run, seconds, peak, status, notebook_times(reports / "executed", args.slowest)))
+        results.append((run, seconds, peak, status, [] if status else notebook_times(reports / "executed", args.slowest)))
         if status:
             print(f"{run} run failed with exit status {status}", file=sys.stderr)
             break
