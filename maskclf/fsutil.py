@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 @contextmanager
@@ -185,3 +186,12 @@ def _lock_fd(folder: Path, blocking: bool = True) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def files_fingerprint(paths: Iterable[str | Path]) -> str:
+    """Hex digest of the names and contents of files, in order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).name.encode("utf-8", "surrogateescape") + b"\0" + Path(path).read_bytes())
+    return digest.hexdigest()[:20]
+
