@@ -308,15 +308,21 @@ def fixed_crops(size: int, n: int = FIXED_CROPS, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
 
 
-def ms_per_face(runner: Runner, crop: np.ndarray, calls: int = 10) -> float:
-    """Median milliseconds of `runner` on one crop (1, S, S, 3), after one warm-up call."""
-    runner(crop)
+def call_times_ms(runner: Runner, crops: np.ndarray, calls: int = 10, warmup: int = 1) -> list[float]:
+    """Milliseconds of each of `calls` calls `runner(crops)`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        runner(crops)
     times = []
     for _ in range(calls):
         start = time.perf_counter()
-        runner(crop)
+        runner(crops)
         times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+    return times
+
+
+def ms_per_face(runner: Runner, crop: np.ndarray, calls: int = 10) -> float:
+    """Median milliseconds of `runner` on one crop (1, S, S, 3), after one warm-up call."""
+    return statistics.median(call_times_ms(runner, crop, calls))
 
 
 def export_run(
