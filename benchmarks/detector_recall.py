@@ -8,14 +8,23 @@ validation photos (fold 0 of the manifest) and for all photos; the computation i
 predict's work on a photo (load, detect, classify every detection) with the detector
 and model loaded once; without --model it counts only load and detect.
 
+`--throughput N` also times `predict_paths`, the code behind `python -m maskclf predict`, on
+the first N photos (fold 0 when it is among the folds; the study's photos are ~400 px):
+detector and model loaded once, the faces of PHOTOS_PER_BATCH photos classified together,
+one warm-up photo untimed. It prints photos/s, the issue's throughput figure. The model
+runs as predict runs it: the run's fastest exported runtime when there is one (`predict.fastest_runtime`).
+
     python benchmarks/detector_recall.py --data ../shared/datasets/face-mask-detection --model models/<run>
     python benchmarks/detector_recall.py --data ../shared/datasets/face-mask-detection --folds 0 --detectors centerface
+    python benchmarks/detector_recall.py --data ../shared/datasets/face-mask-detection --folds 0 --detectors centerface \
+        --model models/<run> --throughput 80 --skip-recall
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -56,6 +65,20 @@ def summary_row(name: str, subset: str, faces: pd.DataFrame, per_photo: pd.DataF
     return row
 
 
+def throughput(model, config, detector_name: str, min_face: int, paths: list[Path]) -> dict:
+    """Photos per second of `predict_paths` (load, detect, classify in shared batches) over `paths`, after one warm-up photo."""
+    from maskclf.predict import PHOTOS_PER_BATCH, ExportedModel, predict_paths
+
+    detector = make_detector(detector_name, min_face)
+    list(predict_paths(model, config, paths[:1], detector=detector))
+    start = time.perf_counter()
+    faces = sum(len(r.faces) for r in predict_paths(model, config, paths, detector=detector))
+    seconds = time.perf_counter() - start
+    return {"detector": detector_name, "runtime": model.path.name if isinstance(model, ExportedModel) else "keras", "photos": len(paths), "faces found": faces,
+            "photos_per_batch": PHOTOS_PER_BATCH, "photo_ms": 1000 * seconds / len(paths),
+            "throughput_photos_per_s": len(paths) / seconds}
+
+
 def markdown(rows: list[dict], columns: list[str]) -> str:
     """Rows as a Markdown table of `columns` (shares to 3 places, ms to whole numbers, rates to 2)."""
     def cell(column: str, value) -> str:
@@ -76,17 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detectors", default=",".join(DETECTORS), help="comma-separated (default: %(default)s)")
     parser.add_argument("--min-face", type=int, default=MIN_FACE, help="smallest face in px (default: %(default)s)")
     parser.add_argument("--model", help="run folder: also measure detected-and-correctly-classified")
+    parser.add_argument("--throughput", type=int, metavar="N", help="also time predict on N photos (needs --model)")
+    parser.add_argument("--keras", action="store_true", help="classify with the Keras model, not the run's fastest export")
+    parser.add_argument("--skip-recall", action="store_true", help="only the throughput figure")
     parser.add_argument("--out", help="also write every row to this JSON file")
     args = parser.parse_args(argv)
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     photos = photos_from_manifest(read_manifest(args.faces), resolve_data_dir(args.data, download=False) / "images", folds)
-    classify = None
+    if args.throughput and not args.model:
+        parser.error("--throughput needs --model")
+    classify = loaded = None
     if args.model:
         from maskclf.predict import resolve_model
 
-        classify = model_classifier(*resolve_model(args.model))
+        loaded = resolve_model(args.model, fast=not args.keras)
+        classify = model_classifier(*loaded)
     rows = []
-    for name in args.detectors.split(","):
+    for name in args.detectors.split(",") if not args.skip_recall else []:
         faces, per_photo = evaluate_detector(name, photos, args.min_face, classify)
         val = faces["fold"] == VALIDATION_FOLD
         val_photos = per_photo["photo"].isin(faces.loc[val, "photo"])
@@ -95,6 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         if not val.all():
             rows.append(summary_row(name, "all" if folds is None else f"folds {args.folds}", faces, per_photo, classify is not None))
         print(f"{name}: done", file=sys.stderr, flush=True)
+    if args.throughput:
+        val_first = sorted(photos, key=lambda p: p.fold != VALIDATION_FOLD)[: args.throughput]
+        timed = [throughput(*loaded, name, args.min_face, [p.path for p in val_first]) for name in args.detectors.split(",")]
+        print(f"Throughput of predict on whole photos (detector and model loaded once):\n\n"
+              f"{markdown(timed, list(timed[0]))}\n")
+    if args.out:
+        write_json_atomic(args.out, rows + (timed if args.throughput else []))
+    if not rows:
+        return 0
     print(f"IoU >= {IOU_THRESHOLD}, greedy matching, {args.min_face} px minimum face; sizes by the short side\n")
     print("Detection recall, false alarms (detections matching no annotated face) per photo, speed:\n")
     print(markdown(rows, ["detector", "photos", "n_photos", "faces", *(f"recall {k}" for k in COLUMNS), "recall >=32 px",
@@ -102,8 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     if classify is not None:
         print(f"\nDetected and classified correctly (binary label) by {args.model}; classify_ms per photo:\n")
         print(markdown(rows, ["detector", "photos", *(f"correct {k}" for k in COLUMNS), "classify_ms", "photos_per_s"]))
-    if args.out:
-        write_json_atomic(args.out, rows)
     return 0
 
 

@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from maskclf.detect import DETECTORS  # noqa: E402
-from maskclf.export import EXPORT_DIR, FILES, call_times_ms, load_runner, read_parity, usable_formats  # noqa: E402
-from maskclf.model import latest_run  # noqa: E402
+from maskclf.export import FORMATS, call_times_ms, load_runner  # noqa: E402
+from maskclf.runs import EXPORT_DIR, PARITY_FILE, export_path, latest_run, read_json  # noqa: E402
 from maskclf.paths import MODELS_DIR  # noqa: E402
 from maskclf.predict import resolve_model  # noqa: E402
 
@@ -106,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     batch = rng.uniform(0, 255, (args.batch, size, size, 3)).astype(np.float32)
 
     engines: dict[str, Callable[[np.ndarray], object]] = {"keras": model.predict_on_batch}
-    for fmt in usable_formats(model_dir):
-        path = model_dir / EXPORT_DIR / FILES[fmt]
+    for fmt in FORMATS:  # `export` keeps only the formats that met their parity target
+        path = export_path(model_dir, fmt)
+        if not path.is_file():
+            continue
         if path.suffix == ".onnx":
             engines[f"{fmt} (ORT)"] = onnx_runner(path, args.threads, spinning=True)
             engines[f"{fmt} (ORT, no spinning)"] = onnx_runner(path, args.threads, spinning=False)
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             engines[f"{fmt} (XNNPACK)"] = load_runner(path, num_threads=args.threads)
     if len(engines) == 1:
         print(f"note: no usable exports in {model_dir / EXPORT_DIR}; run `python -m maskclf export --model {model_dir}`")
-    parity = read_parity(model_dir)["formats"]
+    parity = read_json(model_dir, PARITY_FILE)["formats"] if len(engines) > 1 else {}
 
     print(f"model {model_dir.name} ({config.get('backbone')}, {size}x{size}), {os.cpu_count()} CPU cores, "
           f"{args.threads} threads")

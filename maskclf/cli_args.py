@@ -26,7 +26,7 @@ DEFAULT_THRESHOLD = 0.5
 MAX_UPLOAD_MB = 10
 """The web demo's largest upload."""
 EXPORT_FORMATS = ("tflite-fp32", "tflite-fp16", "tflite-int8", "onnx", "onnx-int8")
-"""The names of maskclf.export.FILES (a test keeps them equal)."""
+"""The formats of maskclf.runs.EXPORT_FILES (a test keeps them equal; the options load no heavy module)."""
 DEFAULT_EXPORT_FORMATS = ("tflite-fp32", "tflite-fp16", "onnx", "onnx-int8")
 """Exported when --format is not given: the formats that meet their parity target (onnx-int8 only
 with an extraction to calibrate on). TFLite's full-integer int8 moved too many faces across the
@@ -171,6 +171,8 @@ def train_options(parser: argparse.ArgumentParser) -> None:
                         help="do not reweight the classes (default: reweight, class_weight in params.yaml is "
                              f"{str(defaults['class_weight']).lower()})")
     parser.add_argument("--no-cv", action="store_true", help="skip the 5-fold cross-validation (default: run it)")
+    parser.add_argument("--no-compare", action="store_true",
+                        help="skip the comparison with params.yaml's `compare` configurations (default: run it)")
 
 
 def reports_options(parser: argparse.ArgumentParser) -> None:

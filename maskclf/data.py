@@ -18,8 +18,9 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 from lxml import etree
 from tqdm import tqdm
@@ -236,6 +237,11 @@ def check_box(box: Box, width: int, height: int, xml_path: Path, index: int) -> 
     if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
         raise DataError(f"{xml_path}: object #{index} ({box.name}) lies outside the {width}x{height} image")
     return clipped
+
+
+def annotation_boxes(ann: Annotation, width: int, height: int) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """Class and box, checked and clipped to a `width` x `height` image, of every face of `ann`."""
+    return [(box.name, check_box(box, width, height, ann.xml_path, i)) for i, box in enumerate(ann.boxes)]
 
 
 def expand_box(box: tuple[int, int, int, int], margin: float, width: int, height: int) -> tuple[int, int, int, int]:
@@ -458,6 +464,18 @@ def read_manifest(faces_dir: str | Path = DEFAULT_FACES_DIR) -> pd.DataFrame:
 def face_size(manifest: pd.DataFrame) -> pd.Series:
     """Short side of each annotated box in pixels: the size every report, filter and bucket uses."""
     return manifest[["width", "height"]].min(axis=1)
+
+
+TINY_FACE = 16
+"""Faces under this many pixels (short side) are tiny: too few pixels for a reliable label. The first size
+bucket, marked in the figures, and flagged (`"small_face"`) in predictions."""
+SIZE_BINS = (0, TINY_FACE, 32, 64, float("inf"))
+SIZE_LABELS = ("<16 px", "16-31 px", "32-63 px", ">=64 px")
+
+
+def size_buckets(face_px: Sequence[int]) -> pd.Categorical:
+    """Face size buckets (SIZE_LABELS) of short sides in pixels, as `face_size` gives them."""
+    return pd.cut(np.asarray(face_px), SIZE_BINS, right=False, labels=SIZE_LABELS)
 
 
 def read_extraction_info(faces_dir: str | Path = DEFAULT_FACES_DIR) -> dict:

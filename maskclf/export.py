@@ -16,13 +16,12 @@ manifest gives the model's validation fold; a folder `DIR/<class_name>/*.png`; o
 set folder), else on fixed random crops: label agreement with the Keras model (target >= 99.5%)
 and the difference in ROC AUC (target <= 0.002). A format that misses the target is not kept:
 its figures go to `parity.json`, marked `"usable": false`, and its file is not written.
-`usable_formats` and `load_exported` give the deployed runtimes that passed, fastest first.
+`predict.fastest_runtime` classifies with the first of its runtimes that passed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,25 +33,17 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .data import DEFAULT_LABEL_MAP, DataError, check_box, is_dataset_dir, parse_voc, read_manifest
-from .fsutil import atomic_path, output_file_problem, write_json_atomic
-from .images import ImageError, load_rgb, resize_crop
+from .data import DEFAULT_LABEL_MAP, DataError, annotation_boxes, is_dataset_dir, parse_voc, read_manifest
+from .fsutil import atomic_path, output_file_problem
+from .images import ImageError, load_crop, load_rgb
 from . import POSITIVE
 from .model import run_batched
 from .predict import crop_faces, predict_probabilities, resolve_model
+from .runs import EXPORT_FILES, PARITY_FILE, export_path, write_parity
 from .splits import N_FOLDS
 
-FILES = {
-    "tflite-fp32": "model_fp32.tflite",
-    "tflite-fp16": "model_fp16.tflite",
-    "tflite-int8": "model_int8.tflite",
-    "onnx": "model.onnx",
-    "onnx-int8": "model_int8.onnx",
-}
-FORMATS = tuple(FILES)
+FORMATS = tuple(EXPORT_FILES)
 INT8_FORMATS = ("tflite-int8", "onnx-int8")
-EXPORT_DIR = "export"
-PARITY_FILE = "parity.json"
 MIN_AGREEMENT = 0.995
 MAX_AUC_DIFF = 0.002
 CALIBRATION_CROPS = 300
@@ -75,7 +66,7 @@ def export_model(model: Any, fmt: str, path: str | Path, calibration: np.ndarray
     """
     import tensorflow as tf
 
-    if fmt not in FILES:
+    if fmt not in EXPORT_FILES:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if fmt in INT8_FORMATS and (calibration is None or len(calibration) == 0):
         raise ValueError(f"{fmt} needs calibration crops (pass --check with an extraction)")
@@ -258,7 +249,7 @@ def _manifest_items(faces_dir: Path, folds: Sequence[int] | None) -> list[tuple[
     manifest = read_manifest(faces_dir)
     if folds is not None:
         manifest = manifest[manifest["fold"].isin(folds)]
-    return [(lambda size, path=path: resize_crop(load_rgb(path), size), label)
+    return [(lambda size, path=path: load_crop(path, size), label)
             for path, label in zip(manifest["crop_file"], manifest["label"])]
 
 
@@ -266,7 +257,7 @@ def _folder_items(folder: Path) -> list[tuple[Callable[[int], np.ndarray], str]]
     items = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
         for path in sorted(sub.glob("*.png")) + sorted(sub.glob("*.jpg")):
-            items.append((lambda size, path=path: resize_crop(load_rgb(path), size), sub.name))
+            items.append((lambda size, path=path: load_crop(path, size), sub.name))
     return items
 
 
@@ -282,7 +273,7 @@ def _voc_items(root: Path) -> list[tuple[Callable[[int], np.ndarray], str]]:
 
 def _voc_crop(root: Path, ann: Any, index: int, size: int) -> np.ndarray:
     image = np.asarray(load_rgb(root / "images" / ann.filename))
-    box = check_box(ann.boxes[index], image.shape[1], image.shape[0], ann.xml_path, index)
+    _, box = annotation_boxes(ann, image.shape[1], image.shape[0])[index]
     return crop_faces(image, [box], size)[0]
 
 
@@ -304,7 +295,7 @@ def calibration_crops(
     rows = manifest.index[manifest["fold"] != config.get("val_fold")].tolist()
     if len(rows) > n:
         rows = sorted(np.random.default_rng(seed).choice(rows, n, replace=False).tolist())
-    crops = [resize_crop(load_rgb(path), config["image_size"]) for path in manifest.loc[rows, "crop_file"]]
+    crops = [load_crop(path, config["image_size"]) for path in manifest.loc[rows, "crop_file"]]
     return np.asarray(crops, np.float32).reshape(-1, config["image_size"], config["image_size"], 3), rows
 
 
@@ -344,7 +335,6 @@ def export_run(
     Parity is on `check` (an extraction: the model's validation fold) or, without one, on
     fixed random crops. A format that misses the parity target is not kept (`usable` false).
     """
-    out_dir = Path(run_dir) / EXPORT_DIR
     labels = calibration = None
     report: dict[str, Any] = {"check": str(check) if check else f"{FIXED_CROPS} fixed random crops",
                               "problems": [], "formats": {}}
@@ -364,8 +354,8 @@ def export_run(
     one = crops[:1]
     report["keras_ms_per_face"] = round(ms_per_face(model.predict_on_batch, one), 2)
     for fmt in formats:
-        path = out_dir / FILES[fmt]
-        staged = out_dir / f".staged-{FILES[fmt]}"
+        path = export_path(run_dir, fmt)
+        staged = path.with_name(f".staged-{path.name}")
         start = time.perf_counter()
         try:
             export_model(model, fmt, staged, calibration=calibration)
@@ -384,45 +374,14 @@ def export_run(
         finally:
             staged.unlink(missing_ok=True)
         report["formats"][fmt] = entry
-    write_json_atomic(out_dir / PARITY_FILE, report)
+    write_parity(run_dir, report)
     return report
 
 
-def read_parity(run_dir: str | Path) -> dict[str, Any]:
-    """`parity.json` of a run's export (empty formats when nothing was exported)."""
-    path = Path(run_dir) / EXPORT_DIR / PARITY_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"formats": {}}
-
-
-def usable_formats(run_dir: str | Path) -> list[str]:
-    """The exported formats of a run that met the parity target and are on disk, fastest first.
-
-    Speed is the single-face time `export` measured; Keras is not among them (it is the fallback).
-    """
-    entries = read_parity(run_dir)["formats"]
-    usable = [fmt for fmt, e in entries.items()
-              if fmt in FILES and e.get("usable") and (Path(run_dir) / EXPORT_DIR / FILES[fmt]).is_file()]
-    return sorted(usable, key=lambda fmt: entries[fmt].get("ms_per_face", float("inf")))
-
-
-def load_exported(run_dir: str | Path, fmt: str | None = None, num_threads: int | None = None) -> tuple[str, Runner]:
-    """(format, runner) of a run's export: `fmt`, or the fastest usable one.
-
-    FileNotFoundError if the run has no usable export (or `fmt` is not one of them).
-    """
-    usable = usable_formats(run_dir)
-    if fmt is None and usable:
-        fmt = usable[0]
-    if fmt not in usable:
-        raise FileNotFoundError(f"{Path(run_dir) / EXPORT_DIR}: no usable export{f' in {fmt}' if fmt else ''} "
-                                f"(run `python -m maskclf export --model {run_dir}`)")
-    return fmt, load_runner(Path(run_dir) / EXPORT_DIR / FILES[fmt], num_threads)
-
-
-def check_outputs(out_dir: Path, formats: Sequence[str]) -> None:
-    """ValueError naming the first file of an export to `out_dir` that cannot be written (checked before the work)."""
-    for name in [*(FILES[fmt] for fmt in formats), PARITY_FILE]:
-        if problem := output_file_problem(out_dir / name):
+def check_outputs(run_dir: Path, formats: Sequence[str]) -> None:
+    """ValueError naming the first file of an export of `run_dir` that cannot be written (checked before the work)."""
+    for name in [*formats, PARITY_FILE]:
+        if problem := output_file_problem(export_path(run_dir, name)):
             raise ValueError(problem)
 
 
@@ -455,7 +414,7 @@ def default_formats(check: str | Path | None) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run `export`: 0 if every format met its parity target, 1 if one missed it (not kept), 2 on an error."""
-    from .model import RunFolderError, latest_run
+    from .runs import RunFolderError, latest_run
     from .paths import MODELS_DIR
 
     formats = args.format or default_formats(args.check)
@@ -464,14 +423,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         run_dir = Path(args.model) if args.model else latest_run(MODELS_DIR)
-        check_outputs(run_dir / EXPORT_DIR, formats)
+        check_outputs(run_dir, formats)
         model, config = resolve_model(run_dir)
         report = export_run(run_dir, model, config, formats, args.check, args.check_limit, args.threshold)
     except (RunFolderError, DataError, ImageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     n = next(iter(report["formats"].values()))["parity"]["n"]
-    print(f"exported to {run_dir / EXPORT_DIR}; parity on {report['check']} ({n} crops)")
+    print(f"exported to {export_path(run_dir, PARITY_FILE).parent}; parity on {report['check']} ({n} crops)")
     print(format_report(report))
     for problem in report["problems"]:
         print(f"skipped: {problem}", file=sys.stderr)

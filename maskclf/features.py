@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from .fsutil import atomic_path
-from .images import load_rgb, resize_crop
+from .images import load_crop
 from .paths import PROCESSED_DIR
 
 FEATURE_FORMAT = 1
@@ -26,11 +26,6 @@ FEATURE_FORMAT = 1
 
 FEATURES_DIR = Path(os.environ.get("MASKCLF_FEATURES_DIR") or PROCESSED_DIR / "features")
 """The cache of backbone outputs (and, under cv/, of cross-validation results); tests point it elsewhere."""
-
-
-def load_crop(path: str | Path, image_size: int) -> np.ndarray:
-    """Read one crop file and resize it (uint8, image_size x image_size x 3)."""
-    return resize_crop(load_rgb(path), image_size)
 
 
 def crop_dataset(paths: Sequence[str], image_size: int, batch_size: int = 32) -> tf.data.Dataset:

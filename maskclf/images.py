@@ -86,3 +86,8 @@ def resize_crop(crop: Image.Image | np.ndarray, size: int) -> np.ndarray:
     """
     img = crop if isinstance(crop, Image.Image) else Image.fromarray(np.ascontiguousarray(crop, dtype=np.uint8))
     return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def load_crop(path: str | Path, image_size: int) -> np.ndarray:
+    """Read one crop file as the model sees it (uint8, image_size x image_size x 3)."""
+    return resize_crop(load_rgb(path), image_size)

@@ -12,13 +12,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from PIL import Image
 
 from . import CLASS_NAMES
-from .data import face_size
+from .data import TINY_FACE, face_size
+from .images import load_crop, load_rgb
 
 PALETTE = {"with_mask": "#2a9d8f", "without_mask": "#e76f51"}
-TINY_FACE_PX = 16
 REPORT_WIDTH_IN = 10.5
 """The reports' output column (1,090 px) at the inline backend's 100 dpi: a figure no wider is shown unscaled."""
 MIN_FONT_PT = 9
@@ -63,9 +62,9 @@ def plot_face_sizes(manifest: pd.DataFrame) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(8, 3.5))
     sns.histplot(data=df, x="size", hue="label", hue_order=list(CLASS_NAMES), palette=PALETTE,
                  log_scale=True, element="step", stat="count", common_norm=False, ax=ax)
-    ax.axvline(TINY_FACE_PX, color="black", linestyle="--", linewidth=1)
-    tiny = (df["size"] < TINY_FACE_PX).mean()
-    ax.set_title(f"Face size by class: {tiny:.0%} of faces are under {TINY_FACE_PX} px (dashed line)")
+    ax.axvline(TINY_FACE, color="black", linestyle="--", linewidth=1)
+    tiny = (df["size"] < TINY_FACE).mean()
+    ax.set_title(f"Face size by class: {tiny:.0%} of faces are under {TINY_FACE} px (dashed line)")
     ax.set_xlabel("short side of the box (pixels, log scale)")
     ax.set_ylabel("faces")
     fig.tight_layout()
@@ -88,8 +87,7 @@ def plot_crop_grid(
     for ax in axes.flat:
         ax.axis("off")
     for ax, path, caption in zip(axes.flat, paths, captions):
-        with Image.open(path) as img:
-            ax.imshow(img.convert("RGB").resize((image_size, image_size), Image.BILINEAR))
+        ax.imshow(load_crop(path, image_size))
         ax.set_title(caption, fontsize=MIN_FONT_PT)
     for ax, label in zip(axes[:, 0], row_labels):
         ax.text(-0.08, 0.5, label, transform=ax.transAxes, rotation=90, ha="right", va="center")
@@ -296,8 +294,6 @@ def plot_errors_in_context(rows: pd.DataFrame, photos_dir: str, title: str, max_
     """Each face beside its source photo with the box drawn, captioned with label and score."""
     from matplotlib.patches import Rectangle
 
-    from .images import load_rgb
-
     rows = rows.head(max_rows)
     nrows = max(1, int(np.ceil(len(rows) / per_row)))
     fig, axes = plt.subplots(nrows, 2 * per_row, figsize=(REPORT_WIDTH_IN, 2.9 * nrows + 0.5), squeeze=False,
@@ -306,8 +302,7 @@ def plot_errors_in_context(rows: pd.DataFrame, photos_dir: str, title: str, max_
         ax.axis("off")
     pairs = axes.reshape(nrows * per_row, 2)
     for (ax_crop, ax_photo), r in zip(pairs, rows.itertuples()):
-        with Image.open(r.crop_file) as crop:
-            ax_crop.imshow(crop.convert("RGB"))
+        ax_crop.imshow(load_rgb(r.crop_file))
         ax_crop.set_title(f"true {r.label}\n({r.original_label})\nP(without) = {r.p_without_mask:.2f}", fontsize=MIN_FONT_PT)
         ax_photo.imshow(load_rgb(f"{photos_dir}/{r.source_image}"))
         ax_photo.add_patch(Rectangle((r.xmin, r.ymin), r.xmax - r.xmin, r.ymax - r.ymin, fill=False, color="yellow", linewidth=1.5))

@@ -7,7 +7,7 @@ over files and folders, and the CLI only wires options to it.
 One JSON line per face:
 `{"type": "face", "path", "face", "box": [xmin, ymin, xmax, ymax], "label", "p_without_mask", "probabilities": {class: p}}`,
 plus `"annotation"` (the VOC class) when boxes come from `--boxes-from`, and `"small_face": true`
-with a `"warning"` when the face is under SMALL_FACE px on a side; then, for a whole
+with a `"warning"` when the face is under data.TINY_FACE px on a side; then, for a whole
 photo (not for `--crops`), one summary line
 `{"type": "photo", "path", "faces", "with_mask", "without_mask", "everyone_masked"}`
 (`everyone_masked` is null when no face was found).
@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import POSITIVE
-from .data import DataError, check_box, is_dataset_dir, parse_voc
+from .data import TINY_FACE, DataError, annotation_boxes, is_dataset_dir, parse_voc
 from .detect import BoxXYXY, Detector, detect_faces, make_detector
 from .fsutil import atomic_path, output_file_problem, write_text_atomic
 from .images import ImageError, load_rgb, resize_crop
@@ -41,12 +41,12 @@ COLOURS = {"with_mask": (0, 190, 0), "without_mask": (230, 20, 20)}
 SHORT_LABELS = {"with_mask": "mask", "without_mask": "no mask"}
 DRAW_MIN_SIDE = 800
 """`annotate` upscales smaller images to this longer side (the study's photos are ~400 px)."""
-SMALL_FACE = 16
-"""Faces under this many pixels on a side are flagged: too few pixels for a reliable label (the reports' limit)."""
 
 LIKELY_CROP_SIDE = 256
 """An image with no face found whose sides are all at most this many pixels is probably a face crop
 (the data set's photos are about 400 px wide, its faces mostly under 64 px)."""
+PHOTOS_PER_BATCH = 8
+"""Whole photos detected before their faces are classified together (~5 faces a photo in the study's set)."""
 
 IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 """File name endings taken from folders (a file named explicitly is always tried)."""
@@ -55,14 +55,65 @@ IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().ite
 # --------------------------------------------------------------------------- model
 
 
-def resolve_model(model_dir: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
-    """Load a run folder (default: the latest under models/); RunFolderError if unusable."""
-    from .model import RunFolderError, latest_run, load_run  # TensorFlow loads here
+def resolve_model(model_dir: str | Path | None = None, fast: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Load a run folder (default: the latest under models/); RunFolderError if unusable.
 
-    model, config = load_run(model_dir if model_dir else latest_run(MODELS_DIR))
+    `fast`: the model is the run's `fastest_runtime` (an exported file when there is a good one), for classifying only.
+    """
+    from .runs import RunFolderError, latest_run, load_run  # TensorFlow loads here
+
+    run_dir = model_dir if model_dir else latest_run(MODELS_DIR)
+    model, config = load_run(run_dir)
     if POSITIVE not in config["class_names"]:
         raise RunFolderError(f"{model_dir}: class_names {config['class_names']} lack {POSITIVE!r}")
-    return model, config
+    return (fastest_runtime(model, run_dir) if fast else model), config
+
+
+FAST_RUNTIMES = ("onnx-int8", "onnx", "tflite-fp32")
+"""Exported formats (`maskclf export`) used for classifying when present, fastest first: on the committed
+ResNet-50, ONNX int8 answers one face in 23 ms and 40 faces/s at batch 32, ONNX fp32 45 ms and 22 faces/s,
+Keras 80-135 ms and 20 faces/s (benchmarks/inference_speed.py, 2 threads); int8 agrees with Keras on 99.88%
+of the validation crops, the float formats on all. Keras is the fallback."""
+
+
+class ExportedModel:
+    """An exported model file behind the two Keras calls classification uses (`predict_on_batch`, `output_shape`)."""
+
+    def __init__(self, runner: Any, n_classes: int, path: Path):
+        self.runner, self.output_shape, self.path = runner, (None, n_classes), path
+
+    def predict_on_batch(self, crops: np.ndarray) -> np.ndarray:
+        return self.runner(np.asarray(crops, np.float32))
+
+
+def fastest_runtime(model: Any, run_dir: str | Path, threads: int | None = None) -> Any:
+    """The run's exported model in the first of FAST_RUNTIMES whose export passed its parity check
+    (`export/parity.json`) and is not older than the Keras model; `model` itself when there is none."""
+    from .export import load_runner
+    from .runs import MODEL_FILE, PARITY_FILE, RunFolderError, export_path, read_json
+
+    try:
+        report = read_json(run_dir, PARITY_FILE)
+    except (OSError, ValueError):  # missing or malformed (RunFolderError and JSON errors are ValueErrors)
+        return model
+    keras_time = (Path(run_dir) / MODEL_FILE).stat().st_mtime
+    for fmt in FAST_RUNTIMES:
+        path = export_path(run_dir, fmt)
+        if _parity_passed(report, fmt) and path.is_file() and path.stat().st_mtime >= keras_time:
+            try:
+                return ExportedModel(load_runner(path, threads), model.output_shape[-1], path)
+            except Exception as exc:  # onnxruntime and LiteRT raise their own types for a corrupt file
+                raise RunFolderError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc}); export the model "
+                                     f"again, or remove {path.parent} to classify with Keras") from exc
+    return model
+
+
+def _parity_passed(report: Any, fmt: str) -> bool:
+    """Whether `parity.json`'s entry for `fmt` says its parity check passed (False for anything malformed)."""
+    entry = report.get("formats") if isinstance(report, dict) else None
+    entry = entry.get(fmt) if isinstance(entry, dict) else None
+    entry = entry.get("parity") if isinstance(entry, dict) else None
+    return isinstance(entry, dict) and entry.get("passed") is True
 
 
 def predict_probabilities(model: Any, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -72,6 +123,19 @@ def predict_probabilities(model: Any, crops: np.ndarray, batch_size: int = 32) -
     from .model import run_batched  # TensorFlow is loaded by now: `model` is a Keras model
 
     return run_batched(model.predict_on_batch, crops, batch_size).astype(np.float32)
+
+
+def cached_scorer(model: Any, batch_size: int = 32) -> Callable[[np.ndarray], np.ndarray]:
+    """P(without_mask) of raw crops (N, S, S, 3) by a Keras model, from the result cache when it already scored them."""
+    from .memo import array_fingerprint, cached_arrays, model_fingerprint
+
+    fingerprint = model_fingerprint(model)
+
+    def score(crops: np.ndarray) -> np.ndarray:
+        key = {"model": fingerprint, "crops": array_fingerprint(crops), "batch_size": batch_size}
+        return cached_arrays("scores", key, lambda: {"p": predict_probabilities(model, crops, batch_size)[:, 1]})["p"]
+
+    return score
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -124,18 +188,37 @@ def classify_photo(
     batch_size: int = 32,
 ) -> list[dict[str, Any]]:
     """Classify the faces `boxes` of an RGB photo: each result also holds its `box`."""
-    crops = crop_faces(image, boxes, config["image_size"])
-    results = label_probabilities(predict_probabilities(model, crops, batch_size), config["class_names"], threshold)
-    return [flag_small({"box": list(box), **result}) for box, result in zip(boxes, results)]
+    return classify_photos(model, config, [(image, boxes)], threshold, batch_size)[0]
+
+
+def classify_photos(
+    model: Any,
+    config: dict[str, Any],
+    photos: Sequence[tuple[np.ndarray, Sequence[BoxXYXY]]],
+    threshold: float = 0.5,
+    batch_size: int = 32,
+) -> list[list[dict[str, Any]]]:
+    """Classify the faces of several photos, (RGB photo, boxes) each, in shared batches of up to
+    `batch_size` crops (the model's time per face falls with the batch): `classify_photo`'s results per photo."""
+    crops = [crop_faces(image, boxes, config["image_size"]) for image, boxes in photos]
+    return _classify_cropped(model, config, crops, [boxes for _, boxes in photos], threshold, batch_size)
+
+
+def _classify_cropped(model, config, crops, boxes, threshold, batch_size) -> list[list[dict[str, Any]]]:
+    """`classify_photos` on the photos' `crop_faces` arrays (a list of (n_i, S, S, 3)) and boxes."""
+    size = config["image_size"]
+    batch = np.concatenate(crops) if crops else np.zeros((0, size, size, 3), np.float32)
+    results = iter(label_probabilities(predict_probabilities(model, batch, batch_size), config["class_names"], threshold))
+    return [[flag_small({"box": list(box), **next(results)}) for box in photo_boxes] for photo_boxes in boxes]
 
 
 def flag_small(face: dict[str, Any]) -> dict[str, Any]:
-    """`face` with `"small_face": True` and a `"warning"` when its box is under SMALL_FACE px on a side."""
+    """`face` with `"small_face": True` and a `"warning"` when its box is under TINY_FACE px on a side."""
     x0, y0, x1, y1 = face["box"]
-    if min(x1 - x0, y1 - y0) >= SMALL_FACE:
+    if min(x1 - x0, y1 - y0) >= TINY_FACE:
         return face
     return {**face, "small_face": True,
-            "warning": f"face of {x1 - x0}x{y1 - y0} px, under {SMALL_FACE} px: too small for a reliable label"}
+            "warning": f"face of {x1 - x0}x{y1 - y0} px, under {TINY_FACE} px: too small for a reliable label"}
 
 
 def photo_summary(faces: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -215,8 +298,7 @@ def voc_boxes(image_path: Path, boxes_from: Path, width: int, height: int) -> li
         xml = folder / f"{image_path.stem}.xml"
     if not xml.is_file():
         raise DataError(f"{image_path}: no annotation file {xml}")
-    ann = parse_voc(xml)
-    return [(box.name, check_box(box, width, height, xml, i)) for i, box in enumerate(ann.boxes)]
+    return annotation_boxes(parse_voc(xml), width, height)
 
 
 # --------------------------------------------------------------------------- files and folders
@@ -305,13 +387,13 @@ def predict_paths(
     """
     if not crops and boxes_from is None and detector is None:
         raise ValueError("photos need a detector or boxes_from")
-    chunk = batch_size if crops else 1
+    chunk = batch_size if crops else PHOTOS_PER_BATCH
     bar = tqdm(total=len(files), unit="crop" if crops else "photo", disable=not progress, file=sys.stderr)
     try:
         for start in range(0, len(files), chunk):
             group = files[start : start + chunk]
             yield from (_crops(model, config, group, threshold, batch_size, draw_to) if crops
-                        else [_photo(model, config, group[0], detector, boxes_from, threshold, batch_size, draw_to)])
+                        else _photos(model, config, group, detector, boxes_from, threshold, batch_size, draw_to))
             bar.update(len(group))
     finally:
         bar.close()
@@ -335,22 +417,36 @@ def _crops(model, config, files, threshold, batch_size, draw_to) -> list[FileRes
     return results
 
 
-def _photo(model, config, path, detector, boxes_from, threshold, batch_size, draw_to) -> FileResult:
-    try:
-        image = load_image(path)
-        height, width = image.shape[:2]
-        if boxes_from is not None:
-            truth = voc_boxes(path, boxes_from, width, height)
-            faces = classify_photo(model, config, image, [box for _, box in truth], threshold, batch_size)
-            faces = [{**face, "annotation": name} for face, (name, _) in zip(faces, truth)]
-        else:
-            faces = classify_photo(model, config, image, detect_faces(detector, image), threshold, batch_size)
-    except (ImageError, DataError) as exc:
-        return FileResult(path, error=str(exc))
-    summary = photo_summary(faces)
-    if draw_to is not None:
-        save_image(annotate(image, faces, caption=summary_caption(summary)), draw_to[path])
-    return FileResult(path, faces, summary=summary)
+def _photos(model, config, files, detector, boxes_from, threshold, batch_size, draw_to) -> list[FileResult]:
+    """Detect (or read) and crop the faces of each photo, then classify all their crops in shared batches.
+
+    Only the crops are kept, and the photos themselves only when drawing, so a group of large photos costs little memory.
+    """
+    results, crops, boxes, names, images = [], [], [], [], []
+    for path in files:
+        try:
+            image = load_image(path)
+            if boxes_from is not None:
+                truth = voc_boxes(path, boxes_from, image.shape[1], image.shape[0])
+                found, names_i = [box for _, box in truth], [name for name, _ in truth]
+            else:
+                found, names_i = detect_faces(detector, image), None
+        except (ImageError, DataError) as exc:
+            results.append(FileResult(path, error=str(exc)))
+            continue
+        results.append(FileResult(path))
+        crops.append(crop_faces(image, found, config["image_size"]))
+        boxes.append(found)
+        names.append(names_i)
+        images.append(image if draw_to is not None else None)
+    classified = _classify_cropped(model, config, crops, boxes, threshold, batch_size)
+    for result, faces, names_i, image in zip((r for r in results if r.error is None), classified, names, images):
+        if names_i is not None:
+            faces = [{**face, "annotation": name} for face, name in zip(faces, names_i)]
+        result.faces, result.summary = faces, photo_summary(faces)
+        if image is not None:
+            save_image(annotate(image, faces, caption=summary_caption(result.summary)), draw_to[result.path])
+    return results
 
 
 def json_lines(result: FileResult) -> list[str]:
@@ -389,7 +485,7 @@ def no_face_message(paths: Sequence[Path], detected: bool = True) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run `predict`: 0 if every file was read, 1 if some failed, 2 if nothing could start or no face was classified."""
-    from .model import RunFolderError
+    from .runs import RunFolderError
 
     if args.boxes_from is not None and not args.boxes_from.exists():
         print(f"error: {args.boxes_from}: no such annotation file or folder", file=sys.stderr)
@@ -399,7 +495,7 @@ def run(args: argparse.Namespace) -> int:
         if args.out is not None:
             check_out(args.out, files)
         draw_to = draw_targets(args.paths, files, args.draw) if args.draw is not None else None
-        model, config = resolve_model(args.model)
+        model, config = resolve_model(args.model, fast=True)
         detector = None if args.crops or args.boxes_from else make_detector(args.detector, args.min_face)
     except (RunFolderError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -430,7 +526,7 @@ def run(args: argparse.Namespace) -> int:
         write_text_atomic(args.out, "".join(line + "\n" for line in lines))
     print(f"{n_faces} faces in {n_read} files" + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
     if n_small:
-        print(f"warning: {n_small} faces under {SMALL_FACE} px (\"small_face\": true): their labels are unreliable",
+        print(f"warning: {n_small} faces under {TINY_FACE} px (\"small_face\": true): their labels are unreliable",
               file=sys.stderr)
     if no_face:
         print(no_face_message(no_face, detected=detector is not None), file=sys.stderr)

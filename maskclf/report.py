@@ -296,7 +296,7 @@ def _headline_html(m: dict[str, Any]) -> str:
     framing = m.get("framing_accuracy") or {}
     worst = min(framing.items(), key=lambda kv: kv[1]) if framing else None
     run = html.escape(str(m.get("run_name") or ""))
-    from .model import RUN_FILES
+    from .runs import RUN_FILES
 
     files = ", ".join(f'<a href="../models/{run}/{f}" title="{html.escape(what)}">{f}</a>' for f, what in RUN_FILES.items())
     items = [

@@ -37,18 +37,20 @@ import tensorflow as tf
 
 from . import CLASS_NAMES
 from .augment import view_names
-from .config import PARAM_CHOICES, resolve_params
+from .config import PARAM_CHOICES, resolve_params, stage_defaults
 from .backbones import Weights, get_backbone, weights_id
 from .data import DataError, face_size, hash_extraction, read_manifest, source_photos_dir
-from .evaluate import binary_metrics, encode_labels, summarize_folds
+from .evaluate import binary_metrics, encode_labels, fold_metrics, summarize_folds
 from .explain import FEATURE_MAP_LAYER
 from .features import FEATURES_DIR, cache_key, cached_outputs
 from .framing import jittered_loader
-from .fsutil import write_json_atomic
+from .fsutil import atomic_path, write_json_atomic
+from .images import load_crop
 from .layers import HorizontalBands, MergeClasses, Standardize
 from .logreg import LinearFit, Subset, fit_logistic, standardisation
-from .model import run_batched, save_run
+from .model import run_batched
 from .paths import MODELS_DIR, project_path
+from .runs import save_run
 from .splits import early_stopping_split, train_val_indices
 
 BLOCK_PATTERN = re.compile(r"^(block\d+[a-z]|conv\d_block\d+|block_\d+)_")
@@ -561,11 +563,9 @@ def cross_validate(
     for k, result in zip(folds, train_folds(fs, manifest, folds)):
         oof[result.val_index] = result.val_probabilities
         kept = result if k == keep_fold else kept
-        m = result.metrics
-        per_fold.append({"fold": k, "accuracy": m["accuracy"], "roc_auc": m["roc_auc"],
-                         "recall_without_mask": m["recall"]["without_mask"], "balanced_accuracy": m["balanced_accuracy"],
+        per_fold.append({"fold": k, **fold_metrics(result.metrics),
                          "epochs": sum(len(h["loss"]) for h in result.history.values())})
-    table = summarize_folds(per_fold, ("accuracy", "roc_auc", "recall_without_mask", "balanced_accuracy"))
+    table = summarize_folds(per_fold)
     summary = {"per_fold": per_fold, "mean": table.loc["mean"].to_dict(), "std": table.loc["std"].to_dict(),
                "oof_probability": oof.tolist()}
     return summary, kept
@@ -586,41 +586,112 @@ def cv_key(fs: FeatureSet, manifest: pd.DataFrame) -> str:
 def cached_cross_validate(
     fs: FeatureSet, manifest: pd.DataFrame, keep_fold: int | None = None, cache_dir: str | Path = FEATURES_DIR,
 ) -> tuple[dict[str, Any], TrainResult | None]:
-    """`cross_validate`, with its summary read from `cache_dir/cv/` when nothing it depends on changed.
+    """`cross_validate`, read from `cache_dir/cv/` when nothing it depends on changed.
 
-    On a hit only the fold `keep_fold` is trained again (its model is needed); the same
-    seed gives the same model, so the result equals a full rerun's.
+    The cache holds the summary and the head of `keep_fold` (and its history), so a rerun
+    trains nothing and gives the same model; with fine-tuning, the kept fold is trained
+    again (the same seed gives the same model).
     """
     path = Path(cache_dir) / "cv" / f"{cv_key(fs, manifest)}.json"
     if path.is_file():
         summary = json.loads(path.read_text(encoding="utf-8"))
-        kept = None if keep_fold is None else train_fold(fs, manifest, keep_fold)
+        kept = None if keep_fold is None else _cached_fold(fs, manifest, keep_fold, path)
         return summary, kept
     summary, kept = cross_validate(fs, manifest, keep_fold)
+    if kept is not None and fs.upper is None:
+        _save_fold_head(kept, path, keep_fold)
     write_json_atomic(path, summary)
     return summary, kept
+
+
+def _fold_files(summary_path: Path, fold: int) -> tuple[Path, Path]:
+    stem = summary_path.with_suffix("")
+    return stem.with_name(f"{stem.name}-fold{fold}.keras"), stem.with_name(f"{stem.name}-fold{fold}-history.json")
+
+
+def _save_fold_head(result: TrainResult, summary_path: Path, fold: int) -> None:
+    head_file, history_file = _fold_files(summary_path, fold)
+    with atomic_path(head_file, suffix=".keras") as tmp:
+        result.head.save(tmp)
+    write_json_atomic(history_file, result.history)
+
+
+def _cached_fold(fs: FeatureSet, manifest: pd.DataFrame, fold: int, summary_path: Path) -> TrainResult:
+    """The kept fold's result from its cached head, or trained again if there is none."""
+    head_file, history_file = _fold_files(summary_path, fold)
+    if fs.upper is not None or not (head_file.is_file() and history_file.is_file()):
+        result = train_fold(fs, manifest, fold)
+        if fs.upper is None:
+            _save_fold_head(result, summary_path, fold)
+        return result
+    with tf.distribute.get_strategy().scope():
+        head = keras.models.load_model(head_file, compile=False)
+        model = end_to_end_model(fs, head, None)
+    y = encode_labels(manifest["label"])
+    _, val_idx = train_val_indices(manifest["fold"], fold)
+    p = predict_cached(fs, head, None, val_idx)
+    history = json.loads(history_file.read_text(encoding="utf-8"))
+    return TrainResult(model, head, None, history, binary_metrics(y[val_idx], p), val_idx, p)
 
 
 # --------------------------------------------------------------------------- one call for notebooks and the CLI
 
 
-def train_and_save(
-    faces_dir: str | Path,
+@dataclass
+class Study:
+    """What `run_study` computed and saved, for the notebook to show and the CLI to print."""
+
+    run_dir: Path
+    fs: FeatureSet
+    manifest: pd.DataFrame
+    result: TrainResult
+    cv: dict[str, Any] | None
+    end_to_end_crops: int
+    end_to_end_gap: float
+    """Largest |saved model - cached pipeline| in P(without_mask) over `end_to_end_crops` held-out crops."""
+    comparison: pd.DataFrame
+
+
+END_TO_END_CROPS = 64
+END_TO_END_TOLERANCE = 1e-4
+"""The saved model must give the cached pipeline's probabilities on held-out crops within this."""
+
+
+def run_study(
     config: TrainConfig,
+    faces_dir: str | Path,
     run_dir: str | Path,
-    cv: bool = True,
+    cross_validate: bool = True,
+    compare: Sequence[dict[str, Any]] = (),
     cache_dir: str | Path = FEATURES_DIR,
-    verbose: int = 1,
-) -> tuple[TrainResult, FeatureSet, dict[str, Any] | None]:
-    """Features, the model of `config.val_fold`, optional 5-fold CV; writes the run folder."""
+    verbose: int = 0,
+) -> Study:
+    """The whole training study, for 02_train and `python -m maskclf train` alike.
+
+    In order: features (cached), 5-fold cross-validation keeping the model of
+    `config.val_fold` (or that fold alone), the end-to-end check of the saved model against
+    the cached pipeline (RuntimeError if it fails, before anything is saved), the comparison
+    of `config` with each variant of `compare`, then the run folder.
+    """
     manifest = read_manifest(faces_dir)
     fs, manifest = restrict_faces(prepare_features(manifest, faces_dir, config, cache_dir, verbose), manifest)
-    if cv:
-        cv_result, result = cached_cross_validate(fs, manifest, config.val_fold, cache_dir)
+    if cross_validate:
+        cv, result = cached_cross_validate(fs, manifest, config.val_fold, cache_dir)
     else:
-        cv_result, result = None, train_fold(fs, manifest, config.val_fold)
-    save_result(run_dir, result, fs, manifest, cv_result)
-    return result, fs, cv_result
+        cv, result = None, train_fold(fs, manifest, config.val_fold)
+    check = result.val_index[:END_TO_END_CROPS]
+    images = np.stack([load_crop(p, config.image_size) for p in manifest["crop_file"].iloc[check]]).astype("float32")
+    gap = float(np.abs(result.model.predict(images, verbose=0)[:, 1] - result.val_probabilities[:len(check)]).max())
+    if not gap < END_TO_END_TOLERANCE:
+        raise RuntimeError(f"the end-to-end model differs from the cached pipeline by {gap:.2e} (over "
+                           f"{END_TO_END_TOLERANCE:g}) on {len(check)} validation crops: their preprocessing disagrees")
+    rows = [cv_row(config_label(config), fs, cv)] if cv else []
+    variants = [c for c in compare if dataclasses.replace(config, **c) != config]
+    if variants:
+        rows += compare_configs(faces_dir, config, variants, cache_dir).reset_index().to_dict("records")
+    comparison = pd.DataFrame(rows).set_index("configuration") if rows else pd.DataFrame()
+    save_result(run_dir, result, fs, manifest, cv, comparison)
+    return Study(Path(run_dir), fs, manifest, result, cv, len(check), gap, comparison)
 
 
 def save_result(
@@ -631,21 +702,19 @@ def save_result(
     cv: dict[str, Any] | None = None,
     comparison: pd.DataFrame | None = None,
 ) -> Path:
-    """Write the run folder: model, config, history, metrics, CV results and comparison table."""
+    """Write the run folder (`runs.save_run`): model, config, history, metrics, CV scores and comparison table."""
     config = fs.config
     metrics = {**result.metrics, "val_fold": config.val_fold, "n_faces": len(manifest), "n_val": len(result.val_index),
                "data_sha256": fs.data_sha256}
     run_config = {**config.to_dict(), "class_names": list(CLASS_NAMES), "data_sha256": fs.data_sha256,
                   "fine_tune_from": fs.upper.name if fs.upper is not None else None,
                   "feature_seconds": round(fs.seconds, 2), "feature_cache_hit": fs.cache_hit}
-    extras = {}
+    oof = None
     if cv is not None:
         metrics["cv"] = {k: cv[k] for k in ("per_fold", "mean", "std")}
         oof = manifest[["crop_path", "source_image", "label", "fold"]].assign(p_without_mask=cv["oof_probability"])
-        extras["cv_predictions.csv"] = oof.to_csv(index=False)
-    if comparison is not None and len(comparison):
-        extras["comparison.csv"] = comparison.to_csv()
-    return save_run(run_dir, result.model, run_config, history=result.history, metrics=metrics, extras=extras)
+    return save_run(run_dir, result.model, run_config, history=result.history, metrics=metrics,
+                    cv_predictions=oof, comparison=comparison)
 
 
 def cv_row(name: str, fs: FeatureSet, cv: dict[str, Any]) -> dict[str, Any]:
@@ -716,17 +785,23 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
+        study_params = stage_defaults("02_train")  # the study's steps: as in 02_train, unless switched off here
         run_dir = Path(args.out) if args.out else MODELS_DIR / default_run_name(config)
-        result, fs, cv = train_and_save(args.faces, config, run_dir, cv=not args.no_cv)
+        study = run_study(config, args.faces, run_dir, cross_validate=study_params["cross_validate"] and not args.no_cv,
+                          compare=[] if args.no_compare else study_params["compare"] or [], verbose=1)
     except (BackboneWeightsError, DataError, DataNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    m = result.metrics
+    fs, m, cv = study.fs, study.result.metrics, study.cv
     print(f"features: {'cache hit' if fs.cache_hit else 'computed'} in {fs.seconds:.1f} s")
     print(f"fold {config.val_fold}: accuracy {m['accuracy']:.4f}, ROC AUC {m['roc_auc']:.4f}, "
           f"recall without_mask {m['recall']['without_mask']:.4f}")
     if cv:
         print("5-fold mean: " + ", ".join(f"{k} {v:.4f}" for k, v in cv["mean"].items()))
         print("5-fold std:  " + ", ".join(f"{k} {v:.4f}" for k, v in cv["std"].items()))
+    print(f"end-to-end model vs cached pipeline: max difference {study.end_to_end_gap:.2e} "
+          f"over {study.end_to_end_crops} validation crops")
+    if len(study.comparison):
+        print(study.comparison.round(4).to_string())
     print(f"model: {run_dir}")
     return 0

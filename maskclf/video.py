@@ -175,7 +175,7 @@ def _close_windows() -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `video`: 0 on success, 2 if the source, output or model cannot be used."""
-    from .model import RunFolderError
+    from .runs import RunFolderError
 
     if args.no_show and args.out is None:
         print("error: --no-show without --out-video would do nothing; add --out-video FILE.mp4", file=sys.stderr)

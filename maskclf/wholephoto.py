@@ -10,6 +10,7 @@ the face's binary label. `benchmarks/detector_recall.py` prints these tables; no
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .detect import BoxXYXY, Detector, iou_matrix
-from .evaluate import size_buckets
+from .data import size_buckets
 from .images import load_rgb
 
 IOU_THRESHOLD = 0.5
@@ -154,3 +155,32 @@ def whole_photo_figures(model: Any, config: dict[str, Any], manifest: pd.DataFra
     photos = photos_from_manifest(manifest, images_dir, folds)
     faces, per_photo = evaluate_photos(photos, make_detector(detector or DEFAULT_DETECTOR), model_classifier(model, config))
     return recall_table(faces), photo_stats(per_photo)
+
+
+def cached_whole_photo_figures(model: Any, config: dict[str, Any], manifest: pd.DataFrame, images_dir: str | Path,
+                               folds: Iterable[int] = (0,), detector: str | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+    """`whole_photo_figures`, from the result cache (maskclf.memo) when nothing it depends on changed.
+
+    The key: the model, the detector and the code of detection, classification and matching,
+    the photos' files and the annotated faces of `folds`. Times in the statistics are those
+    of the run that computed them.
+    """
+    from . import detect, images, predict
+    from .detect import DEFAULT_DETECTOR
+    from .memo import cached_json, files_fingerprint, model_fingerprint, source_fingerprint
+
+    folds = sorted(folds)
+    chosen = manifest[manifest["fold"].isin(folds)]
+    photos = photos_from_manifest(chosen, images_dir)
+    key = {"model": model_fingerprint(model), "detector": detector or DEFAULT_DETECTOR,
+           "code": source_fingerprint(detect, images, predict, sys.modules[__name__]),
+           "photos": files_fingerprint(p.path for p in photos),
+           "faces": pd.util.hash_pandas_object(chosen.reset_index(drop=True)).sum().item(), "folds": folds}
+
+    def compute() -> dict[str, Any]:
+        table, stats = whole_photo_figures(model, config, chosen, images_dir, folds, detector)
+        return {"rows": table.reset_index().to_dict("records"), "stats": stats}
+
+    stored = cached_json("whole-photos", key, compute)
+    return pd.DataFrame(stored["rows"]).set_index(["group", "value"]), stored["stats"]
+

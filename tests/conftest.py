@@ -43,3 +43,19 @@ def voc_master(tmp_path_factory) -> Path:
 def voc_dir(voc_master, tmp_path) -> Path:
     """A private, writable copy of the synthetic data set."""
     return Path(shutil.copytree(voc_master, tmp_path / "voc"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A read-only run folder of the tiny model (tests/tinymodel.py); copy it before changing it."""
+    from tinymodel import make_tiny_run
+
+    return make_tiny_run(tmp_path_factory.mktemp("model") / "run")
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_run):
+    """The tiny run's (model, config)."""
+    from maskclf.runs import load_run
+
+    return load_run(tiny_run)

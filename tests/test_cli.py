@@ -73,11 +73,11 @@ def test_train_options_match_the_training_configuration():
 
 def test_listed_names_are_the_codes():
     from maskclf.detect import DETECTORS
-    from maskclf.export import FILES
+    from maskclf.runs import EXPORT_FILES
 
     assert cli_args.DETECTOR_NAMES == tuple(DETECTORS)
-    assert cli_args.EXPORT_FORMATS == tuple(FILES)
-    assert set(cli_args.DEFAULT_EXPORT_FORMATS) <= set(FILES) and "tflite-int8" not in cli_args.DEFAULT_EXPORT_FORMATS
+    assert cli_args.EXPORT_FORMATS == tuple(EXPORT_FILES)
+    assert set(cli_args.DEFAULT_EXPORT_FORMATS) <= set(EXPORT_FILES) and "tflite-int8" not in cli_args.DEFAULT_EXPORT_FORMATS
 
 
 @pytest.mark.parametrize("argv, dest, new_name", [

@@ -20,7 +20,7 @@ from maskclf.data import MANIFEST_COLUMNS
 from maskclf.demo import EXAMPLE_RULE, PAGE, create_app, decode_upload, example_photos, UploadError
 from maskclf.demo_browser import CHROMIUM, capture_example, capture_webcam, open_page, replies, serve, shown, wait_for_reply, write_y4m
 from maskclf.detect import DEFAULT_DETECTOR, DETECTORS
-from maskclf.model import load_run
+from maskclf.runs import load_run
 
 BOXES = [(20, 20, 60, 60), (120, 50, 168, 98)]
 MAX_BYTES = 300_000

@@ -60,10 +60,11 @@ def test_iou_matrix_agrees_with_iou():
 
 
 def test_upscaling_is_for_small_photos_and_small_faces():
-    assert detect.centerface_scale(12, 400, 300) == 2.0
-    assert detect.centerface_scale(24, 400, 300) == 1.0
-    assert detect.centerface_scale(12, 1000, 800) == pytest.approx(1.28)
-    assert detect.centerface_scale(12, 4000, 3000) == 1.0
+    scales = ((1.0, 32.0), (2.0, 0.0))
+    assert detect.centerface_scales(12, 400, 300, scales) == [(1.0, 32.0), (2.0, 0.0)]
+    assert detect.centerface_scales(24, 400, 300, scales) == [(1.0, 0.0)], "one pass at 1x keeping every face"
+    assert detect.centerface_scales(12, 1000, 800, scales) == [(1.0, 32.0), (pytest.approx(1.28), 0.0)]
+    assert detect.centerface_scales(12, 4000, 3000, scales) == [(1.0, 0.0)]
 
 
 def test_a_small_photo_is_one_upscaled_pass():
@@ -82,11 +83,14 @@ def test_a_large_photo_is_tiled_with_a_coarse_pass_over_it():
     assert covered.all()
 
 
-@pytest.mark.parametrize("scale, flip, tile", [(1.0, False, 4096), (2.0, False, 4096), (2.0, True, 4096),
-                                               (2.0, False, 512), (2.0, True, 512)])
-def test_boxes_come_back_in_original_coordinates(scale, flip, tile):
-    """Upscaled, mirrored or tiled, every square is found where it is in the original photo."""
-    boxes, scores = run_centerface(square_finder, photo_with_squares(), scale, flip, tile=tile)
+@pytest.mark.parametrize("scales, flip, tile", [
+    ([1.0], False, 4096), ([2.0], False, 4096), ([2.0], True, 4096), ([2.0], False, 512), ([2.0], True, 512),
+    ([1.0, 2.0], False, 4096), ([1.0, 2.0, 3.0], True, 512),
+])
+def test_boxes_come_back_in_original_coordinates(scales, flip, tile):
+    """Upscaled, mirrored, tiled or at several scales at once, every square is found once (NMS merges the
+    duplicates across passes), where it is in the original photo."""
+    boxes, scores = run_centerface(square_finder, photo_with_squares(), [(s, 0.0) for s in scales], flip, tile=tile)
     assert len(boxes) == len(SQUARES) and (scores > 0.5).all()
     matched = match_boxes(np.array(SQUARES), boxes, 0.9)
     assert (matched >= 0).all()
@@ -133,8 +137,19 @@ def test_centerface_boxes_match_the_annotations_of_a_real_photo():
     assert len(found) <= len(truth) + 1
 
 
-def test_adjust_boxes_moves_each_side_by_a_fraction_of_the_box():
+def test_a_pass_keeps_only_the_faces_it_is_for():
+    """A pass limited to faces of 45 px and more finds only the 60-px square; beside an unlimited 2x pass, all."""
+    boxes, _ = run_centerface(square_finder, photo_with_squares(), [(1.0, 45.0)], False)
+    assert boxes.tolist() == [list(map(float, SQUARES[2]))]
+    boxes, _ = run_centerface(square_finder, photo_with_squares(), [(1.0, 45.0), (2.0, 0.0)], False)
+    assert (match_boxes(np.array(SQUARES), boxes, 0.9) >= 0).all() and len(boxes) == len(SQUARES)
+    assert detect.box_sides(np.array([[0, 0, 4, 9], [5, 5, 5, 9]])).tolist() == [6.0, 0.0]
+
+
+def test_adjust_boxes_moves_each_side_by_a_fraction_of_the_box_and_pixels():
     boxes = np.array([[10, 20, 30, 60], [0, 0, 100, 50]], np.float32)
     moved = detect.adjust_boxes(boxes, (0.0, 0.1, 0.05, -0.2))
     assert moved == pytest.approx(np.array([[10, 24, 31, 52], [0, 5, 105, 40]], np.float32))
+    moved = detect.adjust_boxes(boxes, (0.0, 0.1, 0.05, -0.2), (1.0, -1.0, 1.5, 0.0))
+    assert moved == pytest.approx(np.array([[11, 23, 32.5, 52], [1, 4, 106.5, 40]], np.float32))
     assert detect.adjust_boxes(np.zeros((0, 4)), (0.1, 0.1, 0.1, 0.1)).shape == (0, 4)

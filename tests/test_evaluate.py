@@ -11,6 +11,7 @@ from sklearn import metrics as skm
 from maskclf import evaluate
 from maskclf.evaluate import MisalignedPredictionsError, binary_metrics, prediction_table
 from maskclf.explain import gradcam
+from maskclf.model import predict_crops
 
 
 def test_binary_metrics_match_scikit_learn_on_a_hand_made_case():
@@ -68,7 +69,7 @@ def test_predict_crops_keeps_each_score_with_its_crop(tmp_path):
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax",
                                                    kernel_initializer=keras.initializers.Constant([[0, 0.1], [0.1, 0], [0, 0]]))(redness))
     faces = pd.DataFrame({"crop_file": paths, "label": labels, "width": 12, "height": 10, "source_image": "s.png"})
-    seen, p = evaluate.predict_crops(model, paths, 8, batch_size=8)
+    seen, p = predict_crops(model, paths, 8, batch_size=8)
     table = prediction_table(faces, seen, p)
     assert table["correct"].all()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -11,26 +10,22 @@ import pytest
 from PIL import Image
 
 from synthetic import draw_face
-from tinymodel import make_tiny_run, solid
+from tinymodel import solid
 
 from maskclf import export
 from maskclf.cli import main
 from maskclf.data import DataError, extract_faces, read_manifest
+from maskclf.predict import fastest_runtime
 from maskclf.export import (
-    FILES, FORMATS, MAX_AUC_DIFF, MIN_AGREEMENT, calibration_crops, export_model, export_run, load_check_crops,
-    load_exported, load_runner, parity, quantize_onnx, usable_formats,
+    FORMATS, MAX_AUC_DIFF, MIN_AGREEMENT, calibration_crops, export_model, export_run, load_check_crops,
+    load_runner, parity, quantize_onnx,
 )
-from maskclf.model import load_run
-
-
-@pytest.fixture(scope="module")
-def run_master(tmp_path_factory) -> Path:
-    return make_tiny_run(tmp_path_factory.mktemp("model") / "run")
+from maskclf.runs import EXPORT_FILES, PARITY_FILE, load_run, read_json
 
 
 @pytest.fixture
-def run_dir(run_master, tmp_path) -> Path:
-    return Path(shutil.copytree(run_master, tmp_path / "run"))
+def run_dir(tiny_run, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +88,11 @@ def test_export_every_format_with_parity(run_dir, faces_dir):
         p = entry["parity"]
         assert p["n"] == len(val_crops) and entry["ms_per_face"] > 0
         assert entry["usable"] == p["passed"] == (p["agreement"] >= MIN_AGREEMENT and p["auc_diff"] <= MAX_AUC_DIFF)
-        assert (run_dir / "export" / FILES[fmt]).is_file() == entry["usable"], fmt
+        assert (run_dir / "export" / EXPORT_FILES[fmt]).is_file() == entry["usable"], fmt
         if fmt != "tflite-int8":  # TFLite's full-integer int8 may miss the target; the others meet it
             assert entry["usable"], (fmt, p)
             assert p["max_abs_diff"] < (0.05 if fmt == "onnx-int8" else 1e-2)
-    saved = json.loads((run_dir / "export" / "parity.json").read_text())
+    saved = read_json(run_dir, PARITY_FILE)
     assert saved["formats"].keys() == report["formats"].keys()
     assert [p.name for p in (run_dir / "export").iterdir() if p.name.startswith(".")] == []
 
@@ -152,34 +147,33 @@ def test_int8_is_calibrated_on_training_folds_only(run_dir, faces_dir, monkeypat
 def test_a_format_that_misses_the_target_is_not_kept(run_dir, faces_dir, monkeypatch, capsys):
     model, config = held_out(run_dir)
     export_run(run_dir, model, config, ["onnx"], faces_dir)
-    assert usable_formats(run_dir) == ["onnx"]
+    assert fastest_runtime(model, run_dir).path == run_dir / "export" / EXPORT_FILES["onnx"]
     monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)  # no export can meet it
     assert main(["export", "--model", str(run_dir), "--format", "onnx", "--check", str(faces_dir)]) == 1
     assert "not kept: onnx missed the parity target" in capsys.readouterr().err
-    saved = json.loads((run_dir / "export" / "parity.json").read_text())["formats"]["onnx"]
+    saved = read_json(run_dir, PARITY_FILE)["formats"]["onnx"]
     assert saved["usable"] is False and saved["parity"]["agreement"] == 1.0
-    assert not (run_dir / "export" / FILES["onnx"]).exists() and usable_formats(run_dir) == []
-    with pytest.raises(FileNotFoundError, match="no usable export"):
-        load_exported(run_dir)
+    assert not (run_dir / "export" / EXPORT_FILES["onnx"]).exists()
+    assert fastest_runtime(model, run_dir) is model  # an earlier, passing export is not left in use
 
 
-def test_usable_formats_fastest_first_and_load_exported(run_dir):
+def test_inference_uses_onnx_int8_when_it_passed(run_dir, faces_dir):
+    model, config = held_out(run_dir)
+    report = export_run(run_dir, model, config, ["onnx", "onnx-int8"], faces_dir)
+    assert all(e["usable"] for e in report["formats"].values())
+    runtime = fastest_runtime(model, run_dir)
+    assert runtime.path == run_dir / "export" / EXPORT_FILES["onnx-int8"]
+    crops = load_check_crops(faces_dir, 32, folds=[0])[0]
+    p = parity(model.predict_on_batch(crops), runtime.predict_on_batch(crops), config["class_names"])
+    assert p["agreement"] >= MIN_AGREEMENT and p["max_abs_diff"] < 0.05
+
+
+def test_parity_without_a_check_set_is_on_fixed_crops(run_dir):
     model, config = load_run(run_dir)
     report = export_run(run_dir, model, config, ["tflite-fp32", "onnx"], None)
-    assert report["check"] == "16 fixed random crops" and all(e["usable"] for e in report["formats"].values())
-    path = run_dir / "export" / "parity.json"
-    for slow, fast in (("onnx", "tflite-fp32"), ("tflite-fp32", "onnx")):
-        saved = json.loads(path.read_text())
-        saved["formats"][slow]["ms_per_face"], saved["formats"][fast]["ms_per_face"] = 9.0, 1.0
-        path.write_text(json.dumps(saved))
-        assert usable_formats(run_dir) == [fast, slow]
-        fmt, runner = load_exported(run_dir)
-        crops = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
-        assert fmt == fast
-        np.testing.assert_allclose(runner(crops), model.predict_on_batch(crops), atol=1e-5)
-    assert load_exported(run_dir, "tflite-fp32")[0] == "tflite-fp32"
-    with pytest.raises(FileNotFoundError):
-        load_exported(run_dir, "onnx-int8")
+    assert report["check"] == "16 fixed random crops"
+    for entry in report["formats"].values():
+        assert entry["usable"] and entry["parity"]["n"] == 16 and entry["parity"]["max_abs_diff"] < 1e-4
 
 
 def test_runner_takes_any_batch_size(run_dir):
@@ -207,8 +201,8 @@ def test_cli_default_exports_the_formats_that_meet_parity_and_succeeds(run_dir, 
     table = {line.split()[0] for line in out.splitlines()[2:]} - {"keras"}
     assert table == {"tflite-fp32", "tflite-fp16", "onnx"} | ({"onnx-int8"} if extraction else set())
     written = {p.name for p in (run_dir / "export").iterdir()}
-    assert written == {FILES[fmt] for fmt in table} | {"parity.json"}
-    assert set(json.loads((run_dir / "export" / "parity.json").read_text())["formats"]) == table
+    assert written == {EXPORT_FILES[fmt] for fmt in table} | {"parity.json"}
+    assert set(read_json(run_dir, PARITY_FILE)["formats"]) == table
 
 
 def test_cli_errors(run_dir, tmp_path, capsys):

@@ -581,20 +581,6 @@ def _png(image: Image.Image | np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    from tinymodel import make_tiny_run
-
-    return make_tiny_run(tmp_path_factory.mktemp("model") / "run")
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_run):
-    from maskclf.model import load_run
-
-    return load_run(tiny_run)
-
-
 class Recorder:
     """A face detector that records the shape of every image it gets and finds `boxes` in each."""
 

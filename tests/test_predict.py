@@ -12,12 +12,12 @@ from PIL import Image
 
 from conftest import REAL_DATA
 from synthetic import draw_face
-from tinymodel import make_tiny_run, solid
+from tinymodel import solid
 
 from maskclf import CLASS_NAMES
 from maskclf.cli import main
 from maskclf.detect import clip_box, iou, make_detector
-from maskclf.model import RunFolderError, load_run
+from maskclf.runs import RunFolderError, load_run
 from maskclf import predict
 from maskclf.predict import (
     COLOURS, annotate, classify_crops, classify_photo, crop_faces, expand_paths, label_probabilities, predict_paths,
@@ -25,18 +25,8 @@ from maskclf.predict import (
 
 FACE_KEYS = {"type", "path", "face", "box", "label", "p_without_mask", "probabilities"}
 SMALL_FACE_KEYS = {"small_face", "warning"}
-"""Added to a face under predict.SMALL_FACE px."""
+"""Added to a face under data.TINY_FACE px."""
 PHOTO_KEYS = {"type", "path", "faces", "with_mask", "without_mask", "everyone_masked"}
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return make_tiny_run(tmp_path_factory.mktemp("model") / "run")
-
-
-@pytest.fixture(scope="module")
-def tiny(run_dir):
-    return load_run(run_dir)
 
 
 def photo_with_faces() -> tuple[np.ndarray, list[tuple[int, int, int, int]], list[str]]:
@@ -199,7 +189,7 @@ def test_predict_paths_with_a_detector_and_a_photo_without_faces(tiny, tmp_path)
     assert results["none.png"].faces == [] and results["none.png"].error is None
 
 
-def test_cli_on_crop_folders_reports_every_bad_file(run_dir, tmp_path, capsys):
+def test_cli_on_crop_folders_reports_every_bad_file(tiny_run, tmp_path, capsys):
     expected = write_crops(tmp_path / "crops")
     bad = tmp_path / "crops" / "bad"
     bad.mkdir()
@@ -207,7 +197,7 @@ def test_cli_on_crop_folders_reports_every_bad_file(run_dir, tmp_path, capsys):
     (bad / "empty.png").write_bytes(b"")
     good = (tmp_path / "crops" / "with_mask" / "with_mask_0.png").read_bytes()
     (bad / "truncated.png").write_bytes(good[: len(good) // 2])
-    status, lines, err = run_cli(capsys, tmp_path / "crops", tmp_path / "missing.png", "--crops", "--model", run_dir,
+    status, lines, err = run_cli(capsys, tmp_path / "crops", tmp_path / "missing.png", "--crops", "--model", tiny_run,
                                  "--batch-size", "2")
     assert status == 1
     assert {Path(line["path"]).name: line["label"] for line in lines} == expected
@@ -218,9 +208,9 @@ def test_cli_on_crop_folders_reports_every_bad_file(run_dir, tmp_path, capsys):
     assert "4 files failed" in err
 
 
-def test_cli_photos_with_ground_truth_boxes_every_image_mode(run_dir, voc_dir, tmp_path, capsys):
+def test_cli_photos_with_ground_truth_boxes_every_image_mode(tiny_run, voc_dir, tmp_path, capsys):
     out = tmp_path / "faces.jsonl"
-    status, _, err = run_cli(capsys, voc_dir / "images", "--model", run_dir, "--boxes-from", voc_dir,
+    status, _, err = run_cli(capsys, voc_dir / "images", "--model", tiny_run, "--boxes-from", voc_dir,
                              "--jsonl", out, "--draw", tmp_path / "drawn")
     assert status == 0, err
     everything = [json.loads(line) for line in out.read_text().splitlines()]
@@ -235,65 +225,65 @@ def test_cli_photos_with_ground_truth_boxes_every_image_mode(run_dir, voc_dir, t
     assert all(line["box"][2] <= 160 for line in lines), "boxes past the border must be clipped"
 
 
-def test_cli_single_xml_and_missing_annotation(run_dir, voc_dir, capsys):
+def test_cli_single_xml_and_missing_annotation(tiny_run, voc_dir, capsys):
     photo = voc_dir / "images" / "photo0.png"
-    status, lines, _ = run_cli(capsys, photo, "--model", run_dir, "--boxes-from", voc_dir / "annotations" / "photo0.xml")
+    status, lines, _ = run_cli(capsys, photo, "--model", tiny_run, "--boxes-from", voc_dir / "annotations" / "photo0.xml")
     assert status == 0 and len(lines) == 2
     (voc_dir / "annotations" / "photo1.xml").unlink()
-    status, _, err = run_cli(capsys, voc_dir / "images" / "photo1.png", "--model", run_dir, "--boxes-from", voc_dir)
+    status, _, err = run_cli(capsys, voc_dir / "images" / "photo1.png", "--model", tiny_run, "--boxes-from", voc_dir)
     assert status == 1 and "photo1.png: no annotation file" in err
 
 
-def test_cli_boxes_from_a_missing_path(run_dir, voc_dir, tmp_path, capsys):
-    status, _, err = run_cli(capsys, voc_dir / "images", "--model", run_dir, "--boxes-from", tmp_path / "nowhere")
+def test_cli_boxes_from_a_missing_path(tiny_run, voc_dir, tmp_path, capsys):
+    status, _, err = run_cli(capsys, voc_dir / "images", "--model", tiny_run, "--boxes-from", tmp_path / "nowhere")
     assert status == 2 and "nowhere: no such annotation file or folder" in err
 
 
-def test_cli_with_the_detector_photo_without_face(run_dir, tmp_path, capsys, monkeypatch):
+def test_cli_with_the_detector_photo_without_face(tiny_run, tmp_path, capsys, monkeypatch):
     image, boxes, labels = photo_with_faces()
     Image.fromarray(image).save(tmp_path / "two.png")
     Image.fromarray(np.full((50, 50, 3), 100, np.uint8)).save(tmp_path / "blank.png")
     monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: boxes if img.shape[1] == 200 else [])
-    status, lines, err = run_cli(capsys, tmp_path / "two.png", tmp_path / "blank.png", "--model", run_dir)
+    status, lines, err = run_cli(capsys, tmp_path / "two.png", tmp_path / "blank.png", "--model", tiny_run)
     assert status == 0
     assert [line["label"] for line in lines] == labels
     assert "no face found in 1 files" in err and "blank.png" in err
 
 
-def test_cli_on_face_crops_without_crops_says_why_and_exits_2(run_dir, tmp_path, capsys, monkeypatch):
+def test_cli_on_face_crops_without_crops_says_why_and_exits_2(tiny_run, tmp_path, capsys, monkeypatch):
     write_crops(tmp_path / "crops")
     monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: [])  # a detector, on crops
-    status, lines, err = run_cli(capsys, tmp_path / "crops", "--model", run_dir)
+    status, lines, err = run_cli(capsys, tmp_path / "crops", "--model", tiny_run)
     assert status == 2 and lines == []
     assert "no face found in 5 files" in err and "look like face crops" in err and "--crops" in err
 
 
-def test_cli_photos_without_faces_exit_2_without_the_crops_hint(run_dir, tmp_path, capsys, monkeypatch):
+def test_cli_photos_without_faces_exit_2_without_the_crops_hint(tiny_run, tmp_path, capsys, monkeypatch):
     Image.fromarray(np.full((300, 400, 3), 100, np.uint8)).save(tmp_path / "empty_room.png")
     monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: [])
-    status, _, err = run_cli(capsys, tmp_path / "empty_room.png", "--model", run_dir)
+    status, _, err = run_cli(capsys, tmp_path / "empty_room.png", "--model", tiny_run)
     assert status == 2 and "no face found in 1 files" in err and "--crops" not in err
 
 
-def test_cli_writes_a_photo_summary_after_each_photos_faces(run_dir, tmp_path, capsys, monkeypatch):
+def test_cli_writes_a_photo_summary_after_each_photos_faces(tiny_run, tmp_path, capsys, monkeypatch):
     image, boxes, _ = photo_with_faces()
     Image.fromarray(image).save(tmp_path / "two.png")
     Image.fromarray(np.full((50, 50, 3), 100, np.uint8)).save(tmp_path / "blank.png")
     monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: boxes if img.shape[1] == 200 else [])
-    status, lines, err = run_cli_all_lines(capsys, tmp_path / "two.png", tmp_path / "blank.png", "--model", run_dir,
+    status, lines, err = run_cli_all_lines(capsys, tmp_path / "two.png", tmp_path / "blank.png", "--model", tiny_run,
                                            "--draw", tmp_path / "drawn")
     assert status == 0 and "2 faces in 2 files" in err
     assert [line["type"] for line in lines] == ["face", "face", "photo", "photo"]
     assert lines[2] == {"type": "photo", "path": str(tmp_path / "two.png"), "faces": 2, "with_mask": 1,
                         "without_mask": 1, "everyone_masked": False}
     assert lines[3]["faces"] == 0 and lines[3]["everyone_masked"] is None
-    status, lines, _ = run_cli_all_lines(capsys, tmp_path / "two.png", "--crops", "--model", run_dir)
+    status, lines, _ = run_cli_all_lines(capsys, tmp_path / "two.png", "--crops", "--model", tiny_run)
     assert [line["type"] for line in lines] == ["face"], "a crop is one face, not a photo"
 
 
-def test_cli_huge_image_is_refused_by_name(run_dir, tmp_path, capsys):
+def test_cli_huge_image_is_refused_by_name(tiny_run, tmp_path, capsys):
     Image.new("L", (8100, 8000)).save(tmp_path / "huge.png")  # 64.8 Mpx, over the 64 Mpx limit
-    status, lines, err = run_cli(capsys, tmp_path / "huge.png", "--crops", "--model", run_dir)
+    status, lines, err = run_cli(capsys, tmp_path / "huge.png", "--crops", "--model", tiny_run)
     assert status == 1 and not lines
     assert "huge.png" in err and "exceeds the limit" in err
 
@@ -304,8 +294,8 @@ def test_cli_missing_model_folder(tmp_path, capsys):
     assert status == 2 and "no-such-run: no such model folder" in err
 
 
-def test_cli_model_of_another_format_version(run_dir, tmp_path, capsys):
-    other = Path(shutil.copytree(run_dir, tmp_path / "old-run"))
+def test_cli_model_of_another_format_version(tiny_run, tmp_path, capsys):
+    other = Path(shutil.copytree(tiny_run, tmp_path / "old-run"))
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "format_version": 0}))
     with pytest.raises(RunFolderError, match="format"):
@@ -315,7 +305,7 @@ def test_cli_model_of_another_format_version(run_dir, tmp_path, capsys):
     assert status == 2 and "config.json: model format 0" in err
 
 
-def test_cli_rejects_a_threshold_outside_0_1(run_dir, capsys):
+def test_cli_rejects_a_threshold_outside_0_1(tiny_run, capsys):
     with pytest.raises(SystemExit):
         main(["predict", "x.png", "--threshold", "1.5"])
     assert "not in [0, 1]" in capsys.readouterr().err
@@ -323,8 +313,8 @@ def test_cli_rejects_a_threshold_outside_0_1(run_dir, capsys):
 
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"{REAL_DATA} not present")
-def test_real_photo_with_ground_truth_boxes(run_dir, tmp_path, capsys):
-    status, lines, _ = run_cli(capsys, REAL_DATA / "images" / "maksssksksss5.png", "--model", run_dir,
+def test_real_photo_with_ground_truth_boxes(tiny_run, tmp_path, capsys):
+    status, lines, _ = run_cli(capsys, REAL_DATA / "images" / "maksssksksss5.png", "--model", tiny_run,
                                "--boxes-from", REAL_DATA, "--draw", tmp_path)
     assert status == 0
     assert [line["annotation"] for line in lines] == ["with_mask", "without_mask", "without_mask", "with_mask"]

@@ -8,12 +8,14 @@ import json
 import keras
 import numpy as np
 import pytest
+import yaml
 
 from maskclf import backbones, train
 from maskclf.backbones import BackboneWeightsError, build_backbone
 from maskclf.data import extract_faces, read_manifest
-from maskclf.features import load_crop
-from maskclf.model import load_run
+from maskclf import runs
+from maskclf.images import load_crop
+from maskclf.runs import load_run
 
 STUDY_HEAD = dict(pooling="avg", head="adam", labels="binary", augment_views=0, jitter_views=0, fine_tune_blocks=0)
 """The study's head on one backbone: what the tests train unless they say otherwise."""
@@ -108,39 +110,78 @@ def test_same_seed_same_metrics(faces, cache):
 
 def test_cross_validation_and_saved_run(faces, cache, tmp_path):
     config = train.TrainConfig.from_params(TINY)
-    result, fs, cv = train.train_and_save(faces, config, tmp_path / "run", cv=True, cache_dir=cache, verbose=0)
+    study = train.run_study(config, faces, tmp_path / "run", cross_validate=True, cache_dir=cache)
+    result, cv = study.result, study.cv
     assert [f["fold"] for f in cv["per_fold"]] == [0, 1, 2, 3, 4]
     oof = np.array(cv["oof_probability"])
     assert not np.isnan(oof).any(), "every face is scored exactly once, by the fold that held it out"
     model, run_config = load_run(tmp_path / "run")
     assert run_config["backbone"] == "efficientnet_lite0" and run_config["image_size"] == 32
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = runs.read_json(tmp_path / "run", runs.METRICS_FILE)
     assert metrics["accuracy"] == result.metrics["accuracy"] and set(metrics["cv"]["mean"]) >= {"accuracy", "roc_auc"}
-    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    history = runs.read_json(tmp_path / "run", runs.HISTORY_FILE)
     assert set(history["head"]) >= {"loss", "val_loss", "accuracy", "val_accuracy"}
+    oof_file = runs.read_table(tmp_path / "run", runs.CV_PREDICTIONS_FILE)
+    np.testing.assert_allclose(oof_file["p_without_mask"], oof)
     crops = np.stack([load_crop(p, 32) for p in read_manifest(faces)["crop_file"].iloc[result.val_index]]).astype("float32")
     np.testing.assert_allclose(model.predict(crops, verbose=0)[:, 1], result.val_probabilities, atol=1e-4)
+    assert 0 < study.end_to_end_crops <= train.END_TO_END_CROPS and study.end_to_end_gap < train.END_TO_END_TOLERANCE
 
 
-def test_cross_validation_is_cached_by_what_it_depends_on(faces, cache, monkeypatch):
+def test_cli_train_runs_the_same_study_as_the_notebook(faces, tmp_path, monkeypatch, capsys):
+    """`python -m maskclf train` and 02_train (`run_study` with params.yaml's steps) write the same run folder."""
+    from maskclf import config as config_module
+    from maskclf.cli import main
+
+    params = config_module.read_sections()
+    params["train"] = {**params["train"], **TINY, "compare": [{"epochs": 2}]}
+    changed = tmp_path / "params.yaml"
+    changed.write_text(yaml.safe_dump(params))
+    monkeypatch.setattr(config_module, "PARAMS_FILE", changed)
+    study_params = config_module.stage_defaults("02_train")
+    study = train.run_study(train.TrainConfig.from_params({}), faces, tmp_path / "notebook",
+                            study_params["cross_validate"], study_params["compare"])
+    assert main(["train", "--faces", str(faces), "--out", str(tmp_path / "cli")]) == 0
+    out = capsys.readouterr().out
+    assert "end-to-end model vs cached pipeline" in out and "efficientnet_lite0-imagenet" in out
+    files = {name: sorted(p.name for p in (tmp_path / name).iterdir()) for name in ("notebook", "cli")}
+    assert files["cli"] == files["notebook"] == sorted(
+        [runs.MODEL_FILE, runs.CONFIG_FILE, runs.HISTORY_FILE, runs.METRICS_FILE, runs.CV_PREDICTIONS_FILE,
+         runs.COMPARISON_FILE])
+    for run in ("notebook", "cli"):
+        assert len(runs.read_table(tmp_path / run, runs.COMPARISON_FILE)) == 2  # the run's configuration and one variant
+    assert runs.read_json(tmp_path / "cli", runs.METRICS_FILE) == runs.read_json(tmp_path / "notebook", runs.METRICS_FILE)
+    assert study.comparison.index.tolist() == runs.read_table(tmp_path / "cli", runs.COMPARISON_FILE).index.tolist()
+
+
+@pytest.mark.parametrize("head", ["adam", "lbfgs"])
+def test_cross_validation_is_cached_by_what_it_depends_on(faces, cache, monkeypatch, head):
     manifest = read_manifest(faces)
-    fs = _fs(faces, cache)
+    fs = _fs(faces, cache, head=head)
     first, kept = train.cached_cross_validate(fs, manifest, keep_fold=0, cache_dir=cache)
-    assert kept is not None and len(list((cache / "cv").glob("*.json"))) == 1
 
-    def no_cv(*args, **kwargs):
-        raise AssertionError("a warm rerun must not cross-validate again")
+    def summaries() -> list:
+        return [p for p in (cache / "cv").glob("*.json") if "-fold" not in p.name]
 
-    monkeypatch.setattr(train, "cross_validate", no_cv)
+    assert kept is not None and len(summaries()) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a warm rerun must train nothing")
+
+    monkeypatch.setattr(train, "cross_validate", no_training)
+    monkeypatch.setattr(train, "train_folds", no_training)
     again, kept_again = train.cached_cross_validate(fs, manifest, keep_fold=0, cache_dir=cache)
     assert again == json.loads(json.dumps(first))
     np.testing.assert_array_equal(kept_again.val_probabilities, kept.val_probabilities)
+    assert kept_again.history == json.loads(json.dumps(kept.history)) and kept_again.metrics == kept.metrics
+    crops = np.stack([load_crop(p, 32) for p in manifest["crop_file"].iloc[kept.val_index]]).astype("float32")
+    np.testing.assert_array_equal(kept_again.model.predict(crops, verbose=0), kept.model.predict(crops, verbose=0))
     monkeypatch.undo()
-    changed = _fs(faces, cache, dropout=0.3)  # a head parameter: same features, another result
+    changed = _fs(faces, cache, head=head, dropout=0.3, head_c=0.5)  # a head parameter: same features, another result
     train.cached_cross_validate(changed, manifest, cache_dir=cache)
     refolded = manifest.assign(fold=(manifest["fold"] + 1) % 5)
     train.cached_cross_validate(fs, refolded, cache_dir=cache)
-    assert len(list((cache / "cv").glob("*.json"))) == 3
+    assert len(summaries()) == 3
 
 
 def test_class_weights_balance_the_classes():

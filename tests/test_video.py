@@ -9,20 +9,14 @@ import numpy as np
 import pytest
 
 from synthetic import draw_face
-from tinymodel import make_tiny_run
 
 from maskclf.cli import main
-from maskclf.model import load_run
+from maskclf.runs import load_run
 from maskclf.predict import COLOURS
 from maskclf.video import VideoError, annotate_frames, process_video, read_frames
 
 N_FRAMES, SIZE = 8, (160, 120)
 BOX = (60, 40, 100, 80)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return make_tiny_run(tmp_path_factory.mktemp("model") / "run")
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +36,8 @@ def fixed_box(frame: np.ndarray) -> list[tuple[int, int, int, int]]:
     return [BOX]
 
 
-def test_annotate_frames_draws_boxes_and_fps(run_dir, clip):
-    model, config = load_run(run_dir)
+def test_annotate_frames_draws_boxes_and_fps(tiny_run, clip):
+    model, config = load_run(tiny_run)
     capture = cv2.VideoCapture(str(clip))
     results = list(annotate_frames(read_frames(capture, max_frames=3), model, config, fixed_box))
     capture.release()
@@ -56,8 +50,8 @@ def test_annotate_frames_draws_boxes_and_fps(run_dir, clip):
         assert (corner.min(axis=-1) > 200).sum() > 20 and (corner.max(axis=-1) < 30).sum() > 20, "FPS text expected"
 
 
-def test_process_video_writes_every_frame(run_dir, clip, tmp_path):
-    model, config = load_run(run_dir)
+def test_process_video_writes_every_frame(tiny_run, clip, tmp_path):
+    model, config = load_run(tiny_run)
     out = tmp_path / "out" / "annotated.mp4"
     stats = process_video(str(clip), model, config, fixed_box, out=out, show=False)
     assert (stats.frames, stats.faces) == (N_FRAMES, N_FRAMES) and stats.fps > 0
@@ -68,9 +62,9 @@ def test_process_video_writes_every_frame(run_dir, clip, tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["annotated.mp4"], "no temporary file left behind"
 
 
-def test_cli_headless_with_the_real_detector(run_dir, clip, tmp_path, capsys):
+def test_cli_headless_with_the_real_detector(tiny_run, clip, tmp_path, capsys):
     out = tmp_path / "cli.mp4"
-    status = main(["video", "--source", str(clip), "--out-video", str(out), "--no-show", "--model", str(run_dir),
+    status = main(["video", "--source", str(clip), "--out-video", str(out), "--no-show", "--model", str(tiny_run),
                    "--detector", "haar", "--max-frames", "4"])
     assert status == 0 and out.stat().st_size > 0
     assert "4 frames" in capsys.readouterr().err
@@ -81,23 +75,23 @@ def test_cli_headless_with_the_real_detector(run_dir, clip, tmp_path, capsys):
     (lambda d: (d / "notes.mp4").write_text("not a video") and d / "notes.mp4", "notes.mp4"),
     (lambda d: (d / "empty.mp4").write_bytes(b"") or d / "empty.mp4", "empty.mp4"),
 ])
-def test_cli_bad_sources_are_named(run_dir, tmp_path, capsys, make_source, message):
+def test_cli_bad_sources_are_named(tiny_run, tmp_path, capsys, make_source, message):
     source = make_source(tmp_path)
-    status = main(["video", "--source", str(source), "--out-video", str(tmp_path / "o.mp4"), "--no-show", "--model", str(run_dir)])
+    status = main(["video", "--source", str(source), "--out-video", str(tmp_path / "o.mp4"), "--no-show", "--model", str(tiny_run)])
     err = capsys.readouterr().err
     assert status == 2 and message in err
     assert not (tmp_path / "o.mp4").exists()
 
 
-def test_cli_no_show_needs_an_output(run_dir, clip, capsys):
-    assert main(["video", "--source", str(clip), "--no-show", "--model", str(run_dir)]) == 2
+def test_cli_no_show_needs_an_output(tiny_run, clip, capsys):
+    assert main(["video", "--source", str(clip), "--no-show", "--model", str(tiny_run)]) == 2
     assert "--out-video" in capsys.readouterr().err
 
 
 @pytest.mark.skipif("GUI:                           NONE" not in cv2.getBuildInformation()
                     and "GUI: NONE" not in " ".join(cv2.getBuildInformation().split()),
                     reason="this OpenCV has a GUI backend; opening a window needs a display")
-def test_show_without_gui_support_says_what_to_do(run_dir, clip):
-    model, config = load_run(run_dir)
+def test_show_without_gui_support_says_what_to_do(tiny_run, clip):
+    model, config = load_run(tiny_run)
     with pytest.raises(VideoError, match="--no-show"):
         process_video(str(clip), model, config, fixed_box, show=True, max_frames=1)

@@ -91,3 +91,70 @@ def test_photos_from_manifest_groups_faces_by_photo_and_filters_folds(tmp_path):
     assert photos[0].boxes.tolist() == [[0, 0, 4, 4], [5, 5, 15, 15]] and photos[0].path == tmp_path / "p2.png"
     assert photos[0].original_labels == ["with_mask", "mask_weared_incorrect"]
     assert [p.name for p in photos_from_manifest(manifest, tmp_path, folds=[1])] == ["p10.png"]
+
+
+def test_faces_of_many_photos_classified_in_shared_batches_equal_one_at_a_time(tiny):
+    """classify_photos (one batch over several photos' faces, split across model calls) gives each face
+    the probabilities it gets alone, in each photo's order, with its box."""
+    from synthetic import draw_face
+
+    from maskclf.predict import classify_photo, classify_photos
+
+    model, config = tiny
+    photos = []
+    for k, classes in enumerate([["with_mask", "without_mask"], [], ["without_mask", "with_mask", "with_mask"]]):
+        image = np.full((100, 260, 3), (90, 140, 90), np.uint8)
+        boxes = []
+        for i, cls in enumerate(classes):
+            side = 20 + 10 * i + 3 * k
+            x0, y0 = 10 + 80 * i, 10 + 5 * k
+            image[y0:y0 + side, x0:x0 + side] = draw_face(side, cls)
+            boxes.append((x0, y0, x0 + side, y0 + side))
+        photos.append((image, boxes))
+    together = classify_photos(model, config, photos, batch_size=2)  # 5 faces: three model calls
+    alone = [[classify_photo(model, config, image, [box])[0] for box in boxes] for image, boxes in photos]
+    assert [len(faces) for faces in together] == [2, 0, 3]
+    assert [[f["label"] for f in faces] for faces in together] == [["with_mask", "without_mask"], [],
+                                                                   ["without_mask", "with_mask", "with_mask"]]
+    for faces, single in zip(together, alone):
+        assert [f["box"] for f in faces] == [f["box"] for f in single]
+        assert [f["p_without_mask"] for f in faces] == pytest.approx([f["p_without_mask"] for f in single], abs=1e-5)
+    assert classify_photos(model, config, []) == []
+
+
+def test_predict_classifies_with_a_good_export_and_falls_back_to_keras(tmp_path):
+    """fastest_runtime: the ONNX export when its parity passed and it is not older than the Keras model
+    (same probabilities), Keras when the check failed, the export is stale or there is none."""
+    import json
+    import os
+
+    from tinymodel import make_tiny_run
+
+    from maskclf.export import export_model
+    from maskclf.predict import ExportedModel, fastest_runtime, predict_probabilities
+    from maskclf.runs import PARITY_FILE, RunFolderError, export_path, load_run
+
+    run = make_tiny_run(tmp_path / "run")
+    model, config = load_run(run)
+    assert fastest_runtime(model, run) is model, "no export: Keras"
+    crops = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 3)).astype(np.float32)
+    keras_probs = predict_probabilities(model, crops)  # also builds the model, which the exporter needs
+    onnx = export_model(model, "onnx", export_path(run, "onnx"))
+    parity = export_path(run, PARITY_FILE)
+    parity.write_text(json.dumps({"formats": {"onnx": {"parity": {"passed": True}}}}))
+    fast = fastest_runtime(model, run)
+    assert isinstance(fast, ExportedModel) and fast.path.name == "model.onnx"
+    assert predict_probabilities(fast, crops, batch_size=2) == pytest.approx(keras_probs, abs=1e-5)
+    parity.write_text(json.dumps({"formats": {"onnx": {"parity": {"passed": False}}}}))
+    assert fastest_runtime(model, run) is model, "a failed parity check: Keras"
+    parity.write_text(json.dumps({"formats": {"onnx": {"parity": {"passed": True}}}}))
+    old = (run / "model.keras").stat().st_mtime - 60
+    os.utime(onnx, (old, old))
+    assert fastest_runtime(model, run) is model, "an export older than the model: Keras"
+    for broken in ("[1, 2]", '{"formats": {"onnx": "passed"}}', "not json"):
+        parity.write_text(broken)
+        assert fastest_runtime(model, run) is model, f"a malformed parity.json ({broken}): Keras"
+    parity.write_text(json.dumps({"formats": {"onnx": {"parity": {"passed": True}}}}))
+    onnx.write_bytes(b"not a model")
+    with pytest.raises(RunFolderError, match="model.onnx: cannot be loaded"):
+        fastest_runtime(model, run)

@@ -48,7 +48,7 @@ def make_tiny_model():
 def make_tiny_run(run_dir: str | Path) -> Path:
     """Write the tiny model as a complete run folder and return its path."""
     from maskclf import CLASS_NAMES
-    from maskclf.model import save_run
+    from maskclf.runs import save_run
 
     config = {"image_size": IMAGE_SIZE, "class_names": list(CLASS_NAMES), "backbone": "tiny", "weights": None}
     return save_run(run_dir, make_tiny_model(), config)

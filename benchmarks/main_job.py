@@ -1,0 +1,151 @@
+"""The main job's cost: wall time and peak memory of `python -m maskclf reports`, cold and then warm.
+
+Cold means no crops, feature cache, cross-validation cache, models or reports: they all go
+to a fresh work folder (so the checkout's own caches are neither used nor touched). Warm is
+the same command again with nothing changed. For each run it prints the wall time, the peak
+memory of the whole process tree (papermill and its kernels, sampled every 0.2 s), the time
+of each notebook, and the slowest cells of each notebook (the stages: backbone passes,
+fits, comparison, evaluation...).
+
+    .venv/bin/python benchmarks/main_job.py [--data DIR] [--work DIR | --in-place] [--runs cold warm]
+
+--work keeps the work folder (default: a temporary one, removed at the end); giving the
+same --work again with `--runs warm` measures a warm run later. --in-place runs the job on
+the checkout's own folders and regenerates reports/ (for a cold run, first move
+data/interim/, data/processed/ and models/ aside: a cold run refuses to start if they hold
+anything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_name() -> str:
+    """The CPU's model name and the cores this process may use."""
+    name = platform.processor() or "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+            break
+    return f"{name}, {len(os.sched_getaffinity(0))} cores"
+
+
+def tree_rss(process: psutil.Process) -> int:
+    """Resident memory of a process and all its descendants, in bytes."""
+    total = 0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_measured(command: list[str], env: dict[str, str]) -> tuple[float, int, int]:
+    """Run `command`; its wall time, the peak RSS of its process tree and its exit status."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=ROOT, env=env)
+    peak, watched = 0, psutil.Process(proc.pid)
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, tree_rss(watched))
+            stop.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    status = proc.wait()
+    stop.set()
+    sampler.join()
+    return time.perf_counter() - start, peak, status
+
+
+def notebook_times(executed_dir: Path, slowest: int) -> list[tuple[str, float, list[tuple[float, str]]]]:
+    """(notebook, seconds, its slowest cells as (seconds, first line)) from papermill's metadata."""
+    rows = []
+    for path in sorted(executed_dir.glob("*.ipynb")):
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        cells = []
+        for cell in nb["cells"]:
+            seconds = cell.get("metadata", {}).get("papermill", {}).get("duration")
+            if cell["cell_type"] == "code" and seconds:
+                source = "".join(cell["source"]).strip().splitlines()
+                cells.append((float(seconds), source[0][:70] if source else ""))
+        total = nb.get("metadata", {}).get("papermill", {}).get("duration") or sum(s for s, _ in cells)
+        rows.append((path.stem, float(total), sorted(cells, reverse=True)[:slowest]))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="the data set folder (default: as `python -m maskclf reports` finds it)")
+    place = parser.add_mutually_exclusive_group()
+    place.add_argument("--work", help="work folder for crops, caches, models and reports (default: temporary)")
+    place.add_argument("--in-place", action="store_true", help="use the checkout's own folders and reports/")
+    parser.add_argument("--runs", nargs="+", default=["cold", "warm"], choices=["cold", "warm"])
+    parser.add_argument("--slowest", type=int, default=4, help="slowest cells shown per notebook")
+    args = parser.parse_args()
+
+    if args.in_place:
+        work, env = ROOT, dict(os.environ)
+        command = [sys.executable, "-m", "maskclf", "reports"]
+        folders = {"crops": ROOT / "data" / "interim", "caches": ROOT / "data" / "processed", "models": ROOT / "models"}
+        reports = ROOT / "reports"
+    else:
+        work = Path(args.work or tempfile.mkdtemp(prefix="maskclf-main-job-")).resolve()
+        env = {**os.environ, "MASKCLF_FEATURES_DIR": str(work / "features")}
+        command = [sys.executable, "-m", "maskclf", "reports", "--reports-dir", str(work / "reports"),
+                   "-p", f"faces_dir={work / 'faces'}", "-p", f"models_dir={work / 'models'}"]
+        folders = {"crops": work / "faces", "caches": work / "features", "models": work / "models"}
+        reports = work / "reports"
+    if "cold" in args.runs:
+        used = [f"{name} ({path})" for name, path in folders.items()
+                if path.exists() and any(p.name != ".gitkeep" for p in path.iterdir())]
+        if used:
+            print(f"error: not a cold start: {', '.join(used)} not empty; move them aside or give --runs warm",
+                  file=sys.stderr)
+            return 2
+    if args.data:
+        command += ["--data", args.data]
+    print(f"machine: {cpu_name()}; work folder: {'the checkout' if args.in_place else work}", flush=True)
+    results = []
+    for run in args.runs:
+        print(f"--- {run} run", flush=True)
+        seconds, peak, status = run_measured(command, env)
+        results.append((run, seconds, peak, status, notebook_times(reports / "executed", args.slowest)))
+        if status:
+            print(f"{run} run failed with exit status {status}", file=sys.stderr)
+            break
+    print(f"\nmachine: {cpu_name()}")
+    print(f"{'run':<6} {'wall':>9} {'peak RSS':>10}  notebooks (s)")
+    for run, seconds, peak, status, notebooks in results:
+        per_nb = ", ".join(f"{name} {s:.0f}" for name, s, _ in notebooks)
+        print(f"{run:<6} {seconds / 60:6.1f} min {peak / 2**30:7.2f} GiB  {per_nb}" + (" FAILED" if status else ""))
+    for run, _, _, _, notebooks in results:
+        print(f"\nslowest cells, {run} run:")
+        for name, _, cells in notebooks:
+            for s, line in cells:
+                print(f"  {name:<20} {s:7.1f} s  {line}")
+    if not (args.work or args.in_place):
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+    return max((r[3] for r in results), default=0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

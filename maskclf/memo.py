@@ -1,0 +1,85 @@
+"""Results that are expensive and deterministic, cached by everything they depend on.
+
+A result lives in `<feature cache>/results/<kind>-<key>.<ext>`, where the key hashes its
+inputs: the model's architecture and weights, the faces (by content), the parameters. A
+changed input is another key, so a stale entry is never read; writes are atomic. Arrays
+are stored as .npz, everything else as JSON, both of which give back exactly what was
+stored (JSON floats round-trip), so a rerun that reads the cache reports the same numbers
+to the last digit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Iterable, TypeVar
+
+import numpy as np
+
+from .features import FEATURES_DIR, cache_key
+from .fsutil import atomic_path, write_json_atomic
+
+T = TypeVar("T")
+
+
+def model_fingerprint(model: Any) -> str:
+    """Hex digest of a Keras model's architecture (layer names included) and weights: equal for a model and its saved copy."""
+    digest = hashlib.sha256(model.to_json().encode())
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()[:20]
+
+
+def array_fingerprint(array: np.ndarray) -> str:
+    """Hex digest of an array's shape, dtype and contents."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{array.shape}{array.dtype}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()[:20]
+
+
+def files_fingerprint(paths: Iterable[str | Path]) -> str:
+    """Hex digest of the names and contents of files, in order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).name.encode() + b"\0" + Path(path).read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def source_fingerprint(*modules: ModuleType) -> str:
+    """Hex digest of modules' source files: a code change there is a new key."""
+    return files_fingerprint(Path(m.__file__) for m in modules)
+
+
+def _path(kind: str, key_parts: dict[str, Any], suffix: str, cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir or FEATURES_DIR) / "results" / f"{kind}-{cache_key(kind=kind, **key_parts)}{suffix}"
+
+
+def cached_arrays(kind: str, key_parts: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]],
+                  cache_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+    """`compute()`, named arrays, from the cache when an entry of the same kind and key exists."""
+    path = _path(kind, key_parts, ".npz", cache_dir)
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as stored:
+            return {name: stored[name] for name in stored.files}
+    result = {name: np.asarray(value) for name, value in compute().items()}
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **result)
+    return result
+
+
+def cached_json(kind: str, key_parts: dict[str, Any], compute: Callable[[], T],
+                cache_dir: str | Path | None = None) -> T:
+    """`compute()`, made of JSON types, from the cache when an entry of the same kind and key exists.
+
+    What is returned is always the JSON round trip, so a first run and a rerun return equal values.
+    """
+    path = _path(kind, key_parts, ".json", cache_dir)
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    result = json.loads(json.dumps(compute(), sort_keys=True))
+    write_json_atomic(path, result)
+    return result
