@@ -189,9 +189,19 @@ def _lock_fd(folder: Path, blocking: bool = True) -> int:
 
 
 def files_fingerprint(paths: Iterable[str | Path]) -> str:
-    """Hex digest of the names and contents of files, in order."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(Path(path).name.encode("utf-8", "surrogateescape") + b"\0" + Path(path).read_bytes())
-    return digest.hexdigest()[:20]
+    """Hex digest of the names and contents of files, in order, read in chunks.
 
+    A path that is not a regular file (a FIFO, a device, a folder) counts by its name only,
+    and is never opened: it cannot block or flood the hash.
+    """
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        digest.update(path.name.encode("utf-8", "surrogateescape") + b"\0")
+        if not path.is_file():
+            digest.update(b"\0not a regular file\0")
+            continue
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()[:20]
