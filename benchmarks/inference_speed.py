@@ -2,9 +2,12 @@
 
 Single-face latency is one (1, S, S, 3) crop per call (median and 90th percentile over
 `--repeats` calls after a warm-up); throughput is crops per second in batches of
-`--batch`. Exports are those found in `<model>/export/` (run `python -m maskclf export`
-first). Cold start is the wall time of a fresh `python -m maskclf predict PHOTO`
-process, per detector, including Python, TensorFlow and model loading.
+`--batch`, the median of `--rounds` timed rounds. Exports are those `export` kept in
+`<model>/export/` (run `python -m maskclf export` first), each with `--threads` threads
+(TFLite: XNNPACK); ONNX files also with ONNX Runtime's thread spinning off. Agreement and
+AUC are `export`'s parity figures (parity.json). Cold start is the wall time of a fresh
+`python -m maskclf predict PHOTO` process, per detector, including Python, TensorFlow and
+model loading (`--cold-runs 0` skips it).
 
     python benchmarks/inference_speed.py --model models/<run>
 """
@@ -27,32 +30,40 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from maskclf.detect import DETECTORS  # noqa: E402
-from maskclf.export import FORMATS, load_runner  # noqa: E402
-from maskclf.runs import EXPORT_DIR, export_path, latest_run  # noqa: E402
+from maskclf.export import FORMATS, call_times_ms, load_runner  # noqa: E402
+from maskclf.runs import EXPORT_DIR, PARITY_FILE, export_path, latest_run, read_json  # noqa: E402
 from maskclf.paths import MODELS_DIR  # noqa: E402
 from maskclf.predict import resolve_model  # noqa: E402
 
 
 def latency_ms(fn: Callable[[np.ndarray], object], crop: np.ndarray, repeats: int) -> tuple[float, float]:
     """Median and 90th percentile milliseconds of `fn(crop)` after 3 warm-up calls."""
-    for _ in range(3):
-        fn(crop)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(crop)
-        times.append(1000 * (time.perf_counter() - start))
+    times = call_times_ms(fn, crop, repeats, warmup=3)
     return statistics.median(times), float(np.percentile(times, 90))
 
 
-def throughput(fn: Callable[[np.ndarray], object], batch: np.ndarray, seconds: float = 3.0) -> float:
-    """Crops per second over whole batches for about `seconds`, after one warm-up batch."""
+def throughput(fn: Callable[[np.ndarray], object], batch: np.ndarray, rounds: int = 5) -> float:
+    """Crops per second in one batch call: the median of `rounds` calls, after one warm-up call."""
     fn(batch)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
         fn(batch)
-        n += len(batch)
-    return n / (time.perf_counter() - start)
+        rates.append(len(batch) / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def onnx_runner(path: Path, threads: int, spinning: bool) -> Callable[[np.ndarray], object]:
+    """An ONNX Runtime session on `path`: all graph optimisations, `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda crops: session.run(None, {name: crops})[0]
 
 
 def cold_start(model_dir: Path, photo: Path, detector: str, runs: int) -> float:
@@ -81,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="run folder (default: the latest under models/)")
     parser.add_argument("--repeats", type=int, default=200, help="single-face calls timed (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=32, help="batch size for throughput (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed batch calls (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="runtime threads (default: the CPU count)")
     parser.add_argument("--photo", type=Path, help="photo for the cold start (default: a study photo)")
     parser.add_argument("--cold-runs", type=int, default=3, help="cold starts per detector (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -93,20 +106,33 @@ def main(argv: list[str] | None = None) -> int:
     batch = rng.uniform(0, 255, (args.batch, size, size, 3)).astype(np.float32)
 
     engines: dict[str, Callable[[np.ndarray], object]] = {"keras": model.predict_on_batch}
-    for fmt in FORMATS:
+    for fmt in FORMATS:  # `export` keeps only the formats that met their parity target
         path = export_path(model_dir, fmt)
-        if path.is_file():
-            engines[fmt] = load_runner(path, num_threads=os.cpu_count())
+        if not path.is_file():
+            continue
+        if path.suffix == ".onnx":
+            engines[f"{fmt} (ORT)"] = onnx_runner(path, args.threads, spinning=True)
+            engines[f"{fmt} (ORT, no spinning)"] = onnx_runner(path, args.threads, spinning=False)
+        else:
+            engines[f"{fmt} (XNNPACK)"] = load_runner(path, num_threads=args.threads)
     if len(engines) == 1:
-        print(f"note: no exports in {model_dir / EXPORT_DIR}; run `python -m maskclf export --model {model_dir}`")
+        print(f"note: no usable exports in {model_dir / EXPORT_DIR}; run `python -m maskclf export --model {model_dir}`")
+    parity = read_json(model_dir, PARITY_FILE)["formats"] if len(engines) > 1 else {}
 
-    print(f"model {model_dir} ({config.get('backbone')}, {size}x{size}), {os.cpu_count()} CPU cores")
-    print(f"| engine | 1 face: median ms | 1 face: p90 ms | batch {args.batch}: crops/s |")
-    print("|---|---|---|---|")
+    print(f"model {model_dir.name} ({config.get('backbone')}, {size}x{size}), {os.cpu_count()} CPU cores, "
+          f"{args.threads} threads")
+    print(f"| runtime / format | 1 face: median ms | 1 face: p90 ms | batch {args.batch}: faces/s | agreement | AUC |")
+    print("|---|---|---|---|---|---|")
     for name, fn in engines.items():
         median, p90 = latency_ms(fn, crop, args.repeats)
-        print(f"| {name} | {median:.2f} | {p90:.2f} | {throughput(fn, batch):.0f} |", flush=True)
+        p = parity.get(name.split()[0], {}).get("parity", {})
+        agreement = f"{p['agreement']:.4f}" if p else "-"
+        auc = f"{p['auc_candidate']:.4f} ({p['auc_reference']:.4f})" if "auc_candidate" in p else "-"
+        print(f"| {name} | {median:.1f} | {p90:.1f} | {throughput(fn, batch, args.rounds):.1f} | {agreement} | {auc} |",
+              flush=True)
 
+    if args.cold_runs < 1:
+        return 0
     photo = args.photo or default_photo()
     print(f"\ncold start of `python -m maskclf predict {photo.name}` (median of {args.cold_runs}):")
     for detector in DETECTORS:

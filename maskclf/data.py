@@ -26,7 +26,7 @@ from lxml import etree
 from tqdm import tqdm
 
 from .config import resolve_params
-from .fsutil import atomic_dir, write_text_atomic
+from .fsutil import atomic_dir, files_fingerprint, write_text_atomic
 from .images import ImageError, load_rgb
 from .paths import DATA_DIR, DATA_ENV_VAR, DATASET_NAME, DEFAULT_FACES_DIR, RAW_DIR
 from .splits import N_FOLDS, assign_folds
@@ -283,7 +283,8 @@ def extract_faces(
     With `skip_bad`, a bad file or box is recorded in `skipped.csv` instead of stopping
     the run. Images are read only from inside `data_dir/images`. The previous `out_dir`
     is replaced only once the new one is complete; a file, a link or a folder that
-    extraction did not write is refused.
+    extraction did not write is refused. An extraction already in `out_dir` from the same
+    files, parameters and code, its crops unchanged, is kept as it is.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     defaults = resolve_params("01_extract", {"margin": margin, "fold_seed": fold_seed})
@@ -295,6 +296,13 @@ def extract_faces(
     xml_files = sorted((data_dir / "annotations").glob("*.xml"))
     if not xml_files:
         raise DataError(f"{data_dir / 'annotations'}: no .xml files")
+    images = sorted(p for p in (data_dir / "images").iterdir() if p.is_file()) if (data_dir / "images").is_dir() else []
+    source_key = {"data_dir": str(data_dir.resolve()), "margin": margin, "label_map": label_map, "fold_seed": fold_seed,
+                  "n_folds": n_folds, "skip_bad": skip_bad, "files": files_fingerprint([*xml_files, *images]),
+                  "code": files_fingerprint([__file__, load_rgb.__code__.co_filename])}
+    kept = _up_to_date_extraction(out_dir, source_key)
+    if kept is not None:
+        return kept
 
     rows: list[dict] = []
     skipped: list[dict[str, str]] = []
@@ -322,9 +330,22 @@ def extract_faces(
             "data_dir": str(data_dir), "margin": margin, "label_map": label_map, "fold_seed": fold_seed,
             "n_folds": n_folds, "skip_bad": skip_bad, "n_faces": len(manifest),
             "n_images": int(manifest["source_image"].nunique()), "n_skipped": len(skipped), "data_sha256": digest,
+            "source_key": source_key,
         }
         (tmp / "extract.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
     return ExtractResult(out_dir, manifest, skipped, digest)
+
+
+def _up_to_date_extraction(out_dir: Path, source_key: dict[str, Any]) -> ExtractResult | None:
+    """The extraction in `out_dir`, if it was made from `source_key` and its manifest and crops are unchanged."""
+    try:
+        info = read_extraction_info(out_dir)
+        if info.get("source_key") != source_key or hash_extraction(out_dir) != info["data_sha256"]:
+            return None
+        skipped = pd.read_csv(out_dir / "skipped.csv", dtype=str, keep_default_na=False).to_dict("records")
+        return ExtractResult(out_dir, read_manifest(out_dir)[MANIFEST_COLUMNS], skipped, info["data_sha256"])
+    except (OSError, ValueError, KeyError, DataError):
+        return None
 
 
 def printable(text: str) -> str:

@@ -365,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
     from .runs import RunFolderError
 
     try:
-        model, config = resolve_model(args.model)
+        model, config = resolve_model(args.model, fast=True)
         detector = make_detector(args.detector, args.min_face)
         large_detector = make_detector(args.detector, args.min_face)  # the large lane's own
     except (RunFolderError, ValueError, RuntimeError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 @contextmanager
@@ -185,3 +186,22 @@ def _lock_fd(folder: Path, blocking: bool = True) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def files_fingerprint(paths: Iterable[str | Path]) -> str:
+    """Hex digest of the names and contents of files, in order, read in chunks.
+
+    A path that is not a regular file (a FIFO, a device, a folder) counts by its name only,
+    and is never opened: it cannot block or flood the hash.
+    """
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        digest.update(path.name.encode("utf-8", "surrogateescape") + b"\0")
+        if not path.is_file():
+            digest.update(b"\0not a regular file\0")
+            continue
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()[:20]

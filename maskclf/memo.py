@@ -14,12 +14,12 @@ import hashlib
 import json
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
 from .features import FEATURES_DIR, cache_key
-from .fsutil import atomic_path, write_json_atomic
+from .fsutil import atomic_path, files_fingerprint, write_json_atomic
 
 T = TypeVar("T")
 
@@ -37,14 +37,6 @@ def array_fingerprint(array: np.ndarray) -> str:
     array = np.ascontiguousarray(array)
     digest = hashlib.sha256(f"{array.shape}{array.dtype}".encode())
     digest.update(array.tobytes())
-    return digest.hexdigest()[:20]
-
-
-def files_fingerprint(paths: Iterable[str | Path]) -> str:
-    """Hex digest of the names and contents of files, in order."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(Path(path).name.encode() + b"\0" + Path(path).read_bytes())
     return digest.hexdigest()[:20]
 
 

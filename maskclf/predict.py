@@ -69,10 +69,11 @@ def resolve_model(model_dir: str | Path | None = None, fast: bool = False) -> tu
     return (fastest_runtime(model, run_dir) if fast else model), config
 
 
-FAST_RUNTIMES = ("onnx", "tflite-fp32")
+FAST_RUNTIMES = ("onnx-int8", "onnx", "tflite-fp32")
 """Exported formats (`maskclf export`) used for classifying when present, fastest first: on the committed
-ResNet-50, ONNX answers one face in 46 ms and 25 faces/s at batch 32 against Keras' 80 ms and 20 faces/s
-(benchmarks/inference_speed.py); both formats agree with Keras on every validation crop. Keras is the fallback."""
+ResNet-50, ONNX int8 answers one face in 23 ms and 40 faces/s at batch 32, ONNX fp32 45 ms and 22 faces/s,
+Keras 80-135 ms and 20 faces/s (benchmarks/inference_speed.py, 2 threads); int8 agrees with Keras on 99.88%
+of the validation crops, the float formats on all. Keras is the fallback."""
 
 
 class ExportedModel:

@@ -41,6 +41,7 @@ EXPORT_FILES = {
     "tflite-fp16": "model_fp16.tflite",
     "tflite-int8": "model_int8.tflite",
     "onnx": "model.onnx",
+    "onnx-int8": "model_int8.onnx",
 }
 """Export format -> its file under `export/`."""
 

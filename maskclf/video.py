@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --out-video {args.out}: is the source video; writing there would replace it", file=sys.stderr)
         return 2
     try:
-        model, config = resolve_model(args.model)
+        model, config = resolve_model(args.model, fast=True)
         detector = make_detector(args.detector, args.min_face)
         stats = process_video(args.source, model, config, detector, out=args.out, show=not args.no_show,
                               threshold=args.threshold, max_frames=args.max_frames)

@@ -153,6 +153,34 @@ def test_interrupted_rerun_keeps_the_previous_output(voc_dir, tmp_path, monkeypa
     assert data.hash_extraction(out) == first.data_sha256
 
 
+def test_an_up_to_date_extraction_is_kept_and_a_changed_input_redone(voc_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    first = extract_faces(voc_dir, out, progress=False)
+    calls = []
+    crop_one = data._crop_one
+    monkeypatch.setattr(data, "_crop_one", lambda *a, **k: calls.append(1) or crop_one(*a, **k))
+    again = extract_faces(voc_dir, out, progress=False)
+    assert not calls and again.data_sha256 == first.data_sha256 and again.skipped == first.skipped
+    pd.testing.assert_frame_equal(again.manifest, first.manifest)
+    extract_faces(voc_dir, out, fold_seed=7, progress=False)  # another parameter
+    assert calls
+    calls.clear()
+    extract_faces(voc_dir, out, fold_seed=7, progress=False)
+    assert not calls
+    xml = sorted((voc_dir / "annotations").glob("*.xml"))[0]
+    text = xml.read_text()
+    flipped = text.replace("<name>with_mask<", "<name>WITHOUT<").replace("<name>without_mask<", "<name>with_mask<")
+    xml.write_text(flipped.replace("<name>WITHOUT<", "<name>without_mask<"))  # another annotation
+    assert xml.read_text() != text
+    extract_faces(voc_dir, out, fold_seed=7, progress=False)
+    assert calls
+    calls.clear()
+    crop = out / data.read_manifest(out)["crop_path"].iloc[0]
+    crop.write_bytes(crop.read_bytes() + b"tampered")  # a changed crop
+    extract_faces(voc_dir, out, fold_seed=7, progress=False)
+    assert calls and data.hash_extraction(out) == data.read_extraction_info(out)["data_sha256"]
+
+
 def test_refuses_to_replace_a_foreign_folder(voc_dir, tmp_path):
     out = tmp_path / "precious"
     out.mkdir()

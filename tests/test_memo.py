@@ -124,3 +124,14 @@ def test_whole_photo_figures_are_cached_by_model_photos_and_faces(tiny, tmp_path
     (tmp_path / "p1.png").write_bytes(b"photo one, edited")
     wholephoto.cached_whole_photo_figures(model, config, manifest, tmp_path)
     assert len(calls) == 3, "changed faces or a changed photo are computed again"
+
+
+def test_files_fingerprint_never_opens_what_is_not_a_regular_file(tmp_path):
+    import os
+
+    from maskclf.fsutil import files_fingerprint
+
+    fifo = tmp_path / "a.xml"
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    (tmp_path / "b.xml").write_bytes(b"<annotation/>")
+    assert files_fingerprint([fifo, tmp_path / "b.xml"]) != files_fingerprint([tmp_path / "b.xml"])
