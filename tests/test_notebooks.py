@@ -135,3 +135,37 @@ def test_native_tensorflow_logs_are_dropped_from_reports():
         "UserWarning: something the reader should see\n"
     )
     assert drop_native_logs(text) == "UserWarning: something the reader should see\n"
+
+
+@pytest.mark.slow
+def test_a_warm_rerun_is_byte_identical_and_a_changed_parameter_recomputes_only_what_depends_on_it(tiny_pipeline, tmp_path):
+    """03 twice with nothing changed: the same metrics.json to the byte, and no new cached result; a changed
+    threshold changes the metrics but reuses the cached scores; a changed head parameter is a new
+    cross-validation entry on the same cached features."""
+    import os
+    from pathlib import Path
+
+    root, params, _ = tiny_pipeline
+    cache = Path(os.environ["MASKCLF_FEATURES_DIR"])
+
+    def cached() -> dict[str, set[str]]:
+        return {kind: {p.name for p in (cache / kind).glob("*") if not p.name.startswith(".")}
+                for kind in ("results", "cv", ".")}
+
+    def evaluate(name: str, **changes) -> bytes:
+        metrics = tmp_path / f"{name}.json"
+        run_notebook(NOTEBOOKS_DIR / "03_evaluate.ipynb", tmp_path / f"{name}.ipynb",
+                     {**params, "n_bootstrap": 50, "metrics_path": str(metrics), **changes}, cwd=root, progress=False)
+        return metrics.read_bytes()
+
+    first = evaluate("first")
+    before = cached()
+    assert evaluate("again") == first
+    assert cached() == before, "a warm rerun computes nothing new"
+    assert evaluate("stricter", threshold=0.7) != first
+    assert cached()["results"] == before["results"], "the scores do not depend on the threshold"
+    run_notebook(NOTEBOOKS_DIR / "02_train.ipynb", tmp_path / "02.ipynb",
+                 {**params, "run_name": "tiny-dropout", "dropout": 0.4, "compare": []}, cwd=root, progress=False)
+    after = cached()
+    assert after["."] == before["."], "the same backbone features serve a changed head"
+    assert len(after["cv"] - before["cv"]) >= 1, "a changed head parameter is cross-validated again"
