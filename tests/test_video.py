@@ -47,7 +47,8 @@ def test_annotate_frames_draws_boxes_and_fps(tiny_run, clip):
         assert [f["label"] for f in faces] == ["without_mask"]
         assert frame[60, BOX[0]].tolist() == list(COLOURS["without_mask"])
         corner = frame[5:30, 5:60]
-        assert (corner.min(axis=-1) > 200).sum() > 20 and (corner.max(axis=-1) < 30).sum() > 20, "FPS text expected"
+        # white strokes on a black outline; how many white pixels depends on the digits of the measured FPS
+        assert (corner.min(axis=-1) > 200).sum() > 5 and (corner.max(axis=-1) < 30).sum() > 20, "FPS text expected"
 
 
 def test_process_video_writes_every_frame(tiny_run, clip, tmp_path):
