@@ -59,9 +59,12 @@ class Subset:
 
 def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and standard deviation (float64), with 1 for (nearly) constant features."""
-    mean = x.mean(axis=0, dtype=np.float64)
-    scale = x.std(axis=0, dtype=np.float64)
-    return mean, np.where(scale > 1e-6, scale, 1.0)
+    return x.mean(axis=0, dtype=np.float64), _usable_scale(x.std(axis=0, dtype=np.float64))
+
+
+def _usable_scale(scale: np.ndarray) -> np.ndarray:
+    """`scale` with 1 where a feature is (nearly) constant, so that dividing by it is safe."""
+    return np.where(scale > 1e-6, scale, 1.0)
 
 
 def _chunks(x: np.ndarray):
@@ -87,8 +90,7 @@ def _subset_standardisations(x: np.ndarray, masks: list[np.ndarray]) -> list[tup
             selected = mask[v, start:start + len(rows)]
             if selected.any():
                 total += ((rows[selected] - mean) ** 2).sum(axis=0)
-    scales = [np.sqrt(total / mask.sum()) for total, mask in zip(squares, masks)]
-    return [(mean, np.where(scale > 1e-6, scale, 1.0)) for mean, scale in zip(means, scales)]
+    return [(mean, _usable_scale(np.sqrt(total / mask.sum()))) for mean, total, mask in zip(means, squares, masks)]
 
 
 @dataclass

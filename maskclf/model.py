@@ -40,7 +40,8 @@ def predict_crops(model: Any, paths: Sequence[str], image_size: int, batch_size:
 def cached_predict_crops(model: Any, paths: Sequence[str], image_size: int,
                          batch_size: int = 64) -> tuple[list[str], np.ndarray]:
     """`predict_crops`, from the result cache (maskclf.memo) when this model already scored these crop files."""
-    from .memo import cached_arrays, files_fingerprint, model_fingerprint
+    from .fsutil import files_fingerprint
+    from .memo import cached_arrays, model_fingerprint
 
     paths = list(map(str, paths))
     key = {"model": model_fingerprint(model), "crops": files_fingerprint(paths), "image_size": image_size,

@@ -513,8 +513,9 @@ def train_folds(fs: FeatureSet, manifest: pd.DataFrame, val_folds: Sequence[int]
 
     Early stopping watches a grouped tenth of the training photos, never the held-out fold;
     the "lbfgs" head does not stop early but also leaves that tenth out, so that both heads
-    learn from the same faces and their curves are comparable. A fold's model is the same
-    whichever other folds are trained with it.
+    learn from the same faces and their curves are comparable. The "lbfgs" folds share their
+    passes over the features, not their parameters: a fold trained with others reaches the
+    optimum it reaches alone, to rounding.
     """
     y = encode_labels(manifest["label"])
     labels = training_labels(manifest, fs.config.labels)
@@ -530,11 +531,17 @@ def train_folds(fs: FeatureSet, manifest: pd.DataFrame, val_folds: Sequence[int]
         upper = None
         if fs.upper is not None:
             upper, histories["fine_tune"] = fine_tune(fs, head, y, fit_idx, stop_idx, verbose)
-        p = predict_cached(fs, head, upper, val_idx)
-        with tf.distribute.get_strategy().scope():
-            model = end_to_end_model(fs, head, upper)
-        results.append(TrainResult(model, head, upper, histories, binary_metrics(y[val_idx], p), val_idx, p))
+        results.append(_fold_result(fs, head, upper, histories, y, val_idx))
     return results
+
+
+def _fold_result(fs: FeatureSet, head: keras.Model, upper: keras.Model | None, history: dict[str, Any],
+                 y: np.ndarray, val_idx: np.ndarray) -> TrainResult:
+    """A trained fold's end-to-end model and its metrics on the held-out faces `val_idx`."""
+    p = predict_cached(fs, head, upper, val_idx)
+    with tf.distribute.get_strategy().scope():
+        model = end_to_end_model(fs, head, upper)
+    return TrainResult(model, head, upper, history, binary_metrics(y[val_idx], p), val_idx, p)
 
 
 def train_fold(fs: FeatureSet, manifest: pd.DataFrame, val_fold: int, verbose: int = 0) -> TrainResult:
@@ -626,12 +633,9 @@ def _cached_fold(fs: FeatureSet, manifest: pd.DataFrame, fold: int, summary_path
         return result
     with tf.distribute.get_strategy().scope():
         head = keras.models.load_model(head_file, compile=False)
-        model = end_to_end_model(fs, head, None)
-    y = encode_labels(manifest["label"])
     _, val_idx = train_val_indices(manifest["fold"], fold)
-    p = predict_cached(fs, head, None, val_idx)
     history = json.loads(history_file.read_text(encoding="utf-8"))
-    return TrainResult(model, head, None, history, binary_metrics(y[val_idx], p), val_idx, p)
+    return _fold_result(fs, head, None, history, encode_labels(manifest["label"]), val_idx)
 
 
 # --------------------------------------------------------------------------- one call for notebooks and the CLI
