@@ -64,8 +64,10 @@ model_int8.tflite, model.onnx, model_int8.onnx, and parity.json (the figures pri
 
 Every export keeps the run's contract. It takes a float32 batch (N, S, S, 3) of raw RGB face
 crops with values 0-255, S being the run's image_size (config.json; 224 for ResNet-50),
-resized but not normalised: the model does its own preprocessing. It gives float32 (N, 2)
-softmax probabilities in the order of the run's class_names: P(with_mask), P(without_mask).
+resized but not normalised: the model does its own preprocessing. It gives float32 (N, C)
+softmax probabilities in the order of the run's class_names (for the study's model: with_mask,
+mask_weared_incorrect, without_mask); config.json's reports_as says which binary class each
+counts as, so P(without_mask) is the sum of the last two.
 The int8 formats quantise weights and activations (input and output stay float32), calibrated
 on crops of the model's training folds; onnx-int8 quantises the backbone only (per-channel
 weights), its first convolution, the pooling, standardisation and head stay float.

@@ -77,16 +77,30 @@ def is_dataset_dir(path: Path) -> bool:
 
 
 def remember_data_dir(path: str | Path) -> None:
-    """Record where the data set is (DATA_LOCATION_FILE), so JupyterLab finds what the main job used."""
+    """Record where the data set is (DATA_LOCATION_FILE), so JupyterLab finds what the main job used.
+
+    Only a main job that wrote the project's own reports calls this (`maskclf.report`).
+    """
     write_text_atomic(DATA_LOCATION_FILE, str(Path(path).expanduser().resolve()) + "\n")
 
 
 def remembered_data_dir() -> Path | None:
-    """The data set location recorded by `remember_data_dir`, if it still holds the data set."""
+    """The data set location recorded by `remember_data_dir` (None: none recorded).
+
+    DataNotFoundError, naming the file and the location, when the recorded folder no longer holds the data set.
+    """
     if not DATA_LOCATION_FILE.is_file():
         return None
-    path = Path(DATA_LOCATION_FILE.read_text(encoding="utf-8").strip())
-    return path if is_dataset_dir(path) else None
+    try:
+        path = Path(DATA_LOCATION_FILE.read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataNotFoundError(f"{DATA_LOCATION_FILE}: unreadable ({exc}); delete it, then pass --data DIR") from exc
+    if not is_dataset_dir(path):
+        raise DataNotFoundError(
+            f"{DATA_LOCATION_FILE} remembers the data set at {path}, which no longer holds it (images/ and "
+            f"annotations/); pass --data DIR (papermill: -p data_dir DIR) or set ${DATA_ENV_VAR}, or delete "
+            f"{DATA_LOCATION_FILE} to use {RAW_DIR / DATASET_NAME}")
+    return path
 
 
 def resolve_data_dir(explicit: str | Path | None = None, download: bool = True) -> Path:
@@ -528,8 +542,6 @@ def run(args: argparse.Namespace) -> int:
     """Run `extract` from parsed arguments."""
     try:
         data_dir = resolve_data_dir(args.data)
-        if args.data:
-            remember_data_dir(data_dir)
         result = extract_faces(data_dir, args.out, margin=args.margin, label_map=args.label_map, fold_seed=args.fold_seed,
                                skip_bad=args.skip_bad)
     except (DataError, DataNotFoundError, ImageError, OSError) as exc:

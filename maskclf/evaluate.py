@@ -14,6 +14,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from . import CLASS_NAMES, POSITIVE
+from .answers import ANNOTATED_AS, THREE_WAY
 from .data import face_size, size_buckets
 
 
@@ -75,8 +76,10 @@ class MisalignedPredictionsError(ValueError):
     """Predictions and labels do not describe the same faces in the same order."""
 
 
-def prediction_table(faces: pd.DataFrame, seen_paths: Sequence[str], p: Sequence[float], threshold: float = 0.5) -> pd.DataFrame:
-    """One row per face: its manifest fields, label, score and prediction.
+def prediction_table(faces: pd.DataFrame, seen_paths: Sequence[str], p: Sequence[float], threshold: float = 0.5,
+                     three_way: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per face: its manifest fields, label, score and prediction (and the three-way label, when given;
+    else None).
 
     Raises MisalignedPredictionsError unless `seen_paths` lists exactly the faces'
     `crop_file`s in the same order: the error behind a study that reported 0.71 for a
@@ -94,6 +97,7 @@ def prediction_table(faces: pd.DataFrame, seen_paths: Sequence[str], p: Sequence
     table["p_without_mask"] = np.asarray(p, dtype=float)
     table["predicted"] = np.where(table["p_without_mask"] >= threshold, CLASS_NAMES[1], CLASS_NAMES[0])
     table["correct"] = table["predicted"] == table["label"]
+    table["three_way"] = list(three_way) if three_way is not None else None
     table["face_px"] = face_size(table)
     table["size_bucket"] = size_buckets(table["face_px"])
     return table
@@ -132,7 +136,51 @@ def bootstrap_ci(
     return {k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in stats.items() if v}
 
 
+def three_way_metrics(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0, group: str = "source_image",
+                      level: float = 0.95) -> dict:
+    """The three-way answer against the annotated classes: 3x3 confusion matrix (rows: annotated, columns:
+    predicted, in THREE_WAY order), recall of each annotated class with a percentile CI from a bootstrap over
+    photos, and support. `table` needs `original_label` and `three_way` (prediction_table)."""
+    truth = table["original_label"].map(ANNOTATED_AS)
+    if truth.isna().any() or table["three_way"].isna().any():
+        raise ValueError("three-way metrics need the three annotated classes and a three-way label for every face")
+    t, q = truth.map(THREE_WAY.index).to_numpy(), table["three_way"].map(THREE_WAY.index).to_numpy()
+    confusion = np.zeros((3, 3), int)
+    np.add.at(confusion, (t, q), 1)
+    codes, groups = pd.factorize(table[group])
+    members = [np.flatnonzero(codes == g) for g in range(len(groups))]
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {name: [] for name in THREE_WAY}
+    for _ in range(n_boot):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(groups), len(groups))])
+        for k, name in enumerate(THREE_WAY):
+            mine = idx[t[idx] == k]
+            if len(mine):
+                draws[name].append(float((q[mine] == k).mean()))
+    tail = (1 - level) / 2 * 100
+    support = confusion.sum(axis=1)
+    return {
+        "labels": list(THREE_WAY),
+        "confusion_matrix": confusion.tolist(),
+        "recall": {name: float(confusion[k, k] / support[k]) if support[k] else float("nan")
+                   for k, name in enumerate(THREE_WAY)},
+        "support": {name: int(support[k]) for k, name in enumerate(THREE_WAY)},
+        "ci95": {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
+                 for name, v in draws.items() if v},
+    }
+
+
 # --------------------------------------------------------------------------- tables for the report
+
+
+def three_way_recall_table(three_way: dict) -> pd.DataFrame:
+    """One row per annotated class of `three_way_metrics`: recall, its 95% interval and the faces."""
+    return pd.DataFrame({
+        "recall": three_way["recall"],
+        "ci95_low": {k: v[0] for k, v in three_way["ci95"].items()},
+        "ci95_high": {k: v[1] for k, v in three_way["ci95"].items()},
+        "faces": three_way["support"],
+    }).reindex(three_way["labels"]).rename_axis("annotated class")
 
 
 def threshold_table(y_true: Sequence[int], p: Sequence[float], thresholds: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)) -> pd.DataFrame:
@@ -196,8 +244,10 @@ def oof_table(cv_predictions: pd.DataFrame, manifest: pd.DataFrame, faces_dir: s
 
 
 def headline_metrics(table: pd.DataFrame, ci: dict[str, tuple[float, float]], run_config: dict, run_metrics: dict,
-                     framing: pd.DataFrame | None = None, run_name: str | None = None) -> dict:
-    """The `reports/metrics.json` document: metrics with CIs, provenance, the CV summary and the framing check."""
+                     framing: pd.DataFrame | None = None, run_name: str | None = None,
+                     three_way: dict | None = None) -> dict:
+    """The `reports/metrics.json` document: metrics with CIs, provenance, the CV summary, the framing check and
+    (`three_way_metrics`) the three-way answer."""
     m = binary_metrics(table["y_true"], table["p_without_mask"])
     cv = run_metrics.get("cv", {})
     return {
@@ -214,6 +264,7 @@ def headline_metrics(table: pd.DataFrame, ci: dict[str, tuple[float, float]], ru
         "cv": {"per_fold": cv.get("per_fold", []), "mean": cv.get("mean", {}), "std": cv.get("std", {})},
         "data_sha256": run_config.get("data_sha256"),
         "framing_accuracy": {} if framing is None else framing["accuracy"].round(4).to_dict(),
+        **({"three_way": three_way} if three_way is not None else {}),
     }
 
 

@@ -38,7 +38,9 @@ from .fsutil import atomic_path, output_file_problem
 from .images import ImageError, load_crop, load_rgb
 from . import POSITIVE
 from .model import run_batched
-from .predict import crop_faces, predict_probabilities, resolve_model
+from .answers import p_without_mask
+from .model import predict_probabilities
+from .predict import crop_faces, resolve_model
 from .runs import EXPORT_FILES, PARITY_FILE, export_path, write_parity
 from .splits import N_FOLDS
 
@@ -189,18 +191,18 @@ def _tflite_runner(path: Path, num_threads: int | None) -> Runner:
 def parity(
     reference: np.ndarray,
     candidate: np.ndarray,
-    class_names: Sequence[str],
+    config: dict[str, Any],
     labels: np.ndarray | None = None,
     threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """How closely `candidate` probabilities follow `reference` (both (N, C) softmax outputs).
+    """How closely `candidate` probabilities follow `reference` (both (N, C) softmax outputs over the run
+    config's `class_names`), in P(without_mask) and its label at `threshold`.
 
     `labels` (1 = without_mask) adds each model's ROC AUC and their difference.
     """
     from sklearn.metrics import roc_auc_score
 
-    positive = list(class_names).index(POSITIVE)
-    ref, cand = reference[:, positive], candidate[:, positive]
+    ref, cand = p_without_mask(reference, config), p_without_mask(candidate, config)
     report: dict[str, Any] = {
         "n": int(len(ref)),
         "agreement": float(np.mean((ref >= threshold) == (cand >= threshold))),
@@ -363,7 +365,7 @@ def export_run(
                                      "export_seconds": round(time.perf_counter() - start, 1)}
             runner = load_runner(staged)
             candidate = run_batched(runner, crops, batch_size=32)
-            entry["parity"] = parity(reference, candidate, config["class_names"], labels, threshold)
+            entry["parity"] = parity(reference, candidate, config, labels, threshold)
             entry["ms_per_face"] = round(ms_per_face(runner, one), 2)
             entry["usable"] = entry["parity"]["passed"]
             if entry["usable"]:

@@ -59,9 +59,14 @@ def write_text_atomic(target: str | Path, text: str) -> Path:
     return Path(target)
 
 
+def json_text(obj: Any) -> str:
+    """`obj` as the project writes JSON: indented, keys sorted, NumPy values and paths converted."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+
+
 def write_json_atomic(target: str | Path, obj: Any) -> Path:
     """Write `obj` as indented JSON to `target` atomically."""
-    return write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return write_text_atomic(target, json_text(obj))
 
 
 def _umask() -> int:

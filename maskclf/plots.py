@@ -172,14 +172,15 @@ def plot_cv(table: pd.DataFrame, title: str = "Cross-validation over grouped fol
 # --------------------------------------------------------------------------- evaluation
 
 
-def plot_confusion(cm: Sequence[Sequence[int]], title: str = "Confusion matrix") -> plt.Figure:
-    """Counts and row-normalised rates side by side."""
+def plot_confusion(cm: Sequence[Sequence[int]], title: str = "Confusion matrix",
+                   labels: Sequence[str] = CLASS_NAMES) -> plt.Figure:
+    """Counts and row-normalised rates side by side; `labels` name the rows and columns in order."""
     cm = np.asarray(cm)
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=axes[0], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4 if len(labels) == 2 else 4.6))
+    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=axes[0], xticklabels=labels, yticklabels=labels)
     sns.heatmap(rates, annot=True, fmt=".3f", cmap="Blues", vmin=0, vmax=1, cbar=False, ax=axes[1],
-                xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES)
+                xticklabels=labels, yticklabels=labels)
     for ax, sub in zip(axes, ("counts", "share of each true class")):
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")

@@ -28,11 +28,12 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import POSITIVE
+from . import CLASS_NAMES, POSITIVE, answers
 from .data import TINY_FACE, DataError, annotation_boxes, is_dataset_dir, parse_voc
 from .detect import BoxXYXY, Detector, detect_faces, make_detector
 from .fsutil import atomic_path, output_file_problem, write_text_atomic
 from .images import ImageError, load_rgb, resize_crop
+from .model import predict_probabilities
 from .paths import MODELS_DIR
 
 COLOURS = {"with_mask": (0, 190, 0), "without_mask": (230, 20, 20)}
@@ -60,12 +61,10 @@ def resolve_model(model_dir: str | Path | None = None, fast: bool = False) -> tu
 
     `fast`: the model is the run's `fastest_runtime` (an exported file when there is a good one), for classifying only.
     """
-    from .runs import RunFolderError, latest_run, load_run  # TensorFlow loads here
+    from .runs import latest_run, load_run  # TensorFlow loads here
 
     run_dir = model_dir if model_dir else latest_run(MODELS_DIR)
     model, config = load_run(run_dir)
-    if POSITIVE not in config["class_names"]:
-        raise RunFolderError(f"{model_dir}: class_names {config['class_names']} lack {POSITIVE!r}")
     return (fastest_runtime(model, run_dir) if fast else model), config
 
 
@@ -116,28 +115,6 @@ def _parity_passed(report: Any, fmt: str) -> bool:
     return isinstance(entry, dict) and entry.get("passed") is True
 
 
-def predict_probabilities(model: Any, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Softmax outputs (N, n_classes) of an end-to-end Keras model on raw 0-255 crops."""
-    if len(crops) == 0:
-        return np.zeros((0, model.output_shape[-1]), np.float32)
-    from .model import run_batched  # TensorFlow is loaded by now: `model` is a Keras model
-
-    return run_batched(model.predict_on_batch, crops, batch_size).astype(np.float32)
-
-
-def cached_scorer(model: Any, batch_size: int = 32) -> Callable[[np.ndarray], np.ndarray]:
-    """P(without_mask) of raw crops (N, S, S, 3) by a Keras model, from the result cache when it already scored them."""
-    from .memo import array_fingerprint, cached_arrays, model_fingerprint
-
-    fingerprint = model_fingerprint(model)
-
-    def score(crops: np.ndarray) -> np.ndarray:
-        key = {"model": fingerprint, "crops": array_fingerprint(crops), "batch_size": batch_size}
-        return cached_arrays("scores", key, lambda: {"p": predict_probabilities(model, crops, batch_size)[:, 1]})["p"]
-
-    return score
-
-
 # --------------------------------------------------------------------------- pure functions
 
 
@@ -157,17 +134,22 @@ def to_batch(images: Iterable[np.ndarray], size: int) -> np.ndarray:
     return np.stack([a if a.shape[:2] == (size, size) else resize_crop(a, size) for a in arrays]).astype(np.float32)
 
 
-def label_probabilities(probs: np.ndarray, class_names: Sequence[str], threshold: float = 0.5) -> list[dict[str, Any]]:
-    """One result per row of softmax outputs: label (P(without_mask) >= threshold), probabilities."""
-    negative = next(name for name in class_names if name != POSITIVE)
+def label_probabilities(probs: np.ndarray, config: dict[str, Any], threshold: float = 0.5) -> list[dict[str, Any]]:
+    """One result per row of softmax outputs (over the run's `class_names`): the binary label (P(without_mask) >=
+    threshold) with both binary probabilities, and, for a model trained on the three annotated classes, the
+    three-way label (`three_way`) with its probabilities (maskclf.answers)."""
+    binary = np.round(answers.binary_probabilities(probs, config), 6)  # the labels follow what is shown
+    three = answers.three_way_probabilities(probs, config)
+    three = None if three is None else np.round(three, 6)
+    names = answers.three_way_labels(three, binary[:, 1], threshold) if three is not None else []
     results = []
-    for row in probs:
-        rounded = {name: round(float(p), 6) for name, p in zip(class_names, row)}  # the label follows what is shown
-        results.append({
-            "label": POSITIVE if rounded[POSITIVE] >= threshold else negative,
-            "p_without_mask": rounded[POSITIVE],
-            "probabilities": rounded,
-        })
+    for i, row in enumerate(binary):
+        result = {"label": CLASS_NAMES[int(row[1] >= threshold)], "p_without_mask": float(row[1]),
+                  "probabilities": {name: float(p) for name, p in zip(CLASS_NAMES, row)}}
+        if three is not None:
+            result["three_way"] = names[i]
+            result["three_way_probabilities"] = {name: float(p) for name, p in zip(answers.THREE_WAY, three[i])}
+        results.append(result)
     return results
 
 
@@ -176,7 +158,7 @@ def classify_crops(
 ) -> list[dict[str, Any]]:
     """Classify face crops (RGB arrays of any size): a label and probabilities for each."""
     batch = to_batch(images, config["image_size"])
-    return label_probabilities(predict_probabilities(model, batch, batch_size), config["class_names"], threshold)
+    return label_probabilities(predict_probabilities(model, batch, batch_size), config, threshold)
 
 
 def classify_photo(
@@ -208,7 +190,7 @@ def _classify_cropped(model, config, crops, boxes, threshold, batch_size) -> lis
     """`classify_photos` on the photos' `crop_faces` arrays (a list of (n_i, S, S, 3)) and boxes."""
     size = config["image_size"]
     batch = np.concatenate(crops) if crops else np.zeros((0, size, size, 3), np.float32)
-    results = iter(label_probabilities(predict_probabilities(model, batch, batch_size), config["class_names"], threshold))
+    results = iter(label_probabilities(predict_probabilities(model, batch, batch_size), config, threshold))
     return [[flag_small({"box": list(box), **next(results)}) for box in photo_boxes] for photo_boxes in boxes]
 
 

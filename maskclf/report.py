@@ -327,8 +327,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.data:
             overrides["data_dir"] = str(resolve_data_dir(args.data).resolve())
-            remember_data_dir(overrides["data_dir"])  # so that JupyterLab finds what the main job used
         runs = run_reports(load_params(args.params, overrides), reports_dir=args.reports_dir)
+        if args.data and Path(args.reports_dir).resolve() == REPORTS_DIR.resolve():
+            remember_data_dir(overrides["data_dir"])  # so that JupyterLab finds what the project's reports used
     except (ParamsError, DataNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

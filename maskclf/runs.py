@@ -10,6 +10,7 @@ the file and the problem named, never half-read.
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,14 +18,16 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from . import __version__
+from .answers import check_reports_as, reports_as
 from .data import SIZE_LABELS
-from .fsutil import atomic_dir, atomic_path, write_json_atomic
+from .fsutil import atomic_dir, atomic_path, json_text, write_json_atomic
 
 if TYPE_CHECKING:
     import keras
 
-FORMAT_VERSION = 1
-"""Bumped whenever the model's input/output contract or a file's layout changes."""
+FORMAT_VERSION = 2
+"""Bumped whenever the model's input/output contract or a file's layout changes (2: the model outputs the
+probabilities of the classes it was trained on, and `reports_as` maps them to the binary classes)."""
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
@@ -52,16 +55,16 @@ RUN_FILES = {
     METRICS_FILE: "validation and cross-validation metrics (train)",
     CV_PREDICTIONS_FILE: "out-of-fold scores of every face (train)",
     COMPARISON_FILE: "the ablation table (train)",
-    EVALUATION_FILE: "the headline metrics (03_evaluate)",
-    VAL_PREDICTIONS_FILE: "validation scores, one aligned pass (03_evaluate)",
     f"{EXPORT_DIR}/": "TFLite and ONNX files with parity.json (export)",
 }
-"""Every file a run folder can hold, and what writes it."""
+"""Every file a run folder can hold, and what writes it. Evaluating a run never writes here: 03_evaluate writes
+EVALUATION_FILE and VAL_PREDICTIONS_FILE into an `evaluation_folder` of its own."""
 
 CV_PREDICTION_COLUMNS = ["crop_path", "source_image", "label", "fold", "p_without_mask"]
 PREDICTION_COLUMNS = [
     "crop_path", "crop_file", "source_image", "face_index", "xmin", "ymin", "xmax", "ymax", "width", "height",
-    "original_label", "label", "fold", "y_true", "p_without_mask", "predicted", "correct", "face_px", "size_bucket",
+    "original_label", "label", "fold", "y_true", "p_without_mask", "predicted", "correct", "three_way", "face_px",
+    "size_bucket",
 ]
 """Columns of `val_predictions.csv`."""
 
@@ -84,42 +87,114 @@ def save_run(
     metrics: dict[str, Any] | None = None,
     cv_predictions: pd.DataFrame | None = None,
     comparison: pd.DataFrame | None = None,
-) -> Path:
-    """Write a run folder's training files as one atomic swap and return its path.
+) -> str:
+    """Write a run folder's training files as one atomic swap; return what happened to the folder.
 
-    A non-empty `run_dir` without `config.json` (not a run folder) is refused, never replaced.
-    `config` must name at least `image_size` and `class_names`; `cv_predictions` has
-    CV_PREDICTION_COLUMNS, `comparison` one row per configuration (written when not empty).
+    `config` must name `image_size`, `class_names` and `run_id` (the hash of the configuration and data
+    that made the run); a folder holding another `run_id`, or a non-empty folder without `config.json`,
+    is refused, never replaced. `cv_predictions` has CV_PREDICTION_COLUMNS, `comparison` one row per
+    configuration (written when not empty). Nothing already produced is lost:
+
+    - "unchanged": every file would be the same (the model compared by its fingerprint); the folder is
+      left as it is, exports included, and only `config.json`'s time is renewed (`latest_run`);
+    - "updated": the same model with other figures; the exports stay;
+    - "retrained": another model; the old exports move to `export.stale-<old model fingerprint>/`;
+    - "created": a new folder.
     """
-    for key in ("image_size", "class_names"):
+    from .memo import weights_fingerprint
+
+    for key in ("image_size", "class_names", "run_id"):
         if key not in config:
             raise ValueError(f"run config needs {key!r}")
-    config = {**config, "format_version": FORMAT_VERSION, "maskclf_version": __version__}
+    config = {**config, "format_version": FORMAT_VERSION, "maskclf_version": __version__,
+              "model_sha256": weights_fingerprint(model)}
     run_dir = Path(run_dir)
+    previous = _previous_config(run_dir, config["run_id"])
+    same_model = previous is not None and previous.get("model_sha256") == config["model_sha256"]
+    files = {CONFIG_FILE: json_text(config).encode("utf-8")}
+    if history is not None:
+        files[HISTORY_FILE] = json_text(history).encode("utf-8")
+    if metrics is not None:
+        files[METRICS_FILE] = json_text(metrics).encode("utf-8")
+    if cv_predictions is not None:
+        files[CV_PREDICTIONS_FILE] = cv_predictions[CV_PREDICTION_COLUMNS].to_csv(index=False).encode("utf-8")
+    if comparison is not None and len(comparison):
+        files[COMPARISON_FILE] = comparison.to_csv().encode("utf-8")
+    if same_model and _holds(run_dir, files):
+        (run_dir / CONFIG_FILE).touch()
+        return "unchanged"
     with atomic_dir(run_dir, marker=CONFIG_FILE) as tmp:
-        model.save(tmp / MODEL_FILE)
-        write_json_atomic(tmp / CONFIG_FILE, config)
-        if history is not None:
-            write_json_atomic(tmp / HISTORY_FILE, history)
-        if metrics is not None:
-            write_json_atomic(tmp / METRICS_FILE, metrics)
-        if cv_predictions is not None:
-            (tmp / CV_PREDICTIONS_FILE).write_text(cv_predictions[CV_PREDICTION_COLUMNS].to_csv(index=False), encoding="utf-8")
-        if comparison is not None and len(comparison):
-            (tmp / COMPARISON_FILE).write_text(comparison.to_csv(), encoding="utf-8")
-    return run_dir
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        if same_model:
+            shutil.copy2(run_dir / MODEL_FILE, tmp / MODEL_FILE)
+        else:
+            model.save(tmp / MODEL_FILE)
+        _carry_exports(run_dir, tmp, None if same_model or previous is None else previous.get("model_sha256"))
+    return "created" if previous is None else "updated" if same_model else "retrained"
 
 
-def write_evaluation(run_dir: str | Path, table: pd.DataFrame, headline: dict[str, Any],
-                     metrics_path: str | Path | None = None) -> None:
-    """Write `evaluation.json` and `val_predictions.csv` into a run folder (and the headline to `metrics_path`)."""
-    run_dir = Path(run_dir)
-    read_config(run_dir)
-    write_json_atomic(run_dir / EVALUATION_FILE, headline)
-    with atomic_path(run_dir / VAL_PREDICTIONS_FILE) as tmp:
+def _previous_config(run_dir: Path, run_id: str) -> dict[str, Any] | None:
+    """The config of the run already in `run_dir` (None: none); RunFolderError if another configuration made it."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        previous = None
+    found = previous.get("run_id") if isinstance(previous, dict) else None
+    if found != run_id:
+        raise RunFolderError(f"{run_dir}: holds run {found!r}, made by another configuration or version (this one is "
+                             f"{run_id!r}); never overwritten: give another run_name, or move that folder aside")
+    return previous
+
+
+def _holds(run_dir: Path, files: dict[str, bytes]) -> bool:
+    """Whether `run_dir` has the model and each of `files` with the same bytes."""
+    return (run_dir / MODEL_FILE).is_file() and all(
+        (run_dir / name).is_file() and (run_dir / name).read_bytes() == data for name, data in files.items())
+
+
+def _carry_exports(run_dir: Path, staged: Path, stale_model: str | None) -> None:
+    """Copy `run_dir`'s exports into the staged folder: as they are, or, when the model they were made from
+    (`stale_model`) is replaced, to `export.stale-<stale_model>/`. Earlier stale exports are kept too."""
+    for old in sorted(run_dir.glob(f"{EXPORT_DIR}*")) if run_dir.is_dir() else []:
+        if not old.is_dir() or old.is_symlink():
+            continue
+        name = f"{EXPORT_DIR}.stale-{stale_model}" if old.name == EXPORT_DIR and stale_model else old.name
+        shutil.copytree(old, staged / name, symlinks=True)
+
+
+def evaluation_folder(root: str | Path, run_dir: str | Path, fold: int, threshold: float) -> Path:
+    """Where the evaluation of run `run_dir` on `fold` at `threshold` lives: `root/<run>/fold<k>-threshold<t>/`.
+
+    Keyed by what the evaluation depends on, so that evaluating with another threshold never replaces
+    what the reports show, and never touches the run folder.
+    """
+    return Path(root) / Path(run_dir).name / f"fold{int(fold)}-threshold{float(threshold):g}"
+
+
+def write_evaluation(folder: str | Path, table: pd.DataFrame, headline: dict[str, Any],
+                     metrics_path: str | Path | None = None) -> Path:
+    """Write `evaluation.json` and `val_predictions.csv` into an `evaluation_folder` (and the headline to
+    `metrics_path`)."""
+    folder = Path(folder)
+    write_json_atomic(folder / EVALUATION_FILE, headline)
+    with atomic_path(folder / VAL_PREDICTIONS_FILE) as tmp:
         table[PREDICTION_COLUMNS].to_csv(tmp, index=False)
     if metrics_path:
         write_json_atomic(metrics_path, headline)
+    return folder
+
+
+def read_evaluation_table(folder: str | Path) -> pd.DataFrame:
+    """`val_predictions.csv` of an `evaluation_folder`, `size_bucket` as ordered categories; RunFolderError naming
+    the folder when 03_evaluate has not written it."""
+    path = Path(folder) / VAL_PREDICTIONS_FILE
+    if not path.is_file():
+        raise RunFolderError(f"{path}: missing; run 03_evaluate first with the same run, fold and threshold")
+    return _with_size_buckets(pd.read_csv(path))
 
 
 def export_path(run_dir: str | Path, name: str) -> Path:
@@ -164,7 +239,8 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def check_config(path: Path, config: dict[str, Any]) -> None:
-    """RunFolderError naming `path` unless `image_size` is a positive int and `class_names` two or more names."""
+    """RunFolderError naming `path` unless `image_size` is a positive int, `class_names` two or more names and
+    `reports_as` maps each of them to a binary class."""
     size, names = config.get("image_size"), config.get("class_names")
     if type(size) is not int or not 1 <= size <= MAX_IMAGE_SIZE:
         raise RunFolderError(f"{path}: 'image_size' must be a whole number of pixels from 1 to {MAX_IMAGE_SIZE}, "
@@ -172,6 +248,9 @@ def check_config(path: Path, config: dict[str, Any]) -> None:
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names) \
             or len(set(names)) != len(names):
         raise RunFolderError(f"{path}: 'class_names' must be a list of two or more distinct names, got {names!r}")
+    problem = check_reports_as(names, reports_as(config))
+    if problem:
+        raise RunFolderError(f"{path}: {problem}")
 
 
 def check_model_matches(path: Path, model: keras.Model, config: dict[str, Any]) -> None:
@@ -206,7 +285,8 @@ def load_run(run_dir: str | Path) -> tuple[keras.Model, dict[str, Any]]:
 
 
 def latest_run(models_dir: str | Path = "models") -> Path:
-    """Return the most recently written complete run folder under `models_dir`."""
+    """Return the complete run folder under `models_dir` most recently written or confirmed by training (a rerun
+    that changes nothing renews its `config.json`'s time)."""
     models_dir = Path(models_dir)
     runs = [p.parent for p in models_dir.glob(f"*/{CONFIG_FILE}") if (p.parent / MODEL_FILE).is_file()]
     if not runs:
@@ -215,13 +295,16 @@ def latest_run(models_dir: str | Path = "models") -> Path:
 
 
 def read_json(run_dir: str | Path, name: str) -> dict[str, Any]:
-    """A JSON file of a run folder (`metrics.json`, `history.json`, `evaluation.json`, PARITY_FILE)."""
+    """A JSON file of a run folder (`metrics.json`, `history.json`, PARITY_FILE)."""
     return json.loads(_existing(run_dir, name, ".json").read_text(encoding="utf-8"))
 
 
 def read_table(run_dir: str | Path, name: str) -> pd.DataFrame:
-    """A CSV file of a run folder; `size_bucket` (val_predictions.csv) comes back as ordered categories."""
-    table = pd.read_csv(_existing(run_dir, name, ".csv"), index_col=0 if name == COMPARISON_FILE else None)
+    """A CSV file of a run folder (`cv_predictions.csv`, `comparison.csv`)."""
+    return _with_size_buckets(pd.read_csv(_existing(run_dir, name, ".csv"), index_col=0 if name == COMPARISON_FILE else None))
+
+
+def _with_size_buckets(table: pd.DataFrame) -> pd.DataFrame:
     if "size_bucket" in table:
         table["size_bucket"] = pd.Categorical(table["size_bucket"], categories=SIZE_LABELS, ordered=True)
     return table

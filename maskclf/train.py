@@ -36,6 +36,7 @@ import pandas as pd
 import tensorflow as tf
 
 from . import CLASS_NAMES
+from .answers import p_without_mask
 from .augment import view_names
 from .config import PARAM_CHOICES, resolve_params, stage_defaults
 from .backbones import Weights, get_backbone, weights_id
@@ -299,12 +300,25 @@ def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
 
 
 def end_to_end_model(fs: FeatureSet, head: keras.Model, upper: keras.Model | None) -> keras.Model:
-    """Raw 0-255 RGB crops in, class probabilities out: preprocessing, backbone(s), pooling, head."""
+    """Raw 0-255 RGB crops in, probabilities of the trained classes out: preprocessing, backbone(s), pooling,
+    head (without its merge into the binary classes; maskclf.answers does that from config.json's `reports_as`)."""
     x = fs.frozen.output
     if upper is not None:
         x = keras.layers.GlobalAveragePooling2D(name=FEATURE_MAP_LAYER)(upper(x, training=False))
     name = "maskclf_" + fs.config.backbone.replace("+", "_")
-    return keras.Model(fs.frozen.input, head(x, training=False), name=name)
+    return keras.Model(fs.frozen.input, trained_classes(head)(x, training=False), name=name)
+
+
+def trained_classes(head: keras.Model) -> keras.Model:
+    """`head` up to its softmax over the classes it was trained on (before any MergeClasses)."""
+    if not any(isinstance(layer, MergeClasses) for layer in head.layers):
+        return head
+    return keras.Model(head.input, head.get_layer("head_softmax").output, name="head")
+
+
+def reports_as(labels: TrainingLabels) -> dict[str, str]:
+    """Each trained class -> the binary class it counts as (config.json's `reports_as`)."""
+    return {name: CLASS_NAMES[int(np.argmax(row))] for name, row in zip(labels.names, labels.merge)}
 
 
 # --------------------------------------------------------------------------- features
@@ -646,6 +660,8 @@ class Study:
     """What `run_study` computed and saved, for the notebook to show and the CLI to print."""
 
     run_dir: Path
+    saved: str
+    """What happened to the run folder: created, unchanged, updated or retrained (runs.save_run)."""
     fs: FeatureSet
     manifest: pd.DataFrame
     result: TrainResult
@@ -664,7 +680,8 @@ END_TO_END_TOLERANCE = 1e-4
 def run_study(
     config: TrainConfig,
     faces_dir: str | Path,
-    run_dir: str | Path,
+    models_dir: str | Path = MODELS_DIR,
+    run_name: str | None = None,
     cross_validate: bool = True,
     compare: Sequence[dict[str, Any]] = (),
     cache_dir: str | Path = FEATURES_DIR,
@@ -675,17 +692,23 @@ def run_study(
     In order: features (cached), 5-fold cross-validation keeping the model of
     `config.val_fold` (or that fold alone), the end-to-end check of the saved model against
     the cached pipeline (RuntimeError if it fails, before anything is saved), the comparison
-    of `config` with each variant of `compare`, then the run folder.
+    of `config` with each variant of `compare`, then the run folder `models_dir/run_name`
+    (default: `default_run_name`, which names the configuration and the data by their hash;
+    a folder of another configuration is never written into).
     """
     manifest = read_manifest(faces_dir)
     fs, manifest = restrict_faces(prepare_features(manifest, faces_dir, config, cache_dir, verbose), manifest)
+    run_dir = Path(models_dir) / (run_name or default_run_name(config, fs.data_sha256))
     if cross_validate:
         cv, result = cached_cross_validate(fs, manifest, config.val_fold, cache_dir)
     else:
         cv, result = None, train_fold(fs, manifest, config.val_fold)
     check = result.val_index[:END_TO_END_CROPS]
     images = np.stack([load_crop(p, config.image_size) for p in manifest["crop_file"].iloc[check]]).astype("float32")
-    gap = float(np.abs(result.model.predict(images, verbose=0)[:, 1] - result.val_probabilities[:len(check)]).max())
+    labels = training_labels(manifest, config.labels)
+    saved = p_without_mask(result.model.predict(images, verbose=0), {"class_names": labels.names,
+                                                                     "reports_as": reports_as(labels)})
+    gap = float(np.abs(saved - result.val_probabilities[:len(check)]).max())
     if not gap < END_TO_END_TOLERANCE:
         raise RuntimeError(f"the end-to-end model differs from the cached pipeline by {gap:.2e} (over "
                            f"{END_TO_END_TOLERANCE:g}) on {len(check)} validation crops: their preprocessing disagrees")
@@ -694,8 +717,8 @@ def run_study(
     if variants:
         rows += compare_configs(faces_dir, config, variants, cache_dir).reset_index().to_dict("records")
     comparison = pd.DataFrame(rows).set_index("configuration") if rows else pd.DataFrame()
-    save_result(run_dir, result, fs, manifest, cv, comparison)
-    return Study(Path(run_dir), fs, manifest, result, cv, len(check), gap, comparison)
+    saved = save_result(run_dir, result, fs, manifest, cv, comparison)
+    return Study(run_dir, saved, fs, manifest, result, cv, len(check), gap, comparison)
 
 
 def save_result(
@@ -706,13 +729,16 @@ def save_result(
     cv: dict[str, Any] | None = None,
     comparison: pd.DataFrame | None = None,
 ) -> Path:
-    """Write the run folder (`runs.save_run`): model, config, history, metrics, CV scores and comparison table."""
+    """Write the run folder (`runs.save_run`): model, config, history, metrics, CV scores and comparison table;
+    return what happened to it."""
     config = fs.config
     metrics = {**result.metrics, "val_fold": config.val_fold, "n_faces": len(manifest), "n_val": len(result.val_index),
                "data_sha256": fs.data_sha256}
-    run_config = {**config.to_dict(), "class_names": list(CLASS_NAMES), "data_sha256": fs.data_sha256,
-                  "fine_tune_from": fs.upper.name if fs.upper is not None else None,
-                  "feature_seconds": round(fs.seconds, 2), "feature_cache_hit": fs.cache_hit}
+    labels = training_labels(manifest, config.labels)
+    run_config = {**config.to_dict(), "class_names": labels.names, "reports_as": reports_as(labels),
+                  "data_sha256": fs.data_sha256, "run_id": run_id(config, fs.data_sha256),
+                  "weights_id": weights_id(config.weights),
+                  "fine_tune_from": fs.upper.name if fs.upper is not None else None}
     oof = None
     if cv is not None:
         metrics["cv"] = {k: cv[k] for k in ("per_fold", "mean", "std")}
@@ -769,9 +795,16 @@ def config_label(config: TrainConfig) -> str:
     return "-".join(parts)
 
 
-def default_run_name(config: TrainConfig) -> str:
-    """Run folder name, e.g. `efficientnet_lite0-imagenet-ft2-aug1-fold0`."""
-    return f"{config_label(config)}-fold{config.val_fold}"
+def run_id(config: TrainConfig, data_sha256: str) -> str:
+    """Short hash of everything that makes a run: every field of the configuration (a weights file by its
+    contents) and the extraction's hash. config.json records all of it."""
+    blob = {**config.to_dict(), "weights": weights_id(config.weights), "data_sha256": data_sha256}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def default_run_name(config: TrainConfig, data_sha256: str) -> str:
+    """Run folder name: a readable label and the run's hash, e.g. `efficientnet_lite0-imagenet-ft2-aug1-fold0-3f9a2c1d`."""
+    return f"{config_label(config)}-fold{config.val_fold}-{run_id(config, data_sha256)}"
 
 
 # --------------------------------------------------------------------------- CLI
@@ -790,8 +823,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         study_params = stage_defaults("02_train")  # the study's steps: as in 02_train, unless switched off here
-        run_dir = Path(args.out) if args.out else MODELS_DIR / default_run_name(config)
-        study = run_study(config, args.faces, run_dir, cross_validate=study_params["cross_validate"] and not args.no_cv,
+        out = Path(args.out) if args.out else None
+        study = run_study(config, args.faces, out.parent if out else MODELS_DIR, out.name if out else None,
+                          cross_validate=study_params["cross_validate"] and not args.no_cv,
                           compare=[] if args.no_compare else study_params["compare"] or [], verbose=1)
     except (BackboneWeightsError, DataError, DataNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -807,5 +841,5 @@ def run(args: argparse.Namespace) -> int:
           f"over {study.end_to_end_crops} validation crops")
     if len(study.comparison):
         print(study.comparison.round(4).to_string())
-    print(f"model: {run_dir}")
+    print(f"model: {study.run_dir} ({study.saved})")
     return 0

@@ -13,10 +13,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# notebooks run by the tests (and their kernels) cache features away from the checkout's data/processed
-os.environ["MASKCLF_FEATURES_DIR"] = tempfile.mkdtemp(prefix="maskclf-test-features-")
-atexit.register(shutil.rmtree, os.environ["MASKCLF_FEATURES_DIR"], ignore_errors=True)
-os.environ["MASKCLF_DATA_LOCATION_FILE"] = os.path.join(os.environ["MASKCLF_FEATURES_DIR"], ".data_dir")
+# Every default location (data/, models/, reports/, the feature cache, the remembered data location, the
+# converted weights) points into a temporary work root, for this process, its subprocesses and the notebooks'
+# kernels: the tests never read or write the checkout's own (tests/test_isolation.py checks it).
+WORK_ROOT = tempfile.mkdtemp(prefix="maskclf-test-work-")
+atexit.register(shutil.rmtree, WORK_ROOT, ignore_errors=True)
+os.environ["MASKCLF_WORK_ROOT"] = WORK_ROOT
+os.environ["MASKCLF_FEATURES_DIR"] = os.path.join(WORK_ROOT, "data", "processed", "features")
+os.environ["MASKCLF_DATA_LOCATION_FILE"] = os.path.join(WORK_ROOT, "data", ".data_dir")
 
 from synthetic import make_voc_dataset  # noqa: E402
 

@@ -250,8 +250,9 @@ def test_real_data_counts(tmp_path):
     assert shares.max() - shares.min() < 0.03
 
 
-def test_the_data_location_given_once_is_found_again(voc_dir, tmp_path, monkeypatch, capsys):
-    """After `extract --data DIR` (or `reports --data DIR`), JupyterLab finds DIR without $MASKCLF_DATA."""
+def test_the_data_location_remembered_is_found_again_and_a_stale_one_is_named(voc_dir, tmp_path, monkeypatch):
+    """After the main job's `--data DIR`, JupyterLab finds DIR without $MASKCLF_DATA; `extract --data` records
+    nothing; a remembered folder that is gone is reported by name with the way out."""
     from maskclf import data
     from maskclf.cli import main
 
@@ -259,11 +260,13 @@ def test_the_data_location_given_once_is_found_again(voc_dir, tmp_path, monkeypa
     monkeypatch.setattr(data, "RAW_DIR", tmp_path / "raw")  # no copy under data/raw either
     assert data.remembered_data_dir() is None
     assert main(["extract", "--data", str(voc_dir), "--faces-dir", str(tmp_path / "faces")]) == 0
+    assert data.remembered_data_dir() is None
+    data.remember_data_dir(voc_dir)
     assert data.resolve_data_dir(download=False) == voc_dir.resolve()
-    other = tmp_path / "elsewhere"
     monkeypatch.setenv(data.DATA_ENV_VAR, str(voc_dir))
     assert data.resolve_data_dir(download=False) == voc_dir  # the environment still wins
     monkeypatch.delenv(data.DATA_ENV_VAR)
-    data.remember_data_dir(other)  # a location that no longer holds the data set is ignored
-    with pytest.raises(data.DataNotFoundError):
+    gone = tmp_path / "elsewhere"
+    data.remember_data_dir(gone)
+    with pytest.raises(data.DataNotFoundError, match=f"{gone}.*no longer holds it.*--data"):
         data.resolve_data_dir(download=False)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from maskclf import evaluate
+from maskclf import CLASS_NAMES, evaluate
 from maskclf.evaluate import MisalignedPredictionsError, binary_metrics, prediction_table
 from maskclf.explain import gradcam
 from maskclf.model import predict_crops
@@ -69,8 +69,9 @@ def test_predict_crops_keeps_each_score_with_its_crop(tmp_path):
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax",
                                                    kernel_initializer=keras.initializers.Constant([[0, 0.1], [0.1, 0], [0, 0]]))(redness))
     faces = pd.DataFrame({"crop_file": paths, "label": labels, "width": 12, "height": 10, "source_image": "s.png"})
-    seen, p = predict_crops(model, paths, 8, batch_size=8)
-    table = prediction_table(faces, seen, p)
+    seen, probs = predict_crops(model, paths, 8, batch_size=8)
+    assert probs.shape == (37, 2)
+    table = prediction_table(faces, seen, probs[:, 1])
     assert table["correct"].all()
 
 
@@ -134,3 +135,29 @@ def test_gradcam_highlights_a_planted_pattern():
     assert heat.shape == (2, 32, 32) and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
     assert heat[0, 2:10, 20:30].mean() > 5 * heat[0, 20:, :12].mean()
     assert heat[1, 20:30, 2:12].mean() > 5 * heat[1, :12, 20:].mean()
+
+
+def test_three_way_confusion_matrix_and_recall_on_known_labels():
+    """Rows: the annotated class; columns: the three-way answer. Known labels give a known matrix, and the
+    recall intervals come from a bootstrap over photos."""
+    truth = ["with_mask"] * 6 + ["mask_weared_incorrect"] * 4 + ["without_mask"] * 5
+    said = (["with_mask"] * 5 + ["mask_incorrect"]                       # 5 of 6 masked faces right
+            + ["mask_incorrect"] * 2 + ["with_mask", "without_mask"]       # 2 of 4 incorrect masks right
+            + ["without_mask"] * 4 + ["mask_incorrect"])                   # 4 of 5 bare faces right
+    faces = pd.DataFrame({"crop_file": [f"/x/{i}.png" for i in range(15)], "source_image": [f"p{i % 5}.png" for i in range(15)],
+                          "original_label": truth, "label": [CLASS_NAMES[t != "with_mask"] for t in truth],
+                          "width": 40, "height": 40})
+    p = np.array([0.9 if s != "with_mask" else 0.1 for s in said])
+    table = prediction_table(faces, faces["crop_file"].tolist(), p, three_way=said)
+    m = evaluate.three_way_metrics(table, n_boot=200, seed=0)
+    assert m["labels"] == ["with_mask", "mask_incorrect", "without_mask"]
+    assert m["confusion_matrix"] == [[5, 1, 0], [1, 2, 1], [0, 1, 4]]
+    assert m["recall"] == pytest.approx({"with_mask": 5 / 6, "mask_incorrect": 0.5, "without_mask": 0.8})
+    assert m["support"] == {"with_mask": 6, "mask_incorrect": 4, "without_mask": 5}
+    for name, (low, high) in m["ci95"].items():
+        assert 0 <= low <= m["recall"][name] <= high <= 1
+    assert m["ci95"]["mask_incorrect"][0] < m["ci95"]["mask_incorrect"][1]
+    recall = evaluate.three_way_recall_table(m)
+    assert list(recall.index) == m["labels"] and recall["faces"].tolist() == [6, 4, 5]
+    with pytest.raises(ValueError, match="three-way label for every face"):
+        evaluate.three_way_metrics(prediction_table(faces, faces["crop_file"].tolist(), p))

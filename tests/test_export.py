@@ -117,7 +117,7 @@ def test_onnx_int8_quantises_the_backbone_per_channel_and_keeps_the_head_float(r
     for node in graph.node:  # pooling, standardisation and head read float tensors
         if node.op_type in ("MatMul", "Sub", "Mul", "Softmax", "ReduceMean", "ReduceMax", "GlobalAveragePool"):
             assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in node.input), node
-    p = parity(reference, load_runner(int8_path)(crops), config["class_names"])
+    p = parity(reference, load_runner(int8_path)(crops), config)
     assert p["agreement"] >= MIN_AGREEMENT and p["max_abs_diff"] < 0.05, p
     stem_float = quantize_onnx(float_path, tmp_path / "stem_float.onnx", calibration)
     graph = onnx.load(str(stem_float)).graph
@@ -164,7 +164,7 @@ def test_inference_uses_onnx_int8_when_it_passed(run_dir, faces_dir):
     runtime = fastest_runtime(model, run_dir)
     assert runtime.path == run_dir / "export" / EXPORT_FILES["onnx-int8"]
     crops = load_check_crops(faces_dir, 32, folds=[0])[0]
-    p = parity(model.predict_on_batch(crops), runtime.predict_on_batch(crops), config["class_names"])
+    p = parity(model.predict_on_batch(crops), runtime.predict_on_batch(crops), config)
     assert p["agreement"] >= MIN_AGREEMENT and p["max_abs_diff"] < 0.05
 
 

@@ -70,7 +70,7 @@ def test_evaluation_scores_are_cached_by_model_and_crops(tiny, tmp_path, monkeyp
     from PIL import Image
     from synthetic import draw_face
 
-    from maskclf import model as model_module, predict
+    from maskclf import model as model_module
 
     model, config = tiny
     size = config["image_size"]
@@ -80,18 +80,18 @@ def test_evaluation_scores_are_cached_by_model_and_crops(tiny, tmp_path, monkeyp
         Image.fromarray(draw_face(40 + 7 * i, cls)).save(paths[-1])
     seen, scores = model_module.cached_predict_crops(model, paths, size, batch_size=2)
     crops = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype(np.float32)
-    score = predict.cached_scorer(model, batch_size=2)
+    score = model_module.cached_scorer(model, config, batch_size=2)
     fresh = score(crops)
 
     def no_model(*args, **kwargs):
         raise AssertionError("a cached result must not run the model")
 
     monkeypatch.setattr(model_module, "predict_crops", no_model)
-    monkeypatch.setattr(predict, "predict_probabilities", no_model)
+    monkeypatch.setattr(model_module, "predict_probabilities", no_model)
     again_seen, again = model_module.cached_predict_crops(model, paths, size, batch_size=2)
     assert again_seen == seen == paths
     np.testing.assert_array_equal(again, scores)
-    np.testing.assert_array_equal(predict.cached_scorer(model, batch_size=2)(crops), fresh)
+    np.testing.assert_array_equal(model_module.cached_scorer(model, config, batch_size=2)(crops), fresh)
     Image.fromarray(draw_face(44, "without_mask")).save(paths[0])  # a changed crop is scored again
     with pytest.raises(AssertionError, match="must not run the model"):
         model_module.cached_predict_crops(model, paths, size, batch_size=2)

@@ -23,7 +23,7 @@ from maskclf.predict import (
     COLOURS, annotate, classify_crops, classify_photo, crop_faces, expand_paths, label_probabilities, predict_paths,
 )
 
-FACE_KEYS = {"type", "path", "face", "box", "label", "p_without_mask", "probabilities"}
+FACE_KEYS = {"type", "path", "face", "box", "label", "p_without_mask", "probabilities", "three_way", "three_way_probabilities"}
 SMALL_FACE_KEYS = {"small_face", "warning"}
 """Added to a face under data.TINY_FACE px."""
 PHOTO_KEYS = {"type", "path", "faces", "with_mask", "without_mask", "everyone_masked"}
@@ -88,9 +88,24 @@ def test_threshold_moves_the_label(tiny):
 
 def test_label_probabilities_follows_config_class_order():
     probs = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)
-    flipped = label_probabilities(probs, ["without_mask", "with_mask"])
+    flipped = label_probabilities(probs, {"class_names": ["without_mask", "with_mask"]})
     assert [r["label"] for r in flipped] == ["without_mask", "with_mask"]
     assert flipped[0]["p_without_mask"] == pytest.approx(0.9)
+    assert "three_way" not in flipped[0]  # a binary model has no three-way answer
+
+
+def test_three_answers_sum_the_incorrect_mask_into_without_and_agree_with_the_binary_label():
+    from tinymodel import CLASS_NAMES, REPORTS_AS
+
+    config = {"class_names": CLASS_NAMES, "reports_as": REPORTS_AS}  # with, incorrect, without
+    probs = np.array([[0.7, 0.2, 0.1], [0.3, 0.5, 0.2], [0.1, 0.3, 0.6], [0.45, 0.35, 0.2]], np.float32)
+    results = label_probabilities(probs, config, threshold=0.5)
+    assert [r["p_without_mask"] for r in results] == pytest.approx([0.3, 0.7, 0.9, 0.55])
+    assert [r["label"] for r in results] == ["with_mask", "without_mask", "without_mask", "without_mask"]
+    assert [r["three_way"] for r in results] == ["with_mask", "mask_incorrect", "without_mask", "mask_incorrect"]
+    assert results[1]["three_way_probabilities"] == pytest.approx(
+        {"with_mask": 0.3, "mask_incorrect": 0.5, "without_mask": 0.2})
+    assert label_probabilities(probs[3:], config, threshold=0.6)[0]["three_way"] == "with_mask"
 
 
 def test_crop_faces_resizes_each_box():

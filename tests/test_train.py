@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import keras
 import numpy as np
@@ -110,8 +111,9 @@ def test_same_seed_same_metrics(faces, cache):
 
 def test_cross_validation_and_saved_run(faces, cache, tmp_path):
     config = train.TrainConfig.from_params(TINY)
-    study = train.run_study(config, faces, tmp_path / "run", cross_validate=True, cache_dir=cache)
+    study = train.run_study(config, faces, tmp_path, "run", cross_validate=True, cache_dir=cache)
     result, cv = study.result, study.cv
+    assert study.run_dir == tmp_path / "run" and study.saved == "created"
     assert [f["fold"] for f in cv["per_fold"]] == [0, 1, 2, 3, 4]
     oof = np.array(cv["oof_probability"])
     assert not np.isnan(oof).any(), "every face is scored exactly once, by the fold that held it out"
@@ -124,6 +126,7 @@ def test_cross_validation_and_saved_run(faces, cache, tmp_path):
     oof_file = runs.read_table(tmp_path / "run", runs.CV_PREDICTIONS_FILE)
     np.testing.assert_allclose(oof_file["p_without_mask"], oof)
     crops = np.stack([load_crop(p, 32) for p in read_manifest(faces)["crop_file"].iloc[result.val_index]]).astype("float32")
+    assert run_config["class_names"] == ["with_mask", "without_mask"] and model.output_shape[-1] == 2  # TINY: binary
     np.testing.assert_allclose(model.predict(crops, verbose=0)[:, 1], result.val_probabilities, atol=1e-4)
     assert 0 < study.end_to_end_crops <= train.END_TO_END_CROPS and study.end_to_end_gap < train.END_TO_END_TOLERANCE
 
@@ -139,7 +142,7 @@ def test_cli_train_runs_the_same_study_as_the_notebook(faces, tmp_path, monkeypa
     changed.write_text(yaml.safe_dump(params))
     monkeypatch.setattr(config_module, "PARAMS_FILE", changed)
     study_params = config_module.stage_defaults("02_train")
-    study = train.run_study(train.TrainConfig.from_params({}), faces, tmp_path / "notebook",
+    study = train.run_study(train.TrainConfig.from_params({}), faces, tmp_path, "notebook",
                             study_params["cross_validate"], study_params["compare"])
     assert main(["train", "--faces", str(faces), "--out", str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out
@@ -307,4 +310,27 @@ def test_unknown_backbone():
 
 def test_run_name():
     config = train.TrainConfig.from_params({**TINY, "image_size": None, "fine_tune_blocks": 2, "augment_views": 1, "val_fold": 3})
-    assert train.default_run_name(config) == "efficientnet_lite0-imagenet-ft2-aug1-fold3"
+    name = train.default_run_name(config, "d" * 64)
+    assert name == f"efficientnet_lite0-imagenet-ft2-aug1-fold3-{train.run_id(config, 'd' * 64)}"
+    assert re.fullmatch(r"[0-9a-f]{8}", name.rsplit("-", 1)[1])
+
+
+TRAIN_FIELDS = [f.name for f in dataclasses.fields(train.TrainConfig)]
+
+
+@pytest.mark.parametrize("field", TRAIN_FIELDS)
+def test_every_training_parameter_gets_its_own_run_folder(field):
+    """Changing any one parameter of a run, or the data, changes its folder's name: no experiment can write
+    into the folder of another."""
+    base = train.TrainConfig.from_params(TINY)
+    changed = {
+        "backbone": "efficientnet_lite1", "weights": "none", "image_size": 48, "class_weight": not base.class_weight,
+        "pooling": "bands" if base.pooling != "bands" else "avg", "head": "lbfgs" if base.head != "lbfgs" else "adam",
+        "labels": "binary" if base.labels != "binary" else "original",
+    }.get(field)
+    if changed is None:
+        value = getattr(base, field)
+        changed = value + 1 if isinstance(value, int) else value * 2 + 0.001
+    other = dataclasses.replace(base, **{field: changed})
+    assert train.default_run_name(other, "d" * 64) != train.default_run_name(base, "d" * 64)
+    assert train.default_run_name(base, "e" * 64) != train.default_run_name(base, "d" * 64)

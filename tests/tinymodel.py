@@ -14,16 +14,23 @@ import numpy as np
 IMAGE_SIZE = 32
 
 
+CLASS_NAMES = ["with_mask", "mask_weared_incorrect", "without_mask"]
+"""The tiny model's outputs, as a real model trained on the three annotated classes."""
+REPORTS_AS = {"with_mask": "with_mask", "mask_weared_incorrect": "without_mask", "without_mask": "without_mask"}
+
+
 def make_tiny_model():
-    """Input (N, 32, 32, 3) raw RGB -> softmax over (with_mask, without_mask).
+    """Input (N, 32, 32, 3) raw RGB -> softmax over CLASS_NAMES; P(without_mask) in the binary sense, the sum
+    of the last two, is sigmoid(20 * redness - 2), and the last two are equal (the three-way label is then
+    `without_mask`).
 
     It has the custom layers of the real models, so exporters meet them too: band pooling
-    (whose two band averages give back the mean colour), a standardisation, a softmax over
-    three training classes and their merge into two.
+    (whose two band averages give back the mean colour), a standardisation and a softmax over
+    three training classes.
     """
     import keras
 
-    from maskclf.layers import HorizontalBands, MergeClasses, Standardize
+    from maskclf.layers import HorizontalBands, Standardize
 
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
@@ -31,8 +38,7 @@ def make_tiny_model():
     x = HorizontalBands(2, name="bands")(x)  # (avg, max) of the top half, then of the bottom half
     x = keras.layers.Dense(3, use_bias=False, name="band_mean")(x)
     x = Standardize(3, name="standardize")(x)  # z = (x - 0.5) / 0.5
-    x = keras.layers.Dense(3, activation="softmax", name="head")(x)
-    outputs = MergeClasses([[1, 0], [0, 1], [0, 1]], name="merge")(x)
+    outputs = keras.layers.Dense(3, activation="softmax", name="head")(x)
     model = keras.Model(inputs, outputs)
     model.get_layer("identity").set_weights([np.eye(3, dtype="float32").reshape(1, 1, 3, 3)])
     eye = np.eye(3, dtype="float32")
@@ -47,11 +53,12 @@ def make_tiny_model():
 
 def make_tiny_run(run_dir: str | Path) -> Path:
     """Write the tiny model as a complete run folder and return its path."""
-    from maskclf import CLASS_NAMES
     from maskclf.runs import save_run
 
-    config = {"image_size": IMAGE_SIZE, "class_names": list(CLASS_NAMES), "backbone": "tiny", "weights": None}
-    return save_run(run_dir, make_tiny_model(), config)
+    config = {"image_size": IMAGE_SIZE, "class_names": CLASS_NAMES, "reports_as": REPORTS_AS, "run_id": "tiny",
+              "backbone": "tiny", "weights": None}
+    save_run(run_dir, make_tiny_model(), config)
+    return Path(run_dir)
 
 
 def solid(colour: tuple[int, int, int], size: int = 40) -> np.ndarray:

@@ -1,0 +1,91 @@
+"""What the model answers for a face, from the probabilities it outputs.
+
+A run's model outputs softmax probabilities over the classes it was trained on
+(`config.json`'s `class_names`: the two binary classes, or the three annotated ones).
+`reports_as` (also in `config.json`) maps each of them to the study's binary class, so that
+a mask worn incorrectly counts as `without_mask`. From those probabilities come:
+
+- the study's binary answer: P(without_mask), the sum of the classes that report as it, and
+  its label at a threshold;
+- the three-way answer users see (`with_mask`, `mask_incorrect`, `without_mask`), when the
+  model was trained on the three annotated classes. It agrees with the binary label: a face
+  labelled `with_mask` at the threshold is `with_mask`; otherwise it is the likelier of
+  `mask_incorrect` and `without_mask`.
+
+This module is the only one that turns model outputs into answers; evaluation, export,
+predict, video and the demo call it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from . import CLASS_NAMES, POSITIVE
+
+INCORRECT = "mask_weared_incorrect"
+"""The annotated class of a mask worn below the nose or chin."""
+THREE_WAY = ("with_mask", "mask_incorrect", "without_mask")
+"""The three-way labels users see, in the order of `three_way_probabilities`' columns."""
+ANNOTATED_AS = {"with_mask": "with_mask", INCORRECT: "mask_incorrect", "without_mask": "without_mask"}
+"""Annotated class -> its three-way label."""
+
+
+def binary_identity() -> dict[str, str]:
+    """`reports_as` of a model trained on the binary classes."""
+    return {name: name for name in CLASS_NAMES}
+
+
+def reports_as(config: Mapping[str, Any]) -> dict[str, str]:
+    """Each output class of a run -> the binary class it counts as (identity when not recorded)."""
+    return dict(config.get("reports_as") or {name: name for name in config["class_names"]})
+
+
+def check_reports_as(class_names: Sequence[str], mapping: Any) -> str | None:
+    """The problem with a run's `reports_as`, or None: it must map every class name to a binary class, and
+    both binary classes must be reached."""
+    if not isinstance(mapping, dict) or set(mapping) != set(class_names):
+        return f"'reports_as' must map each of {list(class_names)} to one of {list(CLASS_NAMES)}, got {mapping!r}"
+    if set(mapping.values()) != set(CLASS_NAMES):
+        return f"'reports_as' must reach both of {list(CLASS_NAMES)}, got {mapping!r}"
+    return None
+
+
+def binary_probabilities(probs: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
+    """(N, 2) probabilities of CLASS_NAMES: the output columns summed by the class they report as, in [0, 1]."""
+    probs = np.asarray(probs, dtype=np.float64)
+    mapping = reports_as(config)
+    merge = np.array([[float(mapping[name] == target) for target in CLASS_NAMES] for name in config["class_names"]])
+    return np.clip(probs @ merge, 0.0, 1.0)
+
+
+def p_without_mask(probs: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
+    """(N,) P(without_mask): the study's score of each face."""
+    return binary_probabilities(probs, config)[:, CLASS_NAMES.index(POSITIVE)]
+
+
+def has_three_way(config: Mapping[str, Any]) -> bool:
+    """Whether the run's model was trained on the three annotated classes."""
+    return set(config["class_names"]) == set(ANNOTATED_AS)
+
+
+def three_way_probabilities(probs: np.ndarray, config: Mapping[str, Any]) -> np.ndarray | None:
+    """(N, 3) probabilities of THREE_WAY, or None for a model trained on the binary classes."""
+    if not has_three_way(config):
+        return None
+    names = list(config["class_names"])
+    order = [names.index(annotated) for annotated in ANNOTATED_AS]
+    return np.asarray(probs, dtype=np.float64)[:, order]
+
+
+def three_way_labels(three: np.ndarray, p_without: np.ndarray, threshold: float) -> list[str]:
+    """The three-way label of each face, consistent with its binary label at `threshold`."""
+    incorrect, without = THREE_WAY.index("mask_incorrect"), THREE_WAY.index("without_mask")
+    labels = []
+    for row, p in zip(np.asarray(three), np.asarray(p_without)):
+        if p < threshold:
+            labels.append("with_mask")
+        else:
+            labels.append(THREE_WAY[incorrect] if row[incorrect] > row[without] else THREE_WAY[without])
+    return labels
