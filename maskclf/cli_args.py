@@ -40,12 +40,14 @@ TRAIN_OPTIONS: dict[str, tuple[str, type]] = {
     "batch_size": ("crops per batch", int),
     "learning_rate": ("Adam's learning rate for the head", float),
     "dropout": ("dropout before the softmax (Adam head)", float),
+    "incorrect_weight": ("loss weight of mask_weared_incorrect faces, times the balanced class weight", float),
     "patience": ("epochs without improvement before early stopping", int),
     "fine_tune_blocks": ("top backbone blocks to unfreeze (0: frozen backbone)", int),
     "fine_tune_epochs": ("most fine-tuning epochs", int),
     "fine_tune_learning_rate": ("learning rate while fine-tuning", float),
     "augment_views": ("cached augmented views per crop (1: a horizontal flip)", int),
     "jitter_views": ("cached re-cuts per face with a jittered box", int),
+    "detector_views": ("1: a cached view cut with the default face detector's box, for the faces it finds", int),
     "pooling": ("how backbone outputs are pooled", str),
     "head": ("adam (the study's) or lbfgs (logistic regression to convergence)", str),
     "head_c": ("inverse L2 strength of the lbfgs head", float),
@@ -164,7 +166,7 @@ def train_options(parser: argparse.ArgumentParser) -> None:
                         help=f"`extract`'s output folder: crops and faces.csv (default: {relative(DEFAULT_FACES_DIR)})")
     parser.add_argument("--run-dir", "--out", dest="out", metavar="DIR",
                         help="run folder to write the model, config.json and metrics into "
-                             "(default: models/<backbone>-<weights>-...-fold<k>)")
+                             "(default: models/<backbone>-<weights>-...-fold<k>-<hash of the configuration and data>)")
     for name, (text, kind) in TRAIN_OPTIONS.items():
         default = "null" if defaults[name] is None else defaults[name]
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=PARAM_CHOICES.get(name), default=None,

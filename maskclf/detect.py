@@ -151,6 +151,17 @@ def make_detector(name: str = DEFAULT_DETECTOR, min_face: int = MIN_FACE) -> Det
     return run
 
 
+def detector_settings(name: str = DEFAULT_DETECTOR, min_face: int = MIN_FACE) -> dict[str, object]:
+    """Everything that decides which boxes `detect_faces(make_detector(name, min_face), ...)` gives: a cache key."""
+    settings: dict[str, object] = {"name": name, "min_face": min_face, "work_side": WORK_SIDE}
+    if name == "centerface":
+        settings.update(model=CENTERFACE_PIN, scales=CENTERFACE_SCALES, flip=CENTERFACE_FLIP, score=CENTERFACE_SCORE,
+                        nms_iou=CENTERFACE_NMS_IOU, box_adjust=CENTERFACE_BOX_ADJUST, tile=CENTERFACE_TILE,
+                        tile_overlap=CENTERFACE_TILE_OVERLAP, edge_margin=CENTERFACE_EDGE_MARGIN,
+                        pre_score=CENTERFACE_PRE_SCORE)
+    return settings
+
+
 def detect_faces(detector: Detector, image: np.ndarray, max_side: int = WORK_SIDE) -> list[BoxXYXY]:
     """The face boxes of an RGB photo, in its pixels, found on a copy shrunk to `max_side` (`working_image`).
 

@@ -63,6 +63,7 @@ def cached_outputs(
     seed: int = 0,
     verbose: int = 1,
     loaders: Mapping[str, Callable[[int], np.ndarray]] | None = None,
+    recipes: Mapping[str, object] | None = None,
 ) -> tuple[np.ndarray, bool]:
     """Outputs of `model` on every crop (and augmented view), from the cache when present.
 
@@ -70,7 +71,8 @@ def cached_outputs(
     Returns an array of shape (len(views), len(paths), ...) and whether every view was a cache hit.
     `key_parts` must identify `model` (backbone, weights, cut, pooling...) and the data (hash).
     `loaders` reads the faces of views that are not made from the crop files (index -> uint8
-    face, e.g. the jittered re-cuts of maskclf.framing); their recipe version enters the key.
+    face, e.g. the jittered re-cuts of maskclf.framing); their recipe enters the key: `recipes[view]`, else
+    the jitter recipe's version.
     """
     from .framing import JITTER_VERSION
 
@@ -79,7 +81,7 @@ def cached_outputs(
     crops = hashlib.sha256("\n".join(names).encode()).hexdigest()
     stacked, hits = None, []
     for v, view in enumerate(views):
-        recipe = {"recipe": JITTER_VERSION} if view in loaders else {}
+        recipe = {"recipe": (recipes or {}).get(view, JITTER_VERSION)} if view in loaders else {}
         key = cache_key(**key_parts, image_size=image_size, view=view, seed=seed + 10 * v, crops=crops, **recipe)
         cache_file = Path(cache_dir) / f"{key_parts.get('backbone', 'model')}-{image_size}-{view}-{key}.npz"
         stored = _read_cache(cache_file, names)

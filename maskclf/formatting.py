@@ -7,6 +7,8 @@ One rule set: rates and scores to 3 decimals, counts with thousands separators, 
 
 from __future__ import annotations
 
+import hashlib
+
 import math
 import numbers
 from typing import Any, Mapping, Sequence
@@ -91,8 +93,15 @@ def table(data: pd.DataFrame | pd.Series, counts: Sequence[str] = (), decimals: 
     df = df.astype({c: "Int64" for c in counts if c in df.columns})
     df = df.rename(columns=header)
     df.index = df.index.set_names([header(n) if n is not None else None for n in df.index.names])
-    return (df.style.format(lambda x: number(x, decimals), na_rep=MISSING)
+    return (stable_style(df).format(lambda x: number(x, decimals), na_rep=MISSING)
             .format_index(_index_value, axis=0).format_index(str, axis=1))
+
+
+def stable_style(df: pd.DataFrame) -> Styler:
+    """`df.style` with an id made from the table's contents instead of a random one, so that a rerun writes
+    the same HTML (the same table shown twice gets the same id, which is harmless)."""
+    digest = hashlib.sha256(df.to_json(orient="split", default_handler=str).encode()).hexdigest()[:10]
+    return df.style.set_uuid(f"t{digest}")
 
 
 def estimates(values: Mapping[str, float], intervals: Mapping[str, Sequence[float]], names: Mapping[str, str],

@@ -59,13 +59,25 @@ IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().ite
 def resolve_model(model_dir: str | Path | None = None, fast: bool = False) -> tuple[Any, dict[str, Any]]:
     """Load a run folder (default: the latest under models/); RunFolderError if unusable.
 
-    `fast`: the model is the run's `fastest_runtime` (an exported file when there is a good one), for classifying only.
+    `fast`: the model is the run's `fastest_runtime` (an exported file when there is a good one), for classifying
+    only. Says on stderr which run and which runtime answer (`model_line`).
     """
     from .runs import latest_run, load_run  # TensorFlow loads here
 
-    run_dir = model_dir if model_dir else latest_run(MODELS_DIR)
+    run_dir = Path(model_dir) if model_dir else latest_run(MODELS_DIR)
     model, config = load_run(run_dir)
-    return (fastest_runtime(model, run_dir) if fast else model), config
+    model = fastest_runtime(model, run_dir) if fast else model
+    print(model_line(model, run_dir), file=sys.stderr)
+    return model, config
+
+
+def model_line(model: Any, run_dir: Path) -> str:
+    """Which run and runtime classify, e.g. "model: resnet50-...-3f9a2c1d (Keras; `python -m maskclf export ...`
+    makes the faster ONNX int8 runtime)"."""
+    if isinstance(model, ExportedModel):
+        return f"model: {run_dir.name} ({model.path.name}, exported)"
+    return (f"model: {run_dir.name} (Keras; `python -m maskclf export --model {run_dir}` makes a faster exported "
+            "runtime, used from then on)")
 
 
 FAST_RUNTIMES = ("onnx-int8", "onnx", "tflite-fp32")

@@ -33,6 +33,7 @@ PIPELINE = ("01_extract", "02_train", "03_evaluate", "04_error_analysis")
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 BUILD_DIR_NAME = "_build"  # failed executed notebooks are kept here (git-ignored)
 FIGURES_DIR_NAME = "figures"  # figures for the README, written by commands such as `predict --draw`
+EVALUATION_DIR_NAME = "evaluation"  # 03_evaluate's folders, one per run, fold and threshold (git-ignored)
 
 
 REPORTS_MARKERS = ("index.html", "executed")
@@ -192,10 +193,12 @@ def run_reports(
     runs: list[NotebookRun] = []
     started = dt.datetime.now(dt.timezone.utc)
     with atomic_dir(reports_dir) as tmp:
-        if (reports_dir / FIGURES_DIR_NAME).is_dir():  # figures made outside the notebooks (the README's) stay
-            shutil.copytree(reports_dir / FIGURES_DIR_NAME, tmp / FIGURES_DIR_NAME)
+        for kept in (FIGURES_DIR_NAME, EVALUATION_DIR_NAME):  # made outside this run (the README's figures,
+            if (reports_dir / kept).is_dir():                # evaluations at other thresholds): they stay
+                shutil.copytree(reports_dir / kept, tmp / kept)
         (tmp / "executed").mkdir()
-        params = {**params, "metrics_path": str(tmp / "metrics.json")}  # 03_evaluate writes the headline here
+        # 03_evaluate writes the headline and its evaluation folder here, 04 reads it
+        params = {**params, "metrics_path": str(tmp / "metrics.json"), "evaluation_dir": str(tmp / EVALUATION_DIR_NAME)}
         for i, name in enumerate(notebooks, 1):
             if progress:
                 print(f"[{i}/{len(notebooks)}] {name}", file=sys.stderr, flush=True)
@@ -210,7 +213,7 @@ def run_reports(
             runs.append(NotebookRun(name, executed, export_html(executed, tmp / f"{name}.html"), time.perf_counter() - t0))
         metrics_file = tmp / "metrics.json"
         metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
-        shown = {k: v for k, v in params.items() if k != "metrics_path"}
+        shown = {k: v for k, v in params.items() if k not in ("metrics_path", "evaluation_dir")}
         page = render_index(runs, shown, metrics, started)
         (tmp / "index.html").write_text(_replace_all(page, _path_replacements(tmp, reports_dir)), encoding="utf-8")
     # the runs' paths pointed into the temporary folder, which is now reports_dir
@@ -231,11 +234,30 @@ def _replace_all(text: str, replacements: list[tuple[str, str]]) -> str:
 
 
 def hide_machine_paths(executed: Path, replacements: list[tuple[str, str]]) -> None:
-    """Rewrite an executed notebook (sources, outputs, papermill's metadata) so no machine path shows in a report."""
+    """Rewrite an executed notebook so that no machine path shows in a report (sources, outputs, papermill's
+    metadata) and a rerun with nothing changed writes the same bytes (`without_run_noise`)."""
     text = _replace_all(executed.read_text(encoding="utf-8"), [(json.dumps(a)[1:-1], json.dumps(b)[1:-1])
                                                                 for a, b in replacements])
-    nbformat.validate(nbformat.reads(text, as_version=4))
-    write_text_atomic(executed, text)
+    nb = without_run_noise(nbformat.reads(text, as_version=4))
+    nbformat.validate(nb)
+    write_text_atomic(executed, nbformat.writes(nb) + "\n")
+
+
+RUN_NOISE = ("start_time", "end_time", "duration")
+"""papermill's per-run metadata: times that change on every run."""
+
+
+def without_run_noise(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """`nb` without what changes on every run though the work does not: papermill's times, nbclient's timing
+    metadata, and cell ids (papermill gives its injected cell a random one): cells are numbered instead."""
+    for key in RUN_NOISE:
+        nb.metadata.get("papermill", {}).pop(key, None)
+    for i, cell in enumerate(nb.cells):
+        cell.metadata.pop("execution", None)
+        for key in RUN_NOISE:
+            cell.metadata.get("papermill", {}).pop(key, None)
+        cell["id"] = f"cell-{i}"
+    return nb
 
 
 def _refuse_foreign_output(reports_dir: Path) -> None:
@@ -245,7 +267,7 @@ def _refuse_foreign_output(reports_dir: Path) -> None:
     if not reports_dir.is_dir():
         return
     names = {p.name for p in reports_dir.iterdir()}
-    if names - {BUILD_DIR_NAME, FIGURES_DIR_NAME} and not all((reports_dir / m).exists() for m in REPORTS_MARKERS):
+    if names - {BUILD_DIR_NAME, FIGURES_DIR_NAME, EVALUATION_DIR_NAME} and not all((reports_dir / m).exists() for m in REPORTS_MARKERS):
         raise FileExistsError(f"{reports_dir}: exists, is not empty and was not written by `maskclf reports`; refusing to replace it")
 
 

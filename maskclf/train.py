@@ -36,7 +36,7 @@ import pandas as pd
 import tensorflow as tf
 
 from . import CLASS_NAMES
-from .answers import p_without_mask
+from .answers import INCORRECT, p_without_mask
 from .augment import view_names
 from .config import PARAM_CHOICES, resolve_params, stage_defaults
 from .backbones import Weights, get_backbone, weights_id
@@ -44,6 +44,7 @@ from .data import DataError, face_size, hash_extraction, read_manifest, source_p
 from .evaluate import binary_metrics, encode_labels, fold_metrics, summarize_folds
 from .explain import FEATURE_MAP_LAYER
 from .features import FEATURES_DIR, cache_key, cached_outputs
+from . import detector_views
 from .framing import jittered_loader
 from .fsutil import atomic_path, write_json_atomic
 from .images import load_crop
@@ -83,12 +84,14 @@ class TrainConfig:
     learning_rate: float
     dropout: float
     class_weight: bool
+    incorrect_weight: float  # the incorrectly worn mask's loss weight, times class_weight's (labels="original")
     patience: int
     fine_tune_blocks: int  # top blocks to unfreeze; 0: frozen backbone only
     fine_tune_epochs: int
     fine_tune_learning_rate: float
     augment_views: int  # augmented views per crop, cached (1: a horizontal flip)
     jitter_views: int  # re-cuts per face from its photo with a jittered box, cached (maskclf.framing)
+    detector_views: int  # 1: a view cut with the default detector's box, for the faces it finds (maskclf.detector_views)
     pooling: str  # "avg": average of the last feature map; "stages": average and max of every stage's output;
     # "bands": "stages" plus average and max of BANDS horizontal bands of every stage output below the last
     head: str  # "adam": the study's training; "lbfgs": logistic regression fitted to convergence
@@ -142,6 +145,11 @@ class FeatureSet:
     cache_hit: bool
     seconds: float
     views: list[str] = field(default_factory=list)
+    view_weight: np.ndarray | None = None  # (views, faces) 1/0: whether a face has that view (None: every face)
+
+    def available(self) -> np.ndarray:
+        """(views, faces) 1.0 where the face has the view, 0.0 where it has none (a missed detector view)."""
+        return np.ones(self.pooled.shape[:2]) if self.view_weight is None else self.view_weight
 
 
 @dataclass
@@ -171,6 +179,15 @@ def class_weights(y: Sequence[int], n_classes: int = 2) -> dict[int, float]:
     y = np.asarray(y)
     counts = np.bincount(y, minlength=n_classes)
     return {c: float(len(y) / (n_classes * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}
+
+
+def head_class_weights(y: Sequence[int], names: Sequence[str], config: TrainConfig) -> dict[int, float] | None:
+    """Loss weight of each class of `names` for a head trained on labels `y`: balanced (`class_weight`), and the
+    incorrectly worn mask's multiplied by `incorrect_weight`; None when every class weighs 1."""
+    weights = class_weights(y, len(names)) if config.class_weight else {c: 1.0 for c in range(len(names))}
+    if INCORRECT in names:
+        weights[list(names).index(INCORRECT)] *= config.incorrect_weight
+    return weights if config.class_weight or config.incorrect_weight != 1 else None
 
 
 @dataclass
@@ -358,6 +375,17 @@ def prepare_features(
     photos = source_photos_dir(faces_dir) if jitter else None
     loaders = {view: jittered_loader(manifest, photos, view, config.train_seed, size) for view in jitter}
     views += jitter
+    recipes, view_weight = {}, None
+    if config.detector_views not in (0, 1):
+        raise ValueError(f"detector_views must be 0 or 1, got {config.detector_views!r}")
+    if config.detector_views:
+        photos = source_photos_dir(faces_dir)
+        boxes = detector_views.detector_boxes(manifest, photos)
+        loaders[detector_views.VIEW] = detector_views.detector_loader(manifest, photos, boxes, size)
+        recipes[detector_views.VIEW] = detector_views.recipe()
+        views.append(detector_views.VIEW)
+        view_weight = np.ones((len(views), len(manifest)))
+        view_weight[-1] = detector_views.available(boxes)
     parts, hits = [], []
     for name, branch, (superset, columns) in zip(config.backbones, branches, supersets):
         stored = branch if superset is None else superset
@@ -366,12 +394,13 @@ def prepare_features(
                "init_seed": config.train_seed if config.weights is None else None}
         acts, hit = cached_outputs(keras.Model(inputs, stored), list(manifest["crop_file"]), size, key, cache_dir,
                                    batch_size=config.batch_size, views=views, seed=config.train_seed, verbose=verbose,
-                                   loaders=loaders)
+                                   loaders=loaders, recipes=recipes)
         parts.append(acts if columns is None else np.ascontiguousarray(acts[..., columns]))
         hits.append(hit)
     acts = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
     pooled = acts if upper is None else pool_upper(upper, acts, config.batch_size)
-    return FeatureSet(config, frozen, upper, acts, pooled, data_sha256, all(hits), time.perf_counter() - t0, views)
+    return FeatureSet(config, frozen, upper, acts, pooled, data_sha256, all(hits), time.perf_counter() - t0, views,
+                      view_weight)
 
 
 def _superset_branch(name: str, base: keras.Model, inputs: keras.KerasTensor,
@@ -414,7 +443,8 @@ def restrict_faces(fs: FeatureSet, manifest: pd.DataFrame) -> tuple[FeatureSet, 
     if not fs.config.min_face:
         return fs, manifest
     keep = np.flatnonzero(face_size(manifest) >= fs.config.min_face)
-    subset = dataclasses.replace(fs, activations=fs.activations[:, keep], pooled=fs.pooled[:, keep])
+    subset = dataclasses.replace(fs, activations=fs.activations[:, keep], pooled=fs.pooled[:, keep],
+                                 view_weight=None if fs.view_weight is None else fs.view_weight[:, keep])
     return subset, manifest.iloc[keep].reset_index(drop=True)
 
 
@@ -435,20 +465,21 @@ def _dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: 
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _train_views(values: np.ndarray, y: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every view of the training faces as training samples."""
-    x = values[:, idx].reshape((-1, *values.shape[2:]))
-    return x, np.tile(y[idx], values.shape[0])
+def _train_views(values: np.ndarray, y: np.ndarray, idx: np.ndarray, available: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every view of the training faces that they have (`available`: views x faces) as training samples."""
+    keep = available[:, idx].reshape(-1) > 0
+    x = values[:, idx].reshape((-1, *values.shape[2:]))[keep]
+    return x, np.tile(y[idx], values.shape[0])[keep]
 
 
-def _fit(model: keras.Model, x, y, xv, yv, config: TrainConfig, epochs: int, verbose: int) -> dict[str, list[float]]:
+def _fit(model: keras.Model, x, y, xv, yv, config: TrainConfig, epochs: int, verbose: int,
+         names: Sequence[str] = CLASS_NAMES) -> dict[str, list[float]]:
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
-    n_classes = model.output.shape[-1]
     history = model.fit(
         _dataset(x, y, config.batch_size, config.train_seed, shuffle=True),
         validation_data=_dataset(xv, yv, config.batch_size, config.train_seed, shuffle=False),
         epochs=epochs, callbacks=[stop], verbose=verbose, shuffle=False,
-        class_weight=class_weights(y, n_classes) if config.class_weight else None,
+        class_weight=head_class_weights(y, names, config),
     )
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
@@ -472,8 +503,9 @@ def _fit_logistic_heads(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray,
     subsets = []
     for train_idx, val_idx in splits:
         weight = np.zeros(fs.pooled.shape[:2])
-        per_class = class_weights(labels.values[train_idx], n_classes) if fs.config.class_weight else None
+        per_class = head_class_weights(labels.values[train_idx], labels.names, fs.config)
         weight[:, train_idx] = 1.0 if per_class is None else np.array(list(per_class.values()))[labels.values[train_idx]]
+        weight *= fs.available()
         subsets.append(Subset(weight, val_idx))
     return fit_logistic(fs.pooled, labels.values, n_classes, fs.config.head_c, subsets, val_labels=y, merge=labels.merge)
 
@@ -489,12 +521,13 @@ def _adam_head(fs: FeatureSet, labels: TrainingLabels, train_idx: np.ndarray, va
                verbose: int) -> tuple[keras.Model, dict[str, list[float]]]:
     config = fs.config
     keras.utils.set_random_seed(config.train_seed)
-    x, lt = _train_views(fs.pooled, labels.values, train_idx)
+    x, lt = _train_views(fs.pooled, labels.values, train_idx, fs.available())
     with tf.distribute.get_strategy().scope():
         standardization = standardisation(x) if config.pooling != "avg" else None
         core = compile_model(build_head(x.shape[-1], config.dropout, len(labels.names), standardization),
                              config.learning_rate)
-        history = _fit(core, x, lt, fs.pooled[0, val_idx], labels.values[val_idx], config, config.epochs, verbose)
+        history = _fit(core, x, lt, fs.pooled[0, val_idx], labels.values[val_idx], config, config.epochs, verbose,
+                       labels.names)
         return with_merge(core, labels.merge), history
 
 
@@ -506,7 +539,7 @@ def fine_tune(fs: FeatureSet, head: keras.Model, y: np.ndarray, train_idx: np.nd
     """
     config = fs.config
     keras.utils.set_random_seed(config.train_seed)
-    x, yt = _train_views(fs.activations, y, train_idx)
+    x, yt = _train_views(fs.activations, y, train_idx, fs.available())
     with tf.distribute.get_strategy().scope():
         upper = keras.models.clone_model(fs.upper)
         upper.set_weights(fs.upper.get_weights())
@@ -712,10 +745,10 @@ def run_study(
     if not gap < END_TO_END_TOLERANCE:
         raise RuntimeError(f"the end-to-end model differs from the cached pipeline by {gap:.2e} (over "
                            f"{END_TO_END_TOLERANCE:g}) on {len(check)} validation crops: their preprocessing disagrees")
-    rows = [cv_row(config_label(config), fs, cv)] if cv else []
-    variants = [c for c in compare if dataclasses.replace(config, **c) != config]
-    if variants:
-        rows += compare_configs(faces_dir, config, variants, cache_dir).reset_index().to_dict("records")
+    variants = [c for c in compare if dataclasses.replace(config, **_overrides(c)) != config]
+    rows = compare_configs(faces_dir, config, variants, cache_dir).reset_index().to_dict("records") if variants else []
+    if cv:
+        rows.append(cv_row(f"this run: {config_label(config)}", cv, manifest))
     comparison = pd.DataFrame(rows).set_index("configuration") if rows else pd.DataFrame()
     saved = save_result(run_dir, result, fs, manifest, cv, comparison)
     return Study(run_dir, saved, fs, manifest, result, cv, len(check), gap, comparison)
@@ -747,12 +780,16 @@ def save_result(
                     cv_predictions=oof, comparison=comparison)
 
 
-def cv_row(name: str, fs: FeatureSet, cv: dict[str, Any]) -> dict[str, Any]:
-    """One line of a comparison table: a configuration's feature cost and its 5-fold mean and spread."""
-    row: dict[str, Any] = {"configuration": name, "feature_seconds": round(fs.seconds, 1), "cache_hit": fs.cache_hit}
+def cv_row(name: str, cv: dict[str, Any], manifest: pd.DataFrame) -> dict[str, Any]:
+    """One line of a comparison table: a configuration's 5-fold mean and spread, and the out-of-fold share of the
+    incorrectly worn masks called without_mask (`manifest`: the faces of `cv`, in its order)."""
+    row: dict[str, Any] = {"configuration": name}
     for metric in ("accuracy", "roc_auc", "recall_without_mask"):
         row[f"{metric}_mean"] = cv["mean"][metric]
         row[f"{metric}_std"] = cv["std"][metric]
+    incorrect = (manifest["original_label"] == INCORRECT).to_numpy()
+    row["incorrect_mask_recall"] = float((np.asarray(cv["oof_probability"])[incorrect] >= 0.5).mean()) \
+        if incorrect.any() else float("nan")
     return row
 
 
@@ -762,17 +799,24 @@ def compare_configs(
     variants: Sequence[dict[str, Any]],
     cache_dir: str | Path = FEATURES_DIR,
 ) -> pd.DataFrame:
-    """5-fold CV of `base` updated with each dict of `variants`: one table row per configuration."""
+    """5-fold CV of `base` updated with each dict of `variants`: one table row per configuration, named by the
+    variant's `label` when it has one."""
     manifest = read_manifest(faces_dir)
     rows = []
-    for overrides in variants:
+    for variant in variants:
+        overrides = _overrides(variant)
         if "backbone" in overrides:  # another backbone brings its own native input size
             overrides = {"image_size": None, **overrides}
         config = dataclasses.replace(base, **overrides)
         fs, faces = restrict_faces(prepare_features(manifest, faces_dir, config, cache_dir, verbose=0), manifest)
         cv, _ = cached_cross_validate(fs, faces, None, cache_dir)
-        rows.append(cv_row(config_label(config), fs, cv))
+        rows.append(cv_row(variant.get("label") or config_label(config), cv, faces))
     return pd.DataFrame(rows).set_index("configuration")
+
+
+def _overrides(variant: Mapping[str, Any]) -> dict[str, Any]:
+    """A comparison variant's configuration changes: all of it but its `label`."""
+    return {k: v for k, v in variant.items() if k != "label"}
 
 
 def config_label(config: TrainConfig) -> str:
@@ -788,8 +832,12 @@ def config_label(config: TrainConfig) -> str:
         parts.append(f"aug{config.augment_views}")
     if config.jitter_views:
         parts.append(f"jit{config.jitter_views}")
+    if config.detector_views:
+        parts.append("det")
     if config.min_face:
         parts.append(f"min{config.min_face}px")
+    if config.incorrect_weight != 1:
+        parts.append(f"incorrect{config.incorrect_weight:g}")
     parts += [value for value, default in ((config.pooling, "avg"), (config.head, "adam"), (config.labels, "binary"))
               if value != default]
     return "-".join(parts)

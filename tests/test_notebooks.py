@@ -8,7 +8,7 @@ import re
 import nbformat
 import pytest
 
-from maskclf.report import declared_parameters, export_html, network_references, run_notebook
+from maskclf.report import declared_parameters, export_html, hide_machine_paths, network_references, run_notebook
 from maskclf.paths import NOTEBOOKS_DIR
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
@@ -152,18 +152,25 @@ def test_a_warm_rerun_is_byte_identical_and_a_changed_parameter_recomputes_only_
         return {kind: {p.name for p in (cache / kind).glob("*") if not p.name.startswith(".")}
                 for kind in ("results", "cv", ".")}
 
-    def evaluate(name: str, **changes) -> bytes:
-        metrics = tmp_path / f"{name}.json"
-        run_notebook(NOTEBOOKS_DIR / "03_evaluate.ipynb", tmp_path / f"{name}.ipynb",
-                     {**params, "n_bootstrap": 50, "metrics_path": str(metrics), **changes}, cwd=root, progress=False)
-        return metrics.read_bytes()
+    def evaluate(name: str, **changes) -> tuple[bytes, bytes]:
+        """metrics.json and the report's HTML of 03 written into tmp_path/name, as the main job writes them."""
+        out = tmp_path / name
+        out.mkdir()
+        run_notebook(NOTEBOOKS_DIR / "03_evaluate.ipynb", out / "03.ipynb",
+                     {**params, "n_bootstrap": 50, "metrics_path": str(out / "metrics.json"), **changes}, cwd=root,
+                     progress=False)
+        hide_machine_paths(out / "03.ipynb", [(str(out), "reports")])
+        return (out / "metrics.json").read_bytes(), export_html(out / "03.ipynb", out / "03.html").read_bytes()
 
+    run = root / "models" / "tiny"
+    run_files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     first = evaluate("first")
     before = cached()
-    assert evaluate("again") == first
+    assert evaluate("again") == first, "the same metrics.json and the same HTML, to the byte"
     assert cached() == before, "a warm rerun computes nothing new"
-    assert evaluate("stricter", threshold=0.7) != first
+    assert evaluate("stricter", threshold=0.7)[0] != first[0]
     assert cached()["results"] == before["results"], "the scores do not depend on the threshold"
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == run_files, "evaluating never writes the run"
     run_notebook(NOTEBOOKS_DIR / "02_train.ipynb", tmp_path / "02.ipynb",
                  {**params, "run_name": "tiny-dropout", "dropout": 0.4, "compare": []}, cwd=root, progress=False)
     after = cached()

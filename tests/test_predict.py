@@ -336,3 +336,18 @@ def test_real_photo_with_ground_truth_boxes(tiny_run, tmp_path, capsys):
     assert lines[1]["box"] == [364, 30, 400, 66]  # xmax=401 in the XML, clipped to the 400-px image
     width, height = Image.open(tmp_path / "maksssksksss5.png").size
     assert width == 800 and 532 < height < 532 + 60, "upscaled to 800 px, with the caption strip below"
+
+
+def test_predict_names_the_run_and_the_runtime_and_suggests_an_export(tiny_run, tmp_path, capsys):
+    """Which model answers is never a guess: the run's name and runtime on stderr, and the way to a faster one."""
+    from PIL import Image
+
+    from maskclf.cli import main
+    from maskclf.runs import export_path
+
+    crop = tmp_path / "face.png"
+    Image.fromarray(draw_face(40, "without_mask")).save(crop)
+    assert main(["predict", "--model", str(tiny_run), "--crops", str(crop)]) == 0
+    err = capsys.readouterr().err
+    assert f"model: {tiny_run.name} (Keras; `python -m maskclf export --model {tiny_run}`" in err
+    assert not export_path(tiny_run, "onnx").exists()

@@ -1,0 +1,87 @@
+"""Detector views: faces cut with the face detector's own boxes, cached by its settings, absent where it misses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from maskclf import detect, detector_views, memo, train
+from maskclf.data import extract_faces, read_manifest, source_photos_dir
+from maskclf.framing import manifest_boxes
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory, voc_master):
+    out = tmp_path_factory.mktemp("faces") / "faces"
+    extract_faces(voc_master, out, progress=False)
+    return out
+
+
+@pytest.fixture
+def fake(tmp_path, faces, monkeypatch):
+    """A detector that finds every annotated face of a photo, boxed 4 px looser and clipped to the photo, except
+    the first face of the manifest; it counts its calls. The result cache is the test's own."""
+    manifest = read_manifest(faces)
+    missed = manifest.index[0]
+    calls = []
+
+    def find(path):
+        calls.append(path.name)
+        mine = manifest[(manifest["source_image"] == path.name) & (manifest.index != missed)]
+        if mine.empty:
+            return []
+        w, h = int(mine["image_width"].iloc[0]), int(mine["image_height"].iloc[0])
+        return [(max(x0 - 4, 0), max(y0 - 4, 0), min(x1 + 4, w), min(y1 + 4, h)) for x0, y0, x1, y1 in manifest_boxes(mine)]
+
+    monkeypatch.setattr(memo, "FEATURES_DIR", tmp_path / "cache")
+    return manifest, missed, calls, find
+
+
+def test_each_found_face_gets_the_detectors_box_inside_its_photo_and_a_missed_face_gets_none(faces, fake):
+    manifest, missed, _, find = fake
+    boxes = detector_views.detector_boxes(manifest, source_photos_dir(faces), find)
+    assert boxes.shape == (len(manifest), 4)
+    found = detector_views.available(boxes)
+    assert found[missed] == 0 and found.sum() == len(manifest) - 1
+    annotated = np.array(manifest_boxes(manifest), float)
+    have = found > 0
+    np.testing.assert_array_equal(boxes[have, :2], np.maximum(annotated[have, :2] - 4, 0))
+    assert (boxes[have, 2] <= manifest["image_width"][have]).all() and (boxes[have, 3] <= manifest["image_height"][have]).all()
+    load = detector_views.detector_loader(manifest, source_photos_dir(faces), boxes, 32)
+    first_found = int(np.flatnonzero(have)[0])
+    assert load(first_found).shape == (32, 32, 3) and load(missed).shape == (32, 32, 3)
+
+
+def test_the_boxes_are_cached_and_keyed_by_the_detectors_settings(faces, fake, monkeypatch):
+    manifest, _, calls, find = fake
+    photos = source_photos_dir(faces)
+    first = detector_views.detector_boxes(manifest, photos, find)
+    n_photos = manifest["source_image"].nunique()
+    assert len(calls) == n_photos
+    np.testing.assert_array_equal(detector_views.detector_boxes(manifest, photos, find), first)
+    assert len(calls) == n_photos, "a rerun reads the cache"
+    recipe = detector_views.recipe()
+    monkeypatch.setattr(detect, "CENTERFACE_SCORE", detect.CENTERFACE_SCORE + 0.1)
+    assert detector_views.recipe() != recipe, "the view's backbone outputs are keyed by the detector's settings"
+    detector_views.detector_boxes(manifest, photos, find)
+    assert len(calls) == 2 * n_photos, "another detector setting is another cache entry"
+
+
+def test_a_face_without_a_detector_view_is_kept_and_its_view_weighs_nothing(faces, fake, tmp_path, monkeypatch):
+    manifest, missed, _, find = fake
+    real = detector_views.detector_boxes
+    monkeypatch.setattr(detector_views, "detector_boxes", lambda m, p: real(m, p, find))
+    config = train.TrainConfig.from_params(dict(backbone="efficientnet_lite0", weights="imagenet", image_size=32,
+                                                batch_size=16, pooling="avg", head="lbfgs", labels="original",
+                                                augment_views=0, jitter_views=0, detector_views=1))
+    fs = train.prepare_features(manifest, faces, config, cache_dir=tmp_path / "features", verbose=0)
+    assert fs.views == ["none", detector_views.VIEW] and fs.pooled.shape[1] == len(manifest)
+    weight = fs.available()
+    assert weight[0].all(), "every face keeps its annotated view"
+    assert weight[1, missed] == 0 and weight[1].sum() == len(manifest) - 1
+    assert "det" in train.config_label(config)
+    again = train.prepare_features(manifest, faces, config, cache_dir=tmp_path / "features", verbose=0)
+    assert again.cache_hit
+    np.testing.assert_array_equal(again.pooled, fs.pooled)
+    cv, kept = train.cross_validate(fs, manifest, 0)
+    assert kept is not None and not np.isnan(cv["oof_probability"]).any()
