@@ -40,7 +40,8 @@ from . import POSITIVE
 from .model import run_batched
 from .answers import p_without_mask
 from .model import predict_probabilities
-from .predict import crop_faces, resolve_model
+from .images import crop_faces
+from .predict import resolve_model
 from .runs import EXPORT_FILES, PARITY_FILE, export_path, write_parity
 from .splits import N_FOLDS
 

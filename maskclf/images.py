@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -91,3 +92,12 @@ def resize_crop(crop: Image.Image | np.ndarray, size: int) -> np.ndarray:
 def load_crop(path: str | Path, image_size: int) -> np.ndarray:
     """Read one crop file as the model sees it (uint8, image_size x image_size x 3)."""
     return resize_crop(load_rgb(path), image_size)
+
+
+def crop_faces(image: np.ndarray, boxes: Sequence[tuple[int, int, int, int]], size: int) -> np.ndarray:
+    """The faces `boxes` (xmin, ymin, xmax, ymax) of an RGB image, each resized to `size`: float32
+    (N, size, size, 3), 0-255."""
+    crops = np.zeros((len(boxes), size, size, 3), np.float32)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        crops[i] = resize_crop(image[y0:y1, x0:x1], size)
+    return crops

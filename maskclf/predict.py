@@ -32,7 +32,7 @@ from . import CLASS_NAMES, POSITIVE, answers
 from .data import TINY_FACE, DataError, annotation_boxes, is_dataset_dir, parse_voc
 from .detect import BoxXYXY, Detector, detect_faces, make_detector
 from .fsutil import atomic_path, output_file_problem, write_text_atomic
-from .images import ImageError, load_rgb, resize_crop
+from .images import ImageError, crop_faces, load_rgb, resize_crop
 from .model import predict_probabilities
 from .paths import MODELS_DIR
 
@@ -128,14 +128,6 @@ def _parity_passed(report: Any, fmt: str) -> bool:
 
 
 # --------------------------------------------------------------------------- pure functions
-
-
-def crop_faces(image: np.ndarray, boxes: Sequence[BoxXYXY], size: int) -> np.ndarray:
-    """The faces `boxes` of an RGB image, each resized to `size`: float32 (N, size, size, 3), 0-255."""
-    crops = np.zeros((len(boxes), size, size, 3), np.float32)
-    for i, (x0, y0, x1, y1) in enumerate(boxes):
-        crops[i] = resize_crop(image[y0:y1, x0:x1], size)
-    return crops
 
 
 def to_batch(images: Iterable[np.ndarray], size: int) -> np.ndarray:

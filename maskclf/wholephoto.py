@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from . import CLASS_NAMES
 from .detect import BoxXYXY, Detector, iou_matrix
 from .data import size_buckets
 from .images import load_rgb
@@ -138,11 +139,14 @@ def photo_stats(photos: pd.DataFrame) -> dict[str, float]:
 
 
 def model_classifier(model: Any, config: dict[str, Any], threshold: float = 0.5) -> Classifier:
-    """A Classifier from a loaded run folder's model: the label `predict` would give each box."""
-    from .predict import classify_photo
+    """A Classifier from a loaded run folder's model: the binary label of each box at `threshold`."""
+    from .answers import p_without_mask
+    from .images import crop_faces
+    from .model import predict_probabilities
 
     def classify(image: np.ndarray, boxes: Sequence[BoxXYXY]) -> list[str]:
-        return [face["label"] for face in classify_photo(model, config, image, boxes, threshold)]
+        p = p_without_mask(predict_probabilities(model, crop_faces(image, boxes, config["image_size"])), config)
+        return [CLASS_NAMES[int(v >= threshold)] for v in p]
 
     return classify
 
@@ -165,7 +169,7 @@ def cached_whole_photo_figures(model: Any, config: dict[str, Any], manifest: pd.
     the photos' files and the annotated faces of `folds`. Times in the statistics are those
     of the run that computed them.
     """
-    from . import detect, images, predict
+    from . import answers, detect, images, model as model_module
     from .detect import DEFAULT_DETECTOR
     from .memo import cached_json, files_fingerprint, model_fingerprint, source_fingerprint
 
@@ -173,7 +177,7 @@ def cached_whole_photo_figures(model: Any, config: dict[str, Any], manifest: pd.
     chosen = manifest[manifest["fold"].isin(folds)]
     photos = photos_from_manifest(chosen, images_dir)
     key = {"model": model_fingerprint(model), "detector": detector or DEFAULT_DETECTOR,
-           "code": source_fingerprint(detect, images, predict, sys.modules[__name__]),
+           "code": source_fingerprint(answers, detect, images, model_module, sys.modules[__name__]),
            "photos": files_fingerprint(p.path for p in photos),
            "faces": pd.util.hash_pandas_object(chosen.reset_index(drop=True)).sum().item(), "folds": folds}
 
