@@ -118,7 +118,7 @@ def plot_folds(table: pd.DataFrame) -> plt.Figure:
     ax.set_title("Faces per fold (grouped by photo, stratified by class)")
     ax.set_xlabel("fold (fold 0 is the default validation set)")
     ax.set_ylabel("faces")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # beside the bars, never over them
     fig.tight_layout()
     return fig
 
@@ -286,8 +286,8 @@ def plot_framing(table: pd.DataFrame) -> plt.Figure:
     ax.set_xlabel(f"accuracy (axis from {low:.2f})")
     ax.set_ylabel("how the face is cut from the photo")
     ax.set_title(f"Framing robustness: {int(table['faces'].iloc[0])} validation faces re-cut from their photos")
-    ax.legend(loc="lower left", fontsize=MIN_FONT_PT)
-    fig.tight_layout()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1 - 0.45 / len(table)), fontsize=MIN_FONT_PT, frameon=False)
+    fig.tight_layout()  # the legend sits under the axis label, never over the bars
     return fig
 
 
