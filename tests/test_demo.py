@@ -151,7 +151,8 @@ def test_good_photo(client):
     assert body["summary_line"] == "2 faces: 1 with mask, 0 worn incorrectly, 1 without"
     assert body["message"] == "2 faces: 1 with mask, 0 worn incorrectly, 1 without." and body["notes"] == []
     assert body["summary"] == {"faces": 2, "with_mask": 1, "without_mask": 1, "everyone_masked": False,
-                               "mask_incorrect": 0, "three_way": {"with_mask": 1, "mask_incorrect": 0, "without_mask": 1}}
+                               "mask_incorrect": 0,
+                               "three_way": {"with_mask": 1, "mask_incorrect": 0, "without_mask": 1}}
     assert body["image"].startswith("data:image/jpeg;base64,")
     assert Image.open(io.BytesIO(base64.b64decode(body["image"].split(",", 1)[1]))).size == (200, 120)
 
@@ -220,7 +221,8 @@ def test_a_mask_worn_incorrectly_has_its_own_answer_words_and_count(incorrect_ap
         [f["p_without_mask"] for f in post(client, "two.png", photo_png()).json()["faces"]], abs=1e-5)
     assert [f["three_way"] for f in body["faces"]] == ["with_mask", "mask_incorrect"]
     three = body["faces"][1]["three_way_probabilities"]
-    assert set(three) == {"with_mask", "mask_incorrect", "without_mask"} and three["mask_incorrect"] > three["without_mask"]
+    assert set(three) == {"with_mask", "mask_incorrect", "without_mask"}
+    assert three["mask_incorrect"] > three["without_mask"]
     assert [f["label_text"] for f in body["faces"]] == ["with mask", "worn incorrectly"]
     assert body["summary"]["mask_incorrect"] == 1 and body["summary"]["without_mask"] == 1
     assert body["summary"]["three_way"] == {"with_mask": 1, "mask_incorrect": 1, "without_mask": 0}
@@ -415,7 +417,8 @@ def test_a_mask_worn_incorrectly_in_a_real_browser(incorrect_server, tmp_path):
         # face 2's box, drawn 4x, on its left edge: orange, as predict draws it
         assert pixel(page, "photo", 480, 296)[:3] == pytest.approx(list(COLOURS["mask_incorrect"]), abs=12)
         page.screenshot(path=str(tmp_path / "demo-incorrect.png"), full_page=True)
-        icon = page.evaluate("async () => { const img = new Image(); img.src = document.querySelector('link[rel=icon]').href;"
+        icon = page.evaluate("async () => { const img = new Image();"
+                             " img.src = document.querySelector('link[rel=icon]').href;"
                              " await img.decode(); return [img.src.slice(0, 19), img.naturalWidth]; }")
         assert icon == ["data:image/svg+xml,", 16], "the favicon is an inline image the browser draws"
         assert all(url.startswith((incorrect_server, "data:", "blob:")) for url in requests), requests

@@ -326,7 +326,8 @@ def test_cli_writes_a_photo_summary_after_each_photos_faces(tiny_run, tmp_path, 
 
 @pytest.fixture(scope="module")
 def incorrect_run(tmp_path_factory) -> Path:
-    """The tiny run whose middle class beats its last: an unmasked face is `mask_incorrect`, at the same P(without_mask)."""
+    """The tiny run whose middle class beats its last: an unmasked face is `mask_incorrect`, at the same
+    P(without_mask)."""
     return make_tiny_run(tmp_path_factory.mktemp("model") / "incorrect", make_tiny_incorrect_model())
 
 

@@ -62,7 +62,8 @@ def make_tiny_run(run_dir: str | Path, model=None) -> Path:
 
 
 def make_tiny_binary_run(run_dir: str | Path) -> Path:
-    """The tiny model as a run trained on the two binary classes: its last two outputs summed, the same P(without_mask)."""
+    """The tiny model as a run trained on the two binary classes: its last two outputs summed (the same
+    P(without_mask))."""
     import keras
 
     from maskclf import CLASS_NAMES as BINARY
