@@ -11,7 +11,9 @@ served from the data set the extraction read, none when it is not there), and a 
 mode: the browser's `getUserMedia` frames are posted one at a time, at most one every
 FRAME_INTERVAL_MS, and the boxes are drawn on a canvas over the video. Photos and frames
 are drawn by the page, with the faces numbered as the table's rows and labelled with the
-same words. Any bad upload (not an image, truncated, empty, too large, a bad setting)
+same words: for a model trained on the three annotated classes, its three-way answer (with
+mask, worn incorrectly, without mask, each in its colour, as `predict --draw` draws them) and
+the three probabilities; otherwise the binary one. Any bad upload (not an image, truncated, empty, too large, a bad setting)
 gets a friendly message with status 4xx; an unexpected failure gets a 500 with a message,
 never a stack trace, and the server keeps serving.
 
