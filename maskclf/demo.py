@@ -13,9 +13,9 @@ FRAME_INTERVAL_MS, and the boxes are drawn on a canvas over the video. Photos an
 are drawn by the page, with the faces numbered as the table's rows and labelled with the
 same words: for a model trained on the three annotated classes, its three-way answer (with
 mask, worn incorrectly, without mask, each in its colour, as `predict --draw` draws them) and
-the three probabilities; otherwise the binary one. Any bad upload (not an image, truncated, empty, too large, a bad setting)
-gets a friendly message with status 4xx; an unexpected failure gets a 500 with a message,
-never a stack trace, and the server keeps serving.
+the three probabilities; otherwise the binary one. Any bad upload (not an image, truncated,
+empty, too large, a bad setting) gets a friendly message with status 4xx; an unexpected
+failure gets a 500 with a message, never a stack trace, and the server keeps serving.
 
 The work per request is bounded: bodies are cut off at the size limit (with or without
 Content-Length), images over MAX_PIXELS are refused before decoding, faces are detected
