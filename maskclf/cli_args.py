@@ -219,7 +219,8 @@ def predict_options(parser: argparse.ArgumentParser) -> None:
                              "(default: print them on stdout)")
     parser.add_argument("--draw", type=Path, metavar="DIR",
                         help="folder to write annotated copies of the inputs into, in the inputs' folder structure, "
-                             "not inside an input folder (default: none)")
+                             "named NAME.drawn.png for an input NAME.jpg (or .png...), not inside an input folder "
+                             "(default: none)")
 
 
 def video_options(parser: argparse.ArgumentParser) -> None:

@@ -11,9 +11,11 @@ served from the data set the extraction read, none when it is not there), and a 
 mode: the browser's `getUserMedia` frames are posted one at a time, at most one every
 FRAME_INTERVAL_MS, and the boxes are drawn on a canvas over the video. Photos and frames
 are drawn by the page, with the faces numbered as the table's rows and labelled with the
-same words. Any bad upload (not an image, truncated, empty, too large, a bad setting)
-gets a friendly message with status 4xx; an unexpected failure gets a 500 with a message,
-never a stack trace, and the server keeps serving.
+same words: for a model trained on the three annotated classes, its three-way answer (with
+mask, worn incorrectly, without mask, each in its colour, as `predict --draw` draws them) and
+the three probabilities; otherwise the binary one. Any bad upload (not an image, truncated,
+empty, too large, a bad setting) gets a friendly message with status 4xx; an unexpected
+failure gets a 500 with a message, never a stack trace, and the server keeps serving.
 
 The work per request is bounded: bodies are cut off at the size limit (with or without
 Content-Length), images over MAX_PIXELS are refused before decoding, faces are detected
@@ -46,12 +48,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from PIL import Image
 
+from . import CLASS_NAMES, answers
 from .cli_args import DEFAULT_DETECTOR, MAX_UPLOAD_MB, probability
 from .data import TINY_FACE
 from .detect import DETECTORS, Detector, detect_faces, make_detector
 from .images import WORK_SIDE, to_rgb, working_image
 from .paths import DEFAULT_FACES_DIR
-from .predict import classify_photo, photo_summary, resolve_model, summary_caption
+from .predict import COLOURS, LABEL_WORDS, classify_photo, face_answer, photo_summary, resolve_model, summary_caption
 
 MAX_PIXELS = 50_000_000
 """Largest upload decoded: the largest phone photos. Analysing one costs ~13 bytes a pixel at its
@@ -127,16 +130,16 @@ def analyse(
     """Detect and classify the faces of an uploaded photo: numbered faces, photo summary and its line, notes, message.
 
     Each face gets `number` (1, 2, ...: its row and its tag on the drawing) and `label_text`
-    (its label in words, the same on both). Boxes are in the upload's pixels. With
-    `with_image`, `image` is the photo as analysed (orientation and colours as decoded),
-    shrunk to at most WORK_SIDE px, for the page to draw the boxes on.
+    (its answer in predict.LABEL_WORDS' words, the same on both: three-way, or binary for a binary
+    model). Boxes are in the upload's pixels. With `with_image`, `image` is the photo as analysed
+    (orientation and colours as decoded), shrunk to at most WORK_SIDE px, for the page to draw the boxes on.
     """
     image = decode_upload(data, name, max_pixels)
     boxes = detect_faces(detector, image)
     with model_lock or nullcontext():
         faces = classify_photo(model, config, image, boxes, threshold)
-    faces = [{"number": i, "label_text": face["label"].replace("_", " "), **face} for i, face in enumerate(faces, 1)]
-    summary = photo_summary(faces)
+    faces = [{"number": i, "label_text": LABEL_WORDS[face_answer(face)], **face} for i, face in enumerate(faces, 1)]
+    summary = photo_summary(faces, answers.has_three_way(config))
     line = summary_caption(summary)
     small = sum(face.get("small_face", False) for face in faces)
     notes = [f"{small} under {TINY_FACE} px: too small for a reliable label."] if small else []
@@ -295,7 +298,8 @@ def create_app(
     `large_detector` serves the large lane, so that the two lanes never call one detector at
     once (default: `detector`, for one safe to share, as onnxruntime's CenterFace is).
     `make_detector(name)` makes the other detectors of `detect.DETECTORS` when a request picks
-    one (without it, only `detector_name` is offered). `examples`: photos the page offers.
+    one (without it, only `detector_name` is offered). `examples`: photos the page offers. The page
+    shows the model's answers (three-way, or binary) in predict's words and colours.
     """
     app = FastAPI(title="maskclf demo", docs_url=None, redoc_url=None, openapi_url=None)
     model_lock = threading.Lock()  # the Keras model is not guaranteed thread-safe
@@ -303,6 +307,8 @@ def create_app(
     detectors = Detectors(detector_name, detector, large_detector or detector, make_detector)
     example_files = {Path(path).name: Path(path) for path in examples}
     settings = {"threshold": threshold, "detectors": detectors.choices, "detector": detector_name,
+                "answers": list(answers.THREE_WAY if answers.has_three_way(config) else CLASS_NAMES),
+                "words": LABEL_WORDS, "colours": {name: "#%02x%02x%02x" % rgb for name, rgb in COLOURS.items()},
                 "examples": [{"name": name, "url": f"examples/{name}"} for name in example_files],
                 "example_rule": EXAMPLE_RULE, "frame_interval_ms": FRAME_INTERVAL_MS, "frame_side": FRAME_SIDE}
     html = PAGE.replace("{CONFIG}", json.dumps(settings).replace("<", "\\u003c"))

@@ -5,12 +5,15 @@ are what the notebooks, `video`, `demo` and `export` reuse; `predict_paths` runs
 over files and folders, and the CLI only wires options to it.
 
 One JSON line per face:
-`{"type": "face", "path", "face", "box": [xmin, ymin, xmax, ymax], "label", "p_without_mask", "probabilities": {class: p}}`,
-plus `"annotation"` (the VOC class) when boxes come from `--boxes-from`, and `"small_face": true`
-with a `"warning"` when the face is under data.TINY_FACE px on a side; then, for a whole
+`{"type": "face", "path", "face", "box": [xmin, ymin, xmax, ymax], "label", "p_without_mask", "probabilities": {class: p}}`
+(the study's binary answer: a mask worn incorrectly counts as `without_mask`), plus, for a model trained
+on the three annotated classes, `"three_way"` (`with_mask`, `mask_incorrect` or `without_mask`) and
+`"three_way_probabilities"`; `"annotation"` (the VOC class) when boxes come from `--boxes-from`, and
+`"small_face": true` with a `"warning"` when the face is under data.TINY_FACE px on a side; then, for a whole
 photo (not for `--crops`), one summary line
-`{"type": "photo", "path", "faces", "with_mask", "without_mask", "everyone_masked"}`
-(`everyone_masked` is null when no face was found).
+`{"type": "photo", "path", "faces", "with_mask", "without_mask", "everyone_masked"}` (binary counts;
+`everyone_masked` is null when no face was found), plus, for a three-class model, `"mask_incorrect"` and
+`"three_way"`: the count of each three-way label.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -36,10 +40,12 @@ from .images import ImageError, crop_faces, load_rgb, resize_crop
 from .model import predict_probabilities
 from .paths import MODELS_DIR
 
-COLOURS = {"with_mask": (0, 190, 0), "without_mask": (230, 20, 20)}
-"""Box colour (RGB) per label."""
-
-SHORT_LABELS = {"with_mask": "mask", "without_mask": "no mask"}
+COLOURS = {"with_mask": (0, 190, 0), "mask_incorrect": (235, 130, 0), "without_mask": (230, 20, 20)}
+"""Box colour (RGB) per answer (`face_answer`)."""
+SHORT_LABELS = {"with_mask": "mask", "mask_incorrect": "incorrect", "without_mask": "no mask"}
+"""Each answer on a drawn box."""
+LABEL_WORDS = {"with_mask": "with mask", "mask_incorrect": "worn incorrectly", "without_mask": "without mask"}
+"""Each answer in words, as the demo shows it."""
 DRAW_MIN_SIDE = 800
 """`annotate` upscales smaller images to this longer side (the study's photos are ~400 px)."""
 
@@ -207,24 +213,53 @@ def flag_small(face: dict[str, Any]) -> dict[str, Any]:
             "warning": f"face of {x1 - x0}x{y1 - y0} px, under {TINY_FACE} px: too small for a reliable label"}
 
 
-def photo_summary(faces: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Faces found, how many with and without a mask, and whether everyone wears one (None: no face)."""
+def face_answer(face: dict[str, Any]) -> str:
+    """What a face is shown as: its three-way label when the model gives one, else its binary label."""
+    return face.get("three_way", face["label"])
+
+
+def face_probability(face: dict[str, Any]) -> float:
+    """The probability of `face_answer`."""
+    if "three_way" in face:
+        return face["three_way_probabilities"][face["three_way"]]
+    return face["probabilities"][face["label"]]
+
+
+def counted(n: int, noun: str) -> str:
+    """"1 face", "2 faces": `n` and the noun, plural unless `n` is 1."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def photo_summary(faces: Sequence[dict[str, Any]], three_way: bool = False) -> dict[str, Any]:
+    """Faces found, how many with and without a mask (binary: a mask worn incorrectly counts as without), and
+    whether everyone wears one (None: no face); with `three_way` (a model of the three annotated classes), also
+    how many wear one incorrectly (`mask_incorrect`) and the count of each three-way label (`three_way`)."""
     without = sum(face["label"] == POSITIVE for face in faces)
-    return {"faces": len(faces), "with_mask": len(faces) - without, "without_mask": without,
-            "everyone_masked": without == 0 if faces else None}
+    summary = {"faces": len(faces), "with_mask": len(faces) - without, "without_mask": without,
+               "everyone_masked": without == 0 if faces else None}
+    if three_way:
+        counts = {name: sum(face["three_way"] == name for face in faces) for name in answers.THREE_WAY}
+        summary.update(mask_incorrect=counts["mask_incorrect"], three_way=counts)
+    return summary
 
 
 def summary_caption(summary: dict[str, Any]) -> str:
-    """The photo summary as one line, e.g. "3 faces: 2 with mask, 1 without"."""
-    n = summary["faces"]
-    if n == 0:
+    """The photo summary as one line, e.g. "4 faces: 2 with mask, 1 worn incorrectly, 1 without"
+    ("3 faces: 2 with mask, 1 without" without three-way counts)."""
+    if summary["faces"] == 0:
         return "no face found"
-    return f"{n} face{'s' if n != 1 else ''}: {summary['with_mask']} with mask, {summary['without_mask']} without"
+    if "three_way" in summary:
+        counts = summary["three_way"]
+        parts = [f"{counts['with_mask']} with mask", f"{counts['mask_incorrect']} worn incorrectly",
+                 f"{counts['without_mask']} without"]
+    else:
+        parts = [f"{summary['with_mask']} with mask", f"{summary['without_mask']} without"]
+    return f"{counted(summary['faces'], 'face')}: {', '.join(parts)}"
 
 
 def annotate(image: np.ndarray, faces: Sequence[dict[str, Any]], min_side: int = DRAW_MIN_SIDE,
              caption: str | None = None, max_side: int | None = None) -> np.ndarray:
-    """A copy of an RGB image with each face's box and "label NN%" in its label's colour.
+    """A copy of an RGB image with each face's box and "answer NN%" in its answer's colour (`face_answer`).
 
     An image whose longer side is under `min_side` is upscaled first, so labels stay legible,
     and one whose longer side is over `max_side` (when given) is shrunk to it.
@@ -240,9 +275,9 @@ def annotate(image: np.ndarray, faces: Sequence[dict[str, Any]], min_side: int =
     font_scale = max(height, width) / 1600
     for face in faces:
         x0, y0, x1, y1 = (round(v * scale) for v in face["box"])
-        colour = COLOURS.get(face["label"], (255, 200, 0))
+        colour = COLOURS[face_answer(face)]
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), colour, thickness)
-        text = f"{SHORT_LABELS.get(face['label'], face['label'])} {face['probabilities'][face['label']]:.0%}"
+        text = f"{SHORT_LABELS[face_answer(face)]} {face_probability(face):.0%}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
         tx = max(0, min(x0, width - tw - 2))
         ty = y0 - base - 1 if y0 - th - base - 1 >= 0 else min(y1 + th + 1, height - base)
@@ -321,8 +356,8 @@ def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[FileResu
 
 def draw_targets(inputs: Sequence[str | Path], files: Sequence[Path], draw_dir: Path) -> dict[Path, Path]:
     """Where `--draw` writes each file's annotated copy: its path relative to the inputs' common folder,
-    mirrored under `draw_dir` (".png" added to other names). ValueError naming the
-    problem when `draw_dir` is (or is inside) an input folder, or a copy would replace an input file."""
+    mirrored under `draw_dir`, named `drawn_names`' way (`photos/a/x.jpg` -> `DIR/a/x.drawn.png`). ValueError
+    naming the problem when `draw_dir` is (or is inside) an input folder, or a copy would replace an input file."""
     draw = draw_dir.resolve()
     for folder in (Path(p).resolve() for p in inputs if Path(p).is_dir()):
         if draw == folder or folder in draw.parents:
@@ -330,10 +365,8 @@ def draw_targets(inputs: Sequence[str | Path], files: Sequence[Path], draw_dir: 
                              "annotated copies would mix with the photos or replace them. Choose another folder")
     roots = [Path(p).absolute() if Path(p).is_dir() else Path(p).absolute().parent for p in inputs if Path(p).exists()]
     base = Path(os.path.commonpath(roots)) if roots else Path.cwd()
-    targets = {}
-    for path in files:
-        relative = path.absolute().relative_to(base)
-        targets[path] = draw_dir / (relative if relative.suffix.lower() == ".png" else f"{relative}.png")
+    names = drawn_names([path.absolute().relative_to(base) for path in files])
+    targets = {path: draw_dir / name for path, name in zip(files, names)}
     inputs_resolved = {path.resolve(): path for path in files}
     for path, target in targets.items():
         if target.resolve() in inputs_resolved:
@@ -342,6 +375,19 @@ def draw_targets(inputs: Sequence[str | Path], files: Sequence[Path], draw_dir: 
         if problem := output_file_problem(target):
             raise ValueError(f"--draw {draw_dir}: {problem}")
     return targets
+
+
+def drawn_names(relatives: Sequence[Path]) -> list[Path]:
+    """The annotated copy's name of each (distinct) relative path: its stem + ".drawn.png" (`x.jpg` ->
+    `x.drawn.png`), or its whole name + ".drawn.png" (`x.jpg.drawn.png`) where stems alone would name two the same."""
+    whole: set[Path] = set()
+    while True:
+        names = [p.with_name(f"{p.name if p in whole else p.stem}.drawn.png") for p in relatives]
+        seen = Counter(names)
+        clashing = {p for p, name in zip(relatives, names) if seen[name] > 1} - whole
+        if not clashing:
+            return names
+        whole |= clashing  # whole names never clash with each other, so this ends
 
 
 def check_out(out: Path, files: Sequence[Path]) -> None:
@@ -380,7 +426,10 @@ def predict_paths(
             group = files[start : start + chunk]
             yield from (_crops(model, config, group, threshold, batch_size, draw_to) if crops
                         else _photos(model, config, group, detector, boxes_from, threshold, batch_size, draw_to))
-            bar.update(len(group))
+            if start + chunk < len(files):
+                bar.update(len(group))
+            else:
+                bar.n = len(files)  # not shown: close() shows the last line, once
     finally:
         bar.close()
 
@@ -429,7 +478,7 @@ def _photos(model, config, files, detector, boxes_from, threshold, batch_size, d
     for result, faces, names_i, image in zip((r for r in results if r.error is None), classified, names, images):
         if names_i is not None:
             faces = [{**face, "annotation": name} for face, name in zip(faces, names_i)]
-        result.faces, result.summary = faces, photo_summary(faces)
+        result.faces, result.summary = faces, photo_summary(faces, answers.has_three_way(config))
         if image is not None:
             save_image(annotate(image, faces, caption=summary_caption(result.summary)), draw_to[result.path])
     return results
@@ -453,7 +502,7 @@ def no_face_message(paths: Sequence[Path], detected: bool = True) -> str:
     When every one of them is small (LIKELY_CROP_SIDE), they are most likely face crops: a face
     that fills the image is not what a detector looks for in a photo.
     """
-    message = f"no face found in {len(paths)} files: " + ", ".join(map(str, paths))
+    message = f"no face found in {counted(len(paths), 'file')}: " + ", ".join(map(str, paths))
     if not detected:
         return message
     sides = []
@@ -510,14 +559,15 @@ def run(args: argparse.Namespace) -> int:
                 print(line, flush=True)
     if args.out is not None:
         write_text_atomic(args.out, "".join(line + "\n" for line in lines))
-    print(f"{n_faces} faces in {n_read} files" + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
+    print(f"{counted(n_faces, 'face')} in {counted(n_read, 'file')}" + (f", written to {args.out}" if args.out else ""),
+          file=sys.stderr)
     if n_small:
-        print(f"warning: {n_small} faces under {TINY_FACE} px (\"small_face\": true): their labels are unreliable",
-              file=sys.stderr)
+        print(f"warning: {counted(n_small, 'face')} under {TINY_FACE} px (\"small_face\": true): "
+              f"{'its label is' if n_small == 1 else 'their labels are'} unreliable", file=sys.stderr)
     if no_face:
         print(no_face_message(no_face, detected=detector is not None), file=sys.stderr)
     if failed:
-        print(f"{len(failed)} files failed:", file=sys.stderr)
+        print(f"{counted(len(failed), 'file')} failed:", file=sys.stderr)
         for result in failed:
             print(f"  {result.error}", file=sys.stderr)
         return 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import urllib.parse
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +16,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from synthetic import draw_face
-from tinymodel import make_tiny_run
+from tinymodel import make_tiny_binary_run, make_tiny_incorrect_model, make_tiny_run
 
+from maskclf import CLASS_NAMES
 from maskclf.data import MANIFEST_COLUMNS
 from maskclf.demo import EXAMPLE_RULE, PAGE, create_app, decode_upload, example_photos, UploadError
 from maskclf.demo_browser import CHROMIUM, capture_example, capture_webcam, open_page, replies, serve, shown, wait_for_reply, write_y4m
 from maskclf.detect import DEFAULT_DETECTOR, DETECTORS
+from maskclf.predict import COLOURS
 from maskclf.runs import load_run
 
 BOXES = [(20, 20, 60, 60), (120, 50, 168, 98)]
@@ -103,6 +107,13 @@ def client(app):
     return TestClient(app, raise_server_exceptions=False)
 
 
+@pytest.fixture(scope="module")
+def incorrect_app(tmp_path_factory):
+    """The demo of the tiny model whose unmasked faces are `mask_incorrect` (tinymodel.make_tiny_incorrect_model)."""
+    model, config = load_run(make_tiny_run(tmp_path_factory.mktemp("model") / "incorrect", make_tiny_incorrect_model()))
+    return create_app(model, config, fake_detector)
+
+
 def post(client, name: str, data: bytes, mime: str = "image/png", **settings):
     return client.post("/api/predict", files={"file": (name, data, mime)}, data=settings)
 
@@ -114,8 +125,18 @@ def page_settings(html: str) -> dict:
 def test_page_is_self_contained(client):
     page = client.get("/")
     assert page.status_code == 200 and 'type="file"' in page.text and "getUserMedia" in page.text
+    text = page.text.replace("http://www.w3.org/2000/svg", "").replace('<link rel="icon" href="data:', "")
     for marker in ("http://", "https://", "//cdn", "<link", "src=\"http", "@import"):
-        assert marker not in page.text.replace('"http://www.w3.org', ""), f"external resource: {marker}"
+        assert marker not in text, f"external resource: {marker}"
+
+
+def test_page_has_an_inline_favicon(client):
+    """A browser then has no reason to ask for /favicon.ico (a 404)."""
+    href = client.get("/").text.split('<link rel="icon" href="', 1)[1].split('"', 1)[0]
+    kind, svg = href.split(",", 1)
+    assert kind == "data:image/svg+xml"
+    root = ET.fromstring(urllib.parse.unquote(svg))
+    assert root.tag == "{http://www.w3.org/2000/svg}svg" and len(root) >= 1
 
 
 def test_good_photo(client):
@@ -125,17 +146,20 @@ def test_good_photo(client):
     assert [f["label"] for f in body["faces"]] == ["with_mask", "without_mask"]
     assert [tuple(f["box"]) for f in body["faces"]] == BOXES
     assert [f["number"] for f in body["faces"]] == [1, 2], "numbered as the table's rows and the drawing's tags"
+    assert [f["three_way"] for f in body["faces"]] == ["with_mask", "without_mask"]
     assert [f["label_text"] for f in body["faces"]] == ["with mask", "without mask"]
-    assert body["summary_line"] == "2 faces: 1 with mask, 1 without"
-    assert body["message"] == "2 faces: 1 with mask, 1 without." and body["notes"] == []
-    assert body["summary"] == {"faces": 2, "with_mask": 1, "without_mask": 1, "everyone_masked": False}
+    assert body["summary_line"] == "2 faces: 1 with mask, 0 worn incorrectly, 1 without"
+    assert body["message"] == "2 faces: 1 with mask, 0 worn incorrectly, 1 without." and body["notes"] == []
+    assert body["summary"] == {"faces": 2, "with_mask": 1, "without_mask": 1, "everyone_masked": False,
+                               "mask_incorrect": 0,
+                               "three_way": {"with_mask": 1, "mask_incorrect": 0, "without_mask": 1}}
     assert body["image"].startswith("data:image/jpeg;base64,")
     assert Image.open(io.BytesIO(base64.b64decode(body["image"].split(",", 1)[1]))).size == (200, 120)
 
 
 def test_webcam_frames_can_skip_the_image(client):
     body = post(client, "frame.jpg", photo_png(), with_image="0").json()
-    assert "image" not in body and body["summary_line"] == "2 faces: 1 with mask, 1 without"
+    assert "image" not in body and body["summary_line"] == "2 faces: 1 with mask, 0 worn incorrectly, 1 without"
 
 
 def test_threshold_changes_the_answer(client):
@@ -144,7 +168,7 @@ def test_threshold_changes_the_answer(client):
     assert 0 < p[0] < p[1] < 1
     low = post(client, "two.png", photo_png(), threshold=str(p[0] / 2)).json()
     assert [f["label"] for f in low["faces"]] == ["without_mask", "without_mask"]
-    assert low["summary_line"] == "2 faces: 0 with mask, 2 without"
+    assert low["summary_line"] == "2 faces: 0 with mask, 0 worn incorrectly, 2 without"
     high = post(client, "two.png", photo_png(), threshold=str((p[1] + 1) / 2)).json()
     assert [f["label"] for f in high["faces"]] == ["with_mask", "with_mask"]
     assert [f["p_without_mask"] for f in high["faces"]] == [f["p_without_mask"] for f in faces], "only the labels move"
@@ -184,10 +208,40 @@ def test_examples_follow_the_rule_and_are_served(client, extraction):
 
 def test_without_the_data_set_there_are_no_examples_and_the_page_works(tmp_path, client):
     assert example_photos(tmp_path / "nowhere") == []
-    model_app = create_app(None, {}, fake_detector)
+    model_app = create_app(None, {"class_names": list(CLASS_NAMES)}, fake_detector)
     page = TestClient(model_app).get("/")
     assert page.status_code == 200 and page_settings(page.text)["examples"] == []
     assert page_settings(page.text)["detectors"] == [DEFAULT_DETECTOR], "without a maker, only the detector given"
+
+
+def test_a_mask_worn_incorrectly_has_its_own_answer_words_and_count(incorrect_app, client):
+    body = post(TestClient(incorrect_app), "two.png", photo_png()).json()
+    assert [f["label"] for f in body["faces"]] == ["with_mask", "without_mask"], "binary: incorrect counts as without"
+    assert [f["p_without_mask"] for f in body["faces"]] == pytest.approx(
+        [f["p_without_mask"] for f in post(client, "two.png", photo_png()).json()["faces"]], abs=1e-5)
+    assert [f["three_way"] for f in body["faces"]] == ["with_mask", "mask_incorrect"]
+    three = body["faces"][1]["three_way_probabilities"]
+    assert set(three) == {"with_mask", "mask_incorrect", "without_mask"}
+    assert three["mask_incorrect"] > three["without_mask"]
+    assert [f["label_text"] for f in body["faces"]] == ["with mask", "worn incorrectly"]
+    assert body["summary"]["mask_incorrect"] == 1 and body["summary"]["without_mask"] == 1
+    assert body["summary"]["three_way"] == {"with_mask": 1, "mask_incorrect": 1, "without_mask": 0}
+    assert body["summary_line"] == "2 faces: 1 with mask, 1 worn incorrectly, 0 without"
+    settings = page_settings(TestClient(incorrect_app).get("/").text)
+    assert settings["answers"] == ["with_mask", "mask_incorrect", "without_mask"]
+    assert settings["words"]["mask_incorrect"] == "worn incorrectly"
+    assert len(set(settings["colours"].values())) == 3
+
+
+def test_a_binary_model_answers_as_before(tmp_path):
+    model, config = load_run(make_tiny_binary_run(tmp_path / "binary"))
+    binary = TestClient(create_app(model, config, fake_detector))
+    body = post(binary, "two.png", photo_png()).json()
+    assert [f["label_text"] for f in body["faces"]] == ["with mask", "without mask"]
+    assert all("three_way" not in f and "three_way_probabilities" not in f for f in body["faces"])
+    assert body["summary"] == {"faces": 2, "with_mask": 1, "without_mask": 1, "everyone_masked": False}
+    assert body["summary_line"] == "2 faces: 1 with mask, 1 without"
+    assert page_settings(binary.get("/").text)["answers"] == list(CLASS_NAMES)
 
 
 def test_photo_without_face(client):
@@ -249,12 +303,23 @@ def test_decode_upload_limits_pixels_and_converts_modes():
 # --------------------------------------------------------------------------- real browser
 
 
-@pytest.fixture(scope="module")
-def server(app):
+def served(app):
+    """The app's URL, served in a thread, once playwright and chromium are there (else the test is skipped)."""
     pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install -r requirements.txt)")
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
-    with serve(app) as url:
+    return serve(app)
+
+
+@pytest.fixture(scope="module")
+def server(app):
+    with served(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def incorrect_server(incorrect_app):
+    with served(incorrect_app) as url:
         yield url
 
 
@@ -275,7 +340,8 @@ def test_photos_in_a_real_browser(server, tmp_path):
         assert [o for o in page.locator("#detector option").all_inner_texts()] == list(DETECTORS)
         assert page.input_value("#detector") == DEFAULT_DETECTOR and page.input_value("#threshold") == "0.5"
         example = capture_example(page, tmp_path / "demo-example.png")
-        assert example["summary"] == "2 faces: 1 with mask, 1 without" and example["numbers"] == [1, 2]
+        assert example["summary"] == "2 faces: 1 with mask, 0 worn incorrectly, 1 without"
+        assert example["numbers"] == [1, 2]
 
         before = replies(page)
         page.set_input_files("#file", str(tmp_path / "two.png"))
@@ -283,7 +349,7 @@ def test_photos_in_a_real_browser(server, tmp_path):
         wait_for_reply(page, before)
         seen = shown(page)
         assert seen["labels"] == ["with mask", "without mask"] and seen["numbers"] == [1, 2]
-        assert seen["summary"] == "2 faces: 1 with mask, 1 without"
+        assert seen["summary"] == "2 faces: 1 with mask, 0 worn incorrectly, 1 without"
         # drawn 4x (800 px wide): box 1 in green, box 2 in red, on their left edges
         assert page.evaluate("document.getElementById('photo').width") == 800
         r, g, b, _ = pixel(page, "photo", 80, 160)
@@ -296,7 +362,7 @@ def test_photos_in_a_real_browser(server, tmp_path):
         set_threshold(page, 0.01)  # the photo shown is analysed again with the new setting
         wait_for_reply(page, before)
         assert shown(page)["labels"] == ["without mask", "without mask"]
-        assert shown(page)["summary"] == "2 faces: 0 with mask, 2 without"
+        assert shown(page)["summary"] == "2 faces: 0 with mask, 0 worn incorrectly, 2 without"
         before = replies(page)
         page.select_option("#detector", "haar")
         wait_for_reply(page, before)
@@ -317,7 +383,7 @@ def test_webcam_in_a_real_browser(server, tmp_path):
     with open_page(server, clip=clip) as (page, requests):
         live = capture_webcam(page, tmp_path / "demo-webcam.png", frames=3)
         assert live["frames"] >= 3 and page.inner_text("#message").startswith("Webcam on")
-        assert live["summary"] == "2 faces: 1 with mask, 1 without" and live["numbers"] == [1, 2]
+        assert live["summary"] == "2 faces: 1 with mask, 0 worn incorrectly, 1 without" and live["numbers"] == [1, 2]
         assert live["labels"] == ["with mask", "without mask"]
         size = page.evaluate("[document.getElementById('video').videoWidth, document.getElementById('video').videoHeight]")
         assert size == [200, 120], "the clip is the camera"
@@ -329,3 +395,30 @@ def test_webcam_in_a_real_browser(server, tmp_path):
         posted = [url for url in requests if url.endswith("api/predict")]
         assert len(posted) >= 3
     assert Image.open(tmp_path / "demo-webcam.png").width >= 1000
+
+
+def test_a_mask_worn_incorrectly_in_a_real_browser(incorrect_server, tmp_path):
+    (tmp_path / "two.png").write_bytes(photo_png())
+    with open_page(incorrect_server) as (page, requests):
+        assert page.is_visible("#rule-three-way") and page.is_hidden("#rule-binary")
+        before = replies(page)
+        page.set_input_files("#file", str(tmp_path / "two.png"))
+        page.click("#submit")
+        wait_for_reply(page, before)
+        seen = shown(page)
+        assert seen["labels"] == ["with mask", "worn incorrectly"] and seen["numbers"] == [1, 2]
+        assert seen["summary"] == "2 faces: 1 with mask, 1 worn incorrectly, 0 without"
+        assert page.locator("#faces th").all_inner_texts()[:5] == [
+            "#", "label", "P(with mask)", "P(worn incorrectly)", "P(without mask)"]
+        row = page.locator("#faces tbody tr").nth(1).locator("td").all_inner_texts()
+        assert sum(map(float, row[2:5])) == pytest.approx(1, abs=2e-3) and float(row[3]) > float(row[4])
+        colours = page.locator("#faces td.label").evaluate_all("cells => cells.map(c => getComputedStyle(c).color)")
+        assert len(set(colours)) == 2, "the incorrect row's label has a colour of its own"
+        # face 2's box, drawn 4x, on its left edge: orange, as predict draws it
+        assert pixel(page, "photo", 480, 296)[:3] == pytest.approx(list(COLOURS["mask_incorrect"]), abs=12)
+        page.screenshot(path=str(tmp_path / "demo-incorrect.png"), full_page=True)
+        icon = page.evaluate("async () => { const img = new Image();"
+                             " img.src = document.querySelector('link[rel=icon]').href;"
+                             " await img.decode(); return [img.src.slice(0, 19), img.naturalWidth]; }")
+        assert icon == ["data:image/svg+xml,", 16], "the favicon is an inline image the browser draws"
+        assert all(url.startswith((incorrect_server, "data:", "blob:")) for url in requests), requests

@@ -803,7 +803,7 @@ def test_draw_keeps_the_inputs_folder_structure(same_names_in_two_folders, tiny_
                           "--draw", tmp_path / "drawn")
     assert status == 0, err
     assert sorted(p.relative_to(tmp_path / "drawn").as_posix() for p in (tmp_path / "drawn").rglob("*.png")) == [
-        "a/x.png", "b/x.png"]
+        "a/x.drawn.png", "b/x.drawn.png"]
 
 
 @pytest.mark.parametrize("draw, problem", [
@@ -819,10 +819,11 @@ def test_draw_inside_an_input_folder_is_refused(draw, problem, same_names_in_two
 
 def test_draw_never_replaces_an_input_file(same_names_in_two_folders, no_model_loaded, capsys):
     photo = same_names_in_two_folders / "a" / "x.png"
+    drawing = shutil.copy(photo, photo.with_name("x.drawn.png"))  # an earlier drawing, given as an input
     before = photo.read_bytes()
-    status, _, err = _cli(capsys, "predict", photo, "--crops", "--draw", photo.parent)
+    status, _, err = _cli(capsys, "predict", photo, drawing, "--crops", "--draw", photo.parent)
     assert status == 2 and f"the annotated copy of {photo} would replace the input" in err
-    assert photo.read_bytes() == before
+    assert photo.read_bytes() == before and Path(drawing).read_bytes() == before
 
 
 def _edit_config(run: Path, **changes) -> Path:
@@ -917,7 +918,7 @@ def test_predict_flags_faces_too_small_to_classify(one_pixel_crop, tiny_run, cap
     status, out, err = _cli(capsys, "predict", one_pixel_crop, "--crops", "--model", tiny_run)
     face = json.loads(out.splitlines()[0])
     assert status == 0 and face["small_face"] is True and face["warning"].startswith("face of 1x1 px, under 16 px")
-    assert "1 faces under 16 px" in err
+    assert "1 face under 16 px" in err
 
 
 @pytest.fixture

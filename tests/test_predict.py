@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ from PIL import Image
 
 from conftest import REAL_DATA
 from synthetic import draw_face
-from tinymodel import solid
+from tinymodel import make_tiny_binary_run, make_tiny_incorrect_model, make_tiny_run, solid
 
 from maskclf import CLASS_NAMES
 from maskclf.cli import main
@@ -20,13 +21,16 @@ from maskclf.detect import clip_box, iou, make_detector
 from maskclf.runs import RunFolderError, load_run
 from maskclf import predict
 from maskclf.predict import (
-    COLOURS, annotate, classify_crops, classify_photo, crop_faces, expand_paths, label_probabilities, predict_paths,
+    COLOURS, annotate, classify_crops, classify_photo, crop_faces, drawn_names, expand_paths, face_answer,
+    label_probabilities, predict_paths,
 )
 
 FACE_KEYS = {"type", "path", "face", "box", "label", "p_without_mask", "probabilities", "three_way", "three_way_probabilities"}
 SMALL_FACE_KEYS = {"small_face", "warning"}
 """Added to a face under data.TINY_FACE px."""
-PHOTO_KEYS = {"type", "path", "faces", "with_mask", "without_mask", "everyone_masked"}
+BINARY_FACE_KEYS = FACE_KEYS - {"three_way", "three_way_probabilities"}
+PHOTO_KEYS = {"type", "path", "faces", "with_mask", "without_mask", "everyone_masked", "mask_incorrect", "three_way"}
+BINARY_PHOTO_KEYS = PHOTO_KEYS - {"mask_incorrect", "three_way"}
 
 
 def photo_with_faces() -> tuple[np.ndarray, list[tuple[int, int, int, int]], list[str]]:
@@ -130,7 +134,7 @@ def test_classify_photo_and_annotate(tiny):
     assert scale == pytest.approx(800 / 200)
     for face in faces:
         x0, y0, x1, y1 = (round(v * scale) for v in face["box"])
-        assert drawn[(y0 + y1) // 2, x0].tolist() == list(COLOURS[face["label"]])  # left edge of the box
+        assert drawn[(y0 + y1) // 2, x0].tolist() == list(COLOURS[face_answer(face)])  # left edge of the box
     same_size = annotate(image, faces, min_side=0)
     assert same_size.shape == image.shape
 
@@ -144,6 +148,29 @@ def test_photo_summary_and_caption():
     assert predict.summary_caption(predict.photo_summary(faces[:1])) == "1 face: 1 with mask, 0 without"
     assert predict.photo_summary([]) == {"faces": 0, "with_mask": 0, "without_mask": 0, "everyone_masked": None}
     assert predict.summary_caption(predict.photo_summary([])) == "no face found"
+
+
+def test_photo_summary_counts_the_three_answers():
+    answers = [("with_mask", "with_mask"), ("without_mask", "mask_incorrect"), ("with_mask", "with_mask"),
+               ("without_mask", "without_mask")]
+    faces = [{"label": label, "three_way": three_way} for label, three_way in answers]
+    summary = predict.photo_summary(faces, three_way=True)
+    assert summary == {"faces": 4, "with_mask": 2, "without_mask": 2, "everyone_masked": False, "mask_incorrect": 1,
+                       "three_way": {"with_mask": 2, "mask_incorrect": 1, "without_mask": 1}}
+    assert predict.summary_caption(summary) == "4 faces: 2 with mask, 1 worn incorrectly, 1 without"
+    assert predict.summary_caption(predict.photo_summary(faces[1:2], three_way=True)) == \
+        "1 face: 0 with mask, 1 worn incorrectly, 0 without"
+    assert predict.photo_summary([], three_way=True)["three_way"] == {"with_mask": 0, "mask_incorrect": 0,
+                                                                       "without_mask": 0}
+
+
+def test_drawn_names_keep_the_stem_unless_two_would_clash():
+    names = drawn_names([Path(p) for p in ("grace_hopper.jpg", "a/x.png", "b/x.png", "c/y.jpg", "c/y.png",
+                                           "d/z.jpg", "d/z.png", "d/z.jpg.png", "e/noext")])
+    assert [n.as_posix() for n in names] == [
+        "grace_hopper.drawn.png", "a/x.drawn.png", "b/x.drawn.png", "c/y.jpg.drawn.png", "c/y.png.drawn.png",
+        "d/z.jpg.drawn.png", "d/z.png.drawn.png", "d/z.jpg.png.drawn.png", "e/noext.drawn.png"]
+    assert len(set(names)) == len(names)
 
 
 def test_annotate_adds_the_caption_strip_below(tiny):
@@ -234,7 +261,7 @@ def test_cli_photos_with_ground_truth_boxes_every_image_mode(tiny_run, voc_dir, 
     photos = [line for line in everything if line["type"] == "photo"]
     assert all(set(line) == PHOTO_KEYS for line in photos) and len(photos) == len(list((voc_dir / "images").glob("*.png")))
     n_photos = len(list((voc_dir / "images").glob("*.png")))
-    assert len(list((tmp_path / "drawn").glob("*.png"))) == n_photos
+    assert len(list((tmp_path / "drawn").glob("*.drawn.png"))) == n_photos
     colour = [line for line in lines if line["path"].endswith(("photo0.png", "photo5.png"))]  # RGB photos
     assert colour and all(line["label"] == line["annotation"] for line in colour if line["annotation"] != "mask_weared_incorrect")
     assert all(line["box"][2] <= 160 for line in lines), "boxes past the border must be clipped"
@@ -262,7 +289,7 @@ def test_cli_with_the_detector_photo_without_face(tiny_run, tmp_path, capsys, mo
     status, lines, err = run_cli(capsys, tmp_path / "two.png", tmp_path / "blank.png", "--model", tiny_run)
     assert status == 0
     assert [line["label"] for line in lines] == labels
-    assert "no face found in 1 files" in err and "blank.png" in err
+    assert "no face found in 1 file:" in err and "blank.png" in err
 
 
 def test_cli_on_face_crops_without_crops_says_why_and_exits_2(tiny_run, tmp_path, capsys, monkeypatch):
@@ -277,7 +304,7 @@ def test_cli_photos_without_faces_exit_2_without_the_crops_hint(tiny_run, tmp_pa
     Image.fromarray(np.full((300, 400, 3), 100, np.uint8)).save(tmp_path / "empty_room.png")
     monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: [])
     status, _, err = run_cli(capsys, tmp_path / "empty_room.png", "--model", tiny_run)
-    assert status == 2 and "no face found in 1 files" in err and "--crops" not in err
+    assert status == 2 and "no face found in 1 file:" in err and "--crops" not in err
 
 
 def test_cli_writes_a_photo_summary_after_each_photos_faces(tiny_run, tmp_path, capsys, monkeypatch):
@@ -290,10 +317,85 @@ def test_cli_writes_a_photo_summary_after_each_photos_faces(tiny_run, tmp_path, 
     assert status == 0 and "2 faces in 2 files" in err
     assert [line["type"] for line in lines] == ["face", "face", "photo", "photo"]
     assert lines[2] == {"type": "photo", "path": str(tmp_path / "two.png"), "faces": 2, "with_mask": 1,
-                        "without_mask": 1, "everyone_masked": False}
+                        "without_mask": 1, "everyone_masked": False, "mask_incorrect": 0,
+                        "three_way": {"with_mask": 1, "mask_incorrect": 0, "without_mask": 1}}
     assert lines[3]["faces"] == 0 and lines[3]["everyone_masked"] is None
     status, lines, _ = run_cli_all_lines(capsys, tmp_path / "two.png", "--crops", "--model", tiny_run)
     assert [line["type"] for line in lines] == ["face"], "a crop is one face, not a photo"
+
+
+@pytest.fixture(scope="module")
+def incorrect_run(tmp_path_factory) -> Path:
+    """The tiny run whose middle class beats its last: an unmasked face is `mask_incorrect`, at the same
+    P(without_mask)."""
+    return make_tiny_run(tmp_path_factory.mktemp("model") / "incorrect", make_tiny_incorrect_model())
+
+
+@pytest.fixture(scope="module")
+def binary_run(tmp_path_factory) -> Path:
+    """The tiny model trained, as it were, on the binary classes."""
+    return make_tiny_binary_run(tmp_path_factory.mktemp("model") / "binary")
+
+
+def edge_colours(drawn: np.ndarray, boxes, width: int) -> list[list[int]]:
+    """The colour of each box's left edge, halfway down, on a drawing of a `width`-px photo."""
+    scale = drawn.shape[1] / width
+    return [drawn[round((y0 + y1) / 2 * scale), round(x0 * scale)].tolist() for x0, y0, x1, y1 in boxes]
+
+
+def test_cli_answers_a_mask_worn_incorrectly_in_its_records_summary_and_drawing(incorrect_run, tiny_run, tmp_path,
+                                                                                 capsys, monkeypatch):
+    image, boxes, _ = photo_with_faces()
+    Image.fromarray(image).save(tmp_path / "two.jpg", quality=95)
+    monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: boxes)
+    status, lines, err = run_cli_all_lines(capsys, tmp_path / "two.jpg", "--model", incorrect_run,
+                                           "--draw", tmp_path / "drawn")
+    assert status == 0, err
+    faces, photo = lines[:2], lines[2]
+    assert all(set(face) == FACE_KEYS for face in faces)
+    assert [face["label"] for face in faces] == ["with_mask", "without_mask"], "binary: incorrect counts as without"
+    assert [face["three_way"] for face in faces] == ["with_mask", "mask_incorrect"]
+    three = faces[1]["three_way_probabilities"]
+    assert three["mask_incorrect"] > three["without_mask"] > 0
+    assert three["mask_incorrect"] + three["without_mask"] == pytest.approx(faces[1]["p_without_mask"], abs=1e-5)
+    _, plain, _ = run_cli_all_lines(capsys, tmp_path / "two.jpg", "--model", tiny_run)
+    assert [face["label"] for face in plain[:2]] == [face["label"] for face in faces]
+    assert [face["p_without_mask"] for face in plain[:2]] == pytest.approx([face["p_without_mask"] for face in faces],
+                                                                           abs=1e-5), "the binary answer is unchanged"
+    assert photo["with_mask"] == 1 and photo["without_mask"] == 1 and photo["mask_incorrect"] == 1
+    assert photo["three_way"] == {"with_mask": 1, "mask_incorrect": 1, "without_mask": 0}
+    assert [p.name for p in (tmp_path / "drawn").iterdir()] == ["two.drawn.png"]
+    drawn = np.asarray(Image.open(tmp_path / "drawn" / "two.drawn.png"))
+    assert edge_colours(drawn, boxes, image.shape[1]) == [list(COLOURS["with_mask"]), list(COLOURS["mask_incorrect"])]
+    assert len({COLOURS["with_mask"], COLOURS["mask_incorrect"], COLOURS["without_mask"]}) == 3
+    r, g, b = COLOURS["mask_incorrect"]
+    assert r > 200 and 90 < g < 180 and b < 60, "orange, between the green and the red"
+
+
+def test_cli_with_a_binary_model_answers_as_before(binary_run, tmp_path, capsys, monkeypatch):
+    image, boxes, labels = photo_with_faces()
+    Image.fromarray(image).save(tmp_path / "two.png")
+    monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: boxes)
+    status, lines, err = run_cli_all_lines(capsys, tmp_path / "two.png", "--model", binary_run,
+                                           "--draw", tmp_path / "drawn")
+    assert status == 0, err
+    faces, photo = lines[:2], lines[2]
+    assert all(set(face) == BINARY_FACE_KEYS for face in faces) and set(photo) == BINARY_PHOTO_KEYS
+    assert [face["label"] for face in faces] == labels
+    assert predict.summary_caption(photo) == "2 faces: 1 with mask, 1 without"
+    drawn = np.asarray(Image.open(tmp_path / "drawn" / "two.drawn.png"))
+    assert edge_colours(drawn, boxes, image.shape[1]) == [list(COLOURS[label]) for label in labels]
+
+
+def test_cli_counts_in_the_singular_and_shows_100_percent_once(tiny_run, tmp_path, capsys, monkeypatch):
+    (tmp_path / "crops").mkdir()
+    Image.fromarray(solid((0, 200, 0))).save(tmp_path / "crops" / "a.png")
+    (tmp_path / "crops" / "b.png").write_text("not an image")
+    monkeypatch.setattr(predict, "tqdm", functools.partial(predict.tqdm, mininterval=0))  # every step shown
+    status, lines, err = run_cli(capsys, tmp_path / "crops", "--crops", "--model", tiny_run, "--batch-size", "1")
+    assert status == 1 and len(lines) == 1
+    assert "1 face in 1 file\n" in err and "1 file failed:" in err
+    assert err.count("100%") == 1 and "50%" in err, err
 
 
 def test_cli_huge_image_is_refused_by_name(tiny_run, tmp_path, capsys):
@@ -334,7 +436,7 @@ def test_real_photo_with_ground_truth_boxes(tiny_run, tmp_path, capsys):
     assert status == 0
     assert [line["annotation"] for line in lines] == ["with_mask", "without_mask", "without_mask", "with_mask"]
     assert lines[1]["box"] == [364, 30, 400, 66]  # xmax=401 in the XML, clipped to the 400-px image
-    width, height = Image.open(tmp_path / "maksssksksss5.png").size
+    width, height = Image.open(tmp_path / "maksssksksss5.drawn.png").size
     assert width == 800 and 532 < height < 532 + 60, "upscaled to 800 px, with the caption strip below"
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from synthetic import draw_face
+from tinymodel import make_tiny_incorrect_model, make_tiny_run
 
 from maskclf.cli import main
 from maskclf.runs import load_run
@@ -49,6 +50,15 @@ def test_annotate_frames_draws_boxes_and_fps(tiny_run, clip):
         corner = frame[5:30, 5:60]
         # white strokes on a black outline; how many white pixels depends on the digits of the measured FPS
         assert (corner.min(axis=-1) > 200).sum() > 5 and (corner.max(axis=-1) < 30).sum() > 20, "FPS text expected"
+
+
+def test_annotate_frames_draws_a_mask_worn_incorrectly_in_its_own_colour(clip, tmp_path):
+    model, config = load_run(make_tiny_run(tmp_path / "incorrect", make_tiny_incorrect_model()))
+    capture = cv2.VideoCapture(str(clip))
+    frame, faces = next(annotate_frames(read_frames(capture, max_frames=1), model, config, fixed_box))
+    capture.release()
+    assert [(f["label"], f["three_way"]) for f in faces] == [("without_mask", "mask_incorrect")]
+    assert frame[60, BOX[0]].tolist() == list(COLOURS["mask_incorrect"]) != list(COLOURS["without_mask"])
 
 
 def test_process_video_writes_every_frame(tiny_run, clip, tmp_path):

@@ -51,16 +51,44 @@ def make_tiny_model():
     return model
 
 
-def make_tiny_run(run_dir: str | Path) -> Path:
-    """Write the tiny model as a complete run folder and return its path."""
+def make_tiny_run(run_dir: str | Path, model=None) -> Path:
+    """Write the tiny model (or `model`, a three-class variant of it) as a complete run folder and return its path."""
     from maskclf.runs import save_run
 
     config = {"image_size": IMAGE_SIZE, "class_names": CLASS_NAMES, "reports_as": REPORTS_AS, "run_id": "tiny",
               "backbone": "tiny", "weights": None}
-    save_run(run_dir, make_tiny_model(), config)
+    save_run(run_dir, make_tiny_model() if model is None else model, config)
+    return Path(run_dir)
+
+
+def make_tiny_binary_run(run_dir: str | Path) -> Path:
+    """The tiny model as a run trained on the two binary classes: its last two outputs summed (the same
+    P(without_mask))."""
+    import keras
+
+    from maskclf import CLASS_NAMES as BINARY
+    from maskclf.runs import save_run
+
+    three = make_tiny_model()
+    merge = keras.layers.Dense(2, use_bias=False, name="binary")
+    model = keras.Model(three.input, merge(three.output))
+    merge.set_weights([np.array([[1, 0], [0, 1], [0, 1]], "float32")])
+    config = {"image_size": IMAGE_SIZE, "class_names": list(BINARY), "run_id": "tiny-binary", "backbone": "tiny",
+              "weights": None}
+    save_run(run_dir, model, config)
     return Path(run_dir)
 
 
 def solid(colour: tuple[int, int, int], size: int = 40) -> np.ndarray:
     """A `size` x `size` RGB crop of one colour."""
     return np.full((size, size, 3), colour, np.uint8)
+
+
+def make_tiny_incorrect_model():
+    """The tiny model with its middle output (`mask_weared_incorrect`) three times its last: an unmasked (red) face is
+    then `mask_incorrect` in the three-way sense, and P(without_mask) in the binary sense, their sum, is unchanged."""
+    model = make_tiny_model()
+    kernel, bias = model.get_layer("head").get_weights()
+    bias[1:] = -2.0 + np.log([0.75, 0.25])  # e^b1 + e^b2 = e^-2 = 2 e^(-2 - log 2), as before
+    model.get_layer("head").set_weights([kernel, bias])
+    return model
