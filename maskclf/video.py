@@ -22,7 +22,7 @@ import numpy as np
 
 from .detect import Detector, DetectorModelError, detect_faces, make_detector
 from .fsutil import atomic_path, output_file_problem
-from .predict import annotate, classify_photo, resolve_model
+from .predict import annotate, classify_photo, counted, resolve_model
 
 WINDOW = "maskclf (q or Esc to quit)"
 FOURCC = "mp4v"
@@ -195,5 +195,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     written = f", written to {args.out}" if args.out else ""
-    print(f"{stats.frames} frames, {stats.faces} faces, {stats.fps:.1f} FPS{written}", file=sys.stderr)
+    print(f"{counted(stats.frames, 'frame')}, {counted(stats.faces, 'face')}, {stats.fps:.1f} FPS{written}", file=sys.stderr)
     return 0
