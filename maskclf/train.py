@@ -629,10 +629,16 @@ CV_FORMAT = 2
 """Bumped when cross-validation changes in a way its cached results cannot show (2: fold-batched L-BFGS)."""
 
 
+NEUTRAL = {"incorrect_weight": 1.0, "detector_views": 0}
+"""Options added after cross-validation caches were first made, at the value that computes what was computed
+before they existed: left out of the cache key at that value, so those caches stay valid."""
+
+
 def cv_key(fs: FeatureSet, manifest: pd.DataFrame) -> str:
     """What a cross-validation result depends on: the configuration, the cached features and the folds."""
     folds = hashlib.sha256(manifest[["crop_path", "fold"]].to_csv(index=False).encode()).hexdigest()
-    config = {**fs.config.to_dict(), "weights": weights_id(fs.config.weights)}
+    config = {name: value for name, value in {**fs.config.to_dict(), "weights": weights_id(fs.config.weights)}.items()
+              if name not in NEUTRAL or value != NEUTRAL[name]}
     return cache_key(kind="cv", cv_format=CV_FORMAT, config=config, data_sha256=fs.data_sha256, views=fs.views,
                      folds=folds, faces=len(manifest))
 

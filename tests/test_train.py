@@ -334,3 +334,14 @@ def test_every_training_parameter_gets_its_own_run_folder(field):
     other = dataclasses.replace(base, **{field: changed})
     assert train.default_run_name(other, "d" * 64) != train.default_run_name(base, "d" * 64)
     assert train.default_run_name(base, "e" * 64) != train.default_run_name(base, "d" * 64)
+
+
+def test_a_new_option_at_its_neutral_value_keeps_the_cross_validation_cache_and_another_value_does_not(faces, cache):
+    manifest = read_manifest(faces)
+    fs = _fs(faces, cache)
+    assert set(train.NEUTRAL) <= {f.name for f in dataclasses.fields(train.TrainConfig)}
+    neutral_key = train.cv_key(fs, manifest)
+    for name, value in train.NEUTRAL.items():
+        assert getattr(fs.config, name) == value, "params.yaml's default is the neutral value"
+        changed = dataclasses.replace(fs, config=dataclasses.replace(fs.config, **{name: value + 1}))
+        assert train.cv_key(changed, manifest) != neutral_key
