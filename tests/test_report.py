@@ -116,6 +116,14 @@ def test_main_job_regenerates_all_reports_on_fixtures(voc_master, tmp_path):
     index = (out / "index.html").read_text()
     assert "95% CI" in index and "01_extract.html" in index and metrics["data_sha256"][:16] in index
     assert report.network_references(index) == []
+    from maskclf.native_logs import NATIVE_LOG
+
+    for name in report.PIPELINE:  # kernels print no TensorFlow C++ lines, tqdm warnings or progress bars
+        assert '<a href="index.html">' in (out / f"{name}.html").read_text()
+        nb = nbformat.read(out / "executed" / f"{name}.ipynb", as_version=4)
+        stderr = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr")
+        assert not [line for line in stderr.splitlines() if NATIVE_LOG.match(line)], (name, stderr[:500])
+        assert "TqdmWarning" not in stderr and "it/s]" not in stderr and "photo/s]" not in stderr, (name, stderr[:500])
 
 
 def test_index_headline_reads_as_numbers_with_intervals():
