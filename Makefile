@@ -34,4 +34,4 @@ test: setup
 	$(PY) -m pytest
 
 lab: setup  ## JupyterLab from the venv; its python3 kernel imports maskclf
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)

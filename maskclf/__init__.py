@@ -1,5 +1,9 @@
 """maskclf: does each face in a photo wear a mask? Thin package behind the study's notebooks."""
 
+from .native_logs import quiet_tensorflow
+
+quiet_tensorflow()  # before anything imports TensorFlow: no C++ log lines in notebooks, reports or commands
+
 __version__ = "0.1.0"
 
 CLASS_NAMES: tuple[str, str] = ("with_mask", "without_mask")

@@ -14,7 +14,7 @@ import sys
 from contextlib import nullcontext
 
 from .cli_args import EXPORT_DESCRIPTION, OPTIONS, HelpFormatter
-from .native_logs import filtered_stderr
+from .native_logs import filtered_stderr, show_native_logs
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("maskclf.data", "crop the faces of a VOC data set and write the manifest with folds"),
@@ -47,5 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.verbose:
+        show_native_logs()
     with nullcontext() if args.verbose else filtered_stderr():
         return importlib.import_module(COMMANDS[args.command][0]).run(args)

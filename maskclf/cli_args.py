@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import PARAM_CHOICES, PARAMS_FILE, parse_override, stage_defaults
-from .paths import DATA_ENV_VAR, DATASET_NAME, DEFAULT_FACES_DIR, PROJECT_ROOT, REPORTS_DIR, WEIGHTS_DIR
+from .paths import DEFAULT_FACES_DIR, PROJECT_ROOT, REPORTS_DIR, WEIGHTS_DIR
 
+DATA_LOOKUP_DOC = "docs/parameters.md#where-the-data-set-is-found"
+"""Where the data set's look-up order is described, once."""
 DETECTOR_NAMES = ("centerface", "mtcnn", "haar")
 """The names of maskclf.detect.DETECTORS (a test keeps them equal)."""
 DEFAULT_DETECTOR = "centerface"
@@ -143,8 +145,7 @@ def checked_by(module: str, check: str) -> Callable[[str], Any]:
 def extract_options(parser: argparse.ArgumentParser) -> None:
     """Options of `python -m maskclf extract`."""
     defaults = stage_defaults("01_extract")
-    parser.add_argument("--data", help=f"data set folder (default: ${DATA_ENV_VAR}, then the folder the last --data named, "
-                                       f"then data/raw/{DATASET_NAME}, then a Kaggle download)")
+    parser.add_argument("--data", help=f"data set folder (default: the look-up order in {DATA_LOOKUP_DOC})")
     parser.add_argument("--faces-dir", "--out", dest="out", default=str(DEFAULT_FACES_DIR), metavar="DIR",
                         help="folder to write the crops (faces/<label>/) and the manifest faces.csv into "
                              f"(default: {relative(DEFAULT_FACES_DIR)})")
@@ -184,8 +185,7 @@ def reports_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default=str(PARAMS_FILE), metavar="FILE",
                         help=f"shared parameter file, YAML or JSON (default: {relative(PARAMS_FILE)})")
     parser.add_argument("--data", help="data set folder, a shortcut for -p data_dir=DIR (default: data_dir in params.yaml, "
-                                       f"then ${DATA_ENV_VAR}, then the folder the last --data named, then "
-                                       f"data/raw/{DATASET_NAME}, then a Kaggle download)")
+                                       f"then the look-up order in {DATA_LOOKUP_DOC})")
     parser.add_argument("-p", "--param", action="append", type=parse_override, default=[], metavar="NAME=VALUE",
                         help="override one parameter (value parsed as YAML); repeatable (default: none)")
     parser.add_argument("--reports-dir", default=str(REPORTS_DIR), metavar="DIR",

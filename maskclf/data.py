@@ -28,6 +28,7 @@ from tqdm import tqdm
 from .config import resolve_params
 from .fsutil import atomic_dir, files_fingerprint, write_text_atomic
 from .images import ImageError, load_rgb
+from .native_logs import show_progress
 from .paths import DATA_DIR, DATA_ENV_VAR, DATASET_NAME, DEFAULT_FACES_DIR, RAW_DIR
 from .splits import N_FOLDS, assign_folds
 
@@ -321,7 +322,7 @@ def extract_faces(
     rows: list[dict] = []
     skipped: list[dict[str, str]] = []
     with atomic_dir(out_dir, marker="extract.json") as tmp:
-        for xml_path in tqdm(xml_files, desc="extract", unit="photo", disable=not progress):
+        for xml_path in tqdm(xml_files, desc="extract", unit="photo", disable=not show_progress(progress)):
             try:
                 rows += _crop_one(xml_path, data_dir / "images", tmp, margin, label_map, skip_bad, skipped)
             except (DataError, ImageError) as exc:

@@ -5,16 +5,25 @@ CPU instructions, `failed call to cuInit` on machines without a GPU), many of th
 absl's logging is set up, so `TF_CPP_MIN_LOG_LEVEL` silences only some. `filtered_stderr`
 passes descriptor 2 through a filter that drops exactly those lines; every other byte (Python
 warnings, errors, progress bars) goes through unchanged. Nothing here imports TensorFlow.
+
+This module is the one owner of that noise. `import maskclf` calls `quiet_tensorflow()`: it
+sets `TF_CPP_MIN_LOG_LEVEL` (unless set) and runs the process's first `import tensorflow`,
+whoever triggers it (keras, a notebook, the CLI), with descriptor 2 filtered, so that a notebook
+kernel (JupyterLab or papermill) prints none of these lines either. The CLI's `--verbose` undoes
+both (`show_native_logs`). `show_progress` says whether a progress bar belongs on stderr: never
+inside a notebook kernel, where it would be saved into the notebook and its report.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
 import re
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 NATIVE_LOG = re.compile(
     r"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\]"  # TensorFlow/absl C++ log lines
@@ -85,3 +94,74 @@ def filtered_stderr() -> Iterator[None]:
         if not pump.is_alive():
             os.close(read_fd)
             os.close(saved)
+
+
+# --------------------------------------------------------------------------- notebooks and imports
+
+
+class _FilteredLoader(importlib.abc.Loader):
+    """Wraps a module's loader: its code runs with TensorFlow's C++ logs filtered off descriptor 2."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        with filtered_stderr():
+            self._loader.exec_module(module)
+
+    def __getattr__(self, name: str) -> Any:  # is_package, get_code, get_resource_reader, ...
+        return getattr(self._loader, name)
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` as Python would and wraps its first import in `filtered_stderr`, once."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "tensorflow":
+            return None
+        _remove_hook()
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _FilteredLoader(spec.loader)
+        return spec
+
+
+_SET_BY_US: list[str] = []
+"""Environment variables `quiet_tensorflow` set (so that `show_native_logs` can unset them)."""
+
+
+def _remove_hook() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietTensorFlowImport)]
+
+
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's C++ log lines off stderr in this process, from its first import on.
+
+    Sets `TF_CPP_MIN_LOG_LEVEL` (unless already set; it hides later lines such as `failed call
+    to cuInit`) and, if TensorFlow is not imported yet, filters descriptor 2 while it is: the lines
+    it writes on import come before absl's logging reads that variable.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = TF_LOG_LEVEL
+        _SET_BY_US.append("TF_CPP_MIN_LOG_LEVEL")
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+def show_native_logs() -> None:
+    """Undo `quiet_tensorflow` (the CLI's --verbose): TensorFlow's C++ logs reach stderr again."""
+    _remove_hook()
+    while _SET_BY_US:
+        os.environ.pop(_SET_BY_US.pop(), None)
+
+
+def show_progress(progress: bool = True) -> bool:
+    """Whether to draw a progress bar: when asked for, and not inside a notebook kernel.
+
+    In a kernel (JupyterLab, papermill) a bar on stderr is saved into the notebook and shows in
+    its report; plain `tqdm` (never `tqdm.auto`, which wants ipywidgets) is used everywhere.
+    """
+    return bool(progress) and "ipykernel" not in sys.modules

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import CLASS_NAMES, POSITIVE, answers
 from .data import TINY_FACE, DataError, annotation_boxes, is_dataset_dir, parse_voc
@@ -38,6 +38,7 @@ from .detect import BoxXYXY, Detector, detect_faces, make_detector
 from .fsutil import atomic_path, output_file_problem, write_text_atomic
 from .images import ImageError, crop_faces, load_rgb, resize_crop
 from .model import predict_probabilities
+from .native_logs import show_progress
 from .paths import MODELS_DIR
 
 COLOURS = {"with_mask": (0, 190, 0), "mask_incorrect": (235, 130, 0), "without_mask": (230, 20, 20)}
@@ -420,7 +421,7 @@ def predict_paths(
     if not crops and boxes_from is None and detector is None:
         raise ValueError("photos need a detector or boxes_from")
     chunk = batch_size if crops else PHOTOS_PER_BATCH
-    bar = tqdm(total=len(files), unit="crop" if crops else "photo", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(files), unit="crop" if crops else "photo", disable=not show_progress(progress), file=sys.stderr)
     try:
         for start in range(0, len(files), chunk):
             group = files[start : start + chunk]

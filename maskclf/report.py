@@ -25,9 +25,9 @@ import nbformat
 from . import formatting
 from .config import ParamsError, load_params
 from .data import DataNotFoundError, remember_data_dir, resolve_data_dir
-from .fsutil import atomic_dir, write_text_atomic
+from .fsutil import atomic_dir, write_json_atomic, write_text_atomic
 from .native_logs import drop_native_logs
-from .paths import NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR
+from .paths import MODELS_DIR, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR, project_path
 
 PIPELINE = ("01_extract", "02_train", "03_evaluate", "04_error_analysis")
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -191,7 +191,6 @@ def run_reports(
     check_params(params, [notebooks_dir / f"{n}.ipynb" for n in notebooks])
     _refuse_foreign_output(reports_dir)
     runs: list[NotebookRun] = []
-    started = dt.datetime.now(dt.timezone.utc)
     with atomic_dir(reports_dir) as tmp:
         for kept in (FIGURES_DIR_NAME, EVALUATION_DIR_NAME):  # made outside this run (the README's figures,
             if (reports_dir / kept).is_dir():                # evaluations at other thresholds): they stay
@@ -214,10 +213,24 @@ def run_reports(
         metrics_file = tmp / "metrics.json"
         metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
         shown = {k: v for k, v in params.items() if k not in ("metrics_path", "evaluation_dir")}
-        page = render_index(runs, shown, metrics, started)
+        run_folder = _run_folder(params, metrics)
+        run_href = os.path.relpath(run_folder, reports_dir.resolve()) if run_folder is not None else None
+        page = render_index(runs, shown, metrics, run_folder=run_folder, run_href=run_href)
         (tmp / "index.html").write_text(_replace_all(page, _path_replacements(tmp, reports_dir)), encoding="utf-8")
     # the runs' paths pointed into the temporary folder, which is now reports_dir
+    write_json_atomic(reports_dir / BUILD_DIR_NAME / "timings.json",
+                      {"finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                       "seconds": {r.name: round(r.seconds, 1) for r in runs}})
     return [NotebookRun(r.name, reports_dir / "executed" / r.executed.name, reports_dir / r.html.name, r.seconds) for r in runs]
+
+
+def _run_folder(params: dict[str, Any], metrics: dict[str, Any] | None) -> Path | None:
+    """The evaluated model's run folder (`models_dir`/`run_name` of metrics.json), or None without metrics."""
+    run = (metrics or {}).get("run_name")
+    if not run:
+        return None
+    models_dir = project_path(params.get("models_dir"), MODELS_DIR)
+    return (models_dir / str(run)).resolve()
 
 
 def _path_replacements(tmp: Path, reports_dir: Path) -> list[tuple[str, str]]:
@@ -282,10 +295,28 @@ def _keep_failed(executed: Path, reports_dir: Path) -> Path:
 # --------------------------------------------------------------------------- index page
 
 
-def render_index(runs: list[NotebookRun], params: dict[str, Any], metrics: dict[str, Any] | None, started: dt.datetime) -> str:
-    """`reports/index.html`: headline metrics with CIs, provenance, links to each report."""
-    rows = "".join(
-        f'<tr><td><a href="{html.escape(r.html.name)}">{html.escape(r.name)}</a></td><td>{r.seconds:.0f} s</td></tr>'
+REPORT_SUMMARIES = {
+    "01_extract": "the data: faces cropped from the annotated boxes, class counts, face sizes, sample crops, "
+                  "the folds grouped by photo",
+    "02_train": "training: cached backbone features, 5-fold cross-validation, learning curves, the comparison "
+                "table (ablation), the run folder written",
+    "03_evaluate": "the validation fold: confusion matrix, per-class metrics with 95% CIs by photo, ROC and PR "
+                   "curves, thresholds, calibration, accuracy by face size, the framing check",
+    "04_error_analysis": "the mistakes: every misclassified face beside its photo, Grad-CAM, error rates by size, "
+                         "photo and class, likely label errors, whole photos through the detector",
+}
+"""One line per report on the index page: what it shows."""
+
+def render_index(runs: list[NotebookRun], params: dict[str, Any], metrics: dict[str, Any] | None,
+                 run_folder: Path | None = None, run_href: str | None = None) -> str:
+    """`reports/index.html`: the headline with CIs, one line per report, the files, the parameters (folded).
+
+    `run_folder` is the model's run folder on disk (only the files it holds are linked, `export/`
+    included) and `run_href` the same folder as a link from the index; without them no run file is linked.
+    """
+    items = "".join(
+        f'<li><a href="{html.escape(r.html.name)}">{html.escape(r.name)}</a>'
+        + (f": {html.escape(REPORT_SUMMARIES[r.name])}" if r.name in REPORT_SUMMARIES else "") + "</li>"
         for r in runs
     )
     headline = _headline_html(metrics) if metrics else "<p>No evaluation was run.</p>"
@@ -294,20 +325,43 @@ def render_index(runs: list[NotebookRun], params: dict[str, Any], metrics: dict[
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>maskclf reports</title>
 <style>
-body {{ font-family: system-ui, sans-serif; max-width: 900px; margin: 2em auto; color: #222; }}
+body {{ font-family: system-ui, sans-serif; max-width: 900px; margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border-bottom: 1px solid #ddd; padding: 4px 12px; text-align: left; }}
-code {{ font-size: 0.9em; }} .muted {{ color: #666; }}
+li {{ margin: 0.4em 0; }} code {{ font-size: 0.9em; }} .muted {{ color: #666; }}
+details > summary {{ cursor: pointer; }}
 </style></head><body>
 <h1>maskclf: does each face wear a mask?</h1>
-<p class="muted">Generated {started:%Y-%m-%d %H:%M} UTC by <code>python -m maskclf reports</code>.</p>
+<p class="muted">Written by <code>python -m maskclf reports</code>; a rerun with nothing changed writes the same
+bytes (each run's times are in <code>reports/_build/timings.json</code>, not committed).</p>
 <h2>Headline</h2>
 {headline}
 <h2>Reports</h2>
-<table><tr><th>notebook</th><th>run time</th></tr>{rows}</table>
+<ul>{items}</ul>
+<h2>Files</h2>
+{_files_html(metrics, run_folder, run_href)}
 <h2>Parameters</h2>
+<details><summary>the {len(shown)} parameters of this run (<code>notebooks/params.yaml</code> and overrides)</summary>
 <table>{params_rows}</table>
+</details>
 </body></html>
 """
+
+
+def _files_html(metrics: dict[str, Any] | None, run_folder: Path | None, run_href: str | None) -> str:
+    """metrics.json, and the run folder's files that exist (never a link to a file that is not there)."""
+    parts = ['<a href="metrics.json">metrics.json</a>: the headline figures' if metrics else "no metrics.json"]
+    run = str(metrics.get("run_name") or "") if metrics else ""
+    if run and run_folder is not None and run_href is not None and run_folder.is_dir():
+        from .runs import RUN_FILES
+
+        href = run_href.rstrip("/")
+        links = [f'<a href="{html.escape(href)}/{html.escape(f)}" title="{html.escape(what)}">{html.escape(f)}</a>'
+                 for f, what in RUN_FILES.items() if (run_folder / f.rstrip("/")).exists()]
+        if links:
+            parts.append(f"the run folder <code>{html.escape(href)}/</code>: " + ", ".join(links))
+    elif run:
+        parts.append(f"the run <code>{html.escape(run)}</code> (its folder is not here)")
+    return "<p>" + "; ".join(parts) + "</p>"
 
 
 def _headline_html(m: dict[str, Any]) -> str:
@@ -317,10 +371,6 @@ def _headline_html(m: dict[str, Any]) -> str:
     cv = m.get("cv", {}).get("mean", {})
     framing = m.get("framing_accuracy") or {}
     worst = min(framing.items(), key=lambda kv: kv[1]) if framing else None
-    run = html.escape(str(m.get("run_name") or ""))
-    from .runs import RUN_FILES
-
-    files = ", ".join(f'<a href="../models/{run}/{f}" title="{html.escape(what)}">{f}</a>' for f, what in RUN_FILES.items())
     items = [
         ("backbone / weights", f"{html.escape(str(m.get('backbone')))} / {html.escape(str(m.get('weights')))}"),
         ("split", html.escape(str(m.get("split")))),
@@ -331,7 +381,6 @@ def _headline_html(m: dict[str, Any]) -> str:
         ("recall of without_mask", f"{m['recall']['without_mask']:.3f}"),
         ("5-fold CV mean accuracy / AUC", f"{cv.get('accuracy', float('nan')):.3f} / {cv.get('roc_auc', float('nan')):.3f}"),
         ("data sha256", f"<code>{html.escape(str(m.get('data_sha256', ''))[:16])}…</code>"),
-        ("files", '<a href="metrics.json">metrics.json</a>' + (f"; run folder <code>models/{run}/</code>: {files}" if run else "")),
     ]
     if worst:
         items.insert(7, ("worst re-cut (framing check)", f"{html.escape(worst[0])}: {worst[1]:.3f} "

@@ -116,11 +116,17 @@ def test_main_job_regenerates_all_reports_on_fixtures(voc_master, tmp_path):
     index = (out / "index.html").read_text()
     assert "95% CI" in index and "01_extract.html" in index and metrics["data_sha256"][:16] in index
     assert report.network_references(index) == []
+    from maskclf.native_logs import NATIVE_LOG
+
+    for name in report.PIPELINE:  # kernels print no TensorFlow C++ lines, tqdm warnings or progress bars
+        assert '<a href="index.html">' in (out / f"{name}.html").read_text()
+        nb = nbformat.read(out / "executed" / f"{name}.ipynb", as_version=4)
+        stderr = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr")
+        assert not [line for line in stderr.splitlines() if NATIVE_LOG.match(line)], (name, stderr[:500])
+        assert "TqdmWarning" not in stderr and "it/s]" not in stderr and "photo/s]" not in stderr, (name, stderr[:500])
 
 
 def test_index_headline_reads_as_numbers_with_intervals():
-    import datetime as dt
-
     metrics = json.loads(json.dumps({
         "accuracy": 0.9693251533742331, "roc_auc": 0.9950872157209096, "balanced_accuracy": 0.9630529182306616,
         "recall": {"without_mask": 0.9523809523809523}, "backbone": "resnet50", "weights": "imagenet", "split": "grouped",
@@ -129,7 +135,60 @@ def test_index_headline_reads_as_numbers_with_intervals():
                  "balanced_accuracy": [0.9436428105367513, 0.9822150087352369]},
         "cv": {"mean": {"accuracy": 0.9754422677765252, "roc_auc": 0.9937786986143718}},
     }))
-    page = report.render_index([], {}, metrics, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    page = report.render_index([], {}, metrics)
     assert "0.969 [0.957, 0.984]" in page and "0.995 [0.990, 0.999]" in page and "0.963 [0.944, 0.982]" in page
     assert "815 faces from 169 photos" in page and "all 4,072 faces" in page
     assert "0.9567" not in page and "(0.9" not in page
+
+
+def _metrics(run: str = "run") -> dict:
+    return {
+        "accuracy": 0.97, "roc_auc": 0.995, "balanced_accuracy": 0.96, "recall": {"without_mask": 0.95},
+        "backbone": "resnet50", "weights": "imagenet", "split": "grouped", "n_val": 815, "n_val_photos": 169,
+        "n_faces": 4072, "run_name": run, "data_sha256": "ab" * 32,
+        "ci95": {"accuracy": [0.95, 0.98], "roc_auc": [0.99, 0.999], "balanced_accuracy": [0.94, 0.98]},
+        "cv": {"mean": {"accuracy": 0.975, "roc_auc": 0.993}},
+    }
+
+
+def test_index_reads_headline_then_reports_then_folded_parameters(tmp_path):
+    runs = [report.NotebookRun(name, tmp_path / f"{name}.ipynb", tmp_path / f"{name}.html", 12.0) for name in report.PIPELINE]
+    params = {f"param_{i:02d}": i for i in range(41)}
+    page = report.render_index(runs, params, _metrics())
+    for name in report.PIPELINE:
+        assert f'<a href="{name}.html">{name}</a>: {report.REPORT_SUMMARIES[name]}' in page
+    assert page.index("<h2>Headline</h2>") < page.index("<h2>Reports</h2>") < page.index("<details>")
+    details = page[page.index("<details>"):page.index("</details>")]
+    assert "the 41 parameters" in details and details.count("<tr>") == 41 and "param_40" in details
+    assert "param_" not in page[:page.index("<details>")]
+    assert report.network_references(page) == []
+    assert "12 s" not in page and "Generated" not in page, "no run time or date: a rerun writes the same bytes"
+
+
+def test_index_links_the_run_folder_files_that_exist_only(tmp_path):
+    from maskclf.runs import CONFIG_FILE, EXPORT_DIR, MODEL_FILE
+
+    folder = tmp_path / "models" / "run-1"
+    folder.mkdir(parents=True)
+    (folder / MODEL_FILE).write_bytes(b"m")
+    (folder / CONFIG_FILE).write_text("{}")
+    page = report.render_index([], {}, _metrics("run-1"), run_folder=folder, run_href="../models/run-1")
+    assert f'href="../models/run-1/{MODEL_FILE}"' in page and f'href="../models/run-1/{CONFIG_FILE}"' in page
+    assert f"{EXPORT_DIR}/" not in page, "no export was made: no link to it"
+    (folder / EXPORT_DIR).mkdir()
+    page = report.render_index([], {}, _metrics("run-1"), run_folder=folder, run_href="../models/run-1")
+    assert f'href="../models/run-1/{EXPORT_DIR}/"' in page
+    gone = report.render_index([], {}, _metrics("run-2"), run_folder=tmp_path / "models" / "run-2",
+                               run_href="../models/run-2")
+    assert "../models/run-2/" not in gone and "run-2" in gone and 'href="metrics.json"' in gone
+
+
+def test_each_report_links_back_to_the_index(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A report"), nbformat.v4.new_code_cell("1 + 1")])
+    nb.cells[1].outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)]
+    nbformat.write(nb, tmp_path / "01_x.ipynb")
+    page = report.export_html(tmp_path / "01_x.ipynb", tmp_path / "01_x.html").read_text()
+    back = page.index('<a href="index.html">')
+    assert "all reports (index.html)" in page[back:back + 200]
+    assert back < page.index("A report"), "the link is at the top"
+    assert report.network_references(page) == []

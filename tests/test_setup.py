@@ -44,3 +44,11 @@ def test_notebook_diff_works_without_the_venv_on_path(tmp_path):
     done = git("diff", "--no-color")
     assert done.returncode == 0, done.stderr
     assert "nbdiff" in done.stdout and "x = 2" in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_lab_allows_root_only_when_run_as_root():
+    done = subprocess.run(["make", "-n", "-o", "setup", "lab"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    command = next(line for line in done.stdout.splitlines() if "jupyter lab" in line)
+    assert ("--allow-root" in command) == (os.geteuid() == 0), command
