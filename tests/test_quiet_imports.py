@@ -14,12 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 NOTEBOOK_IMPORTS = """
 import sys
-from maskclf import data, evaluate, explain, formatting, plots, runs, splits, train, wholephoto
+from maskclf import answers, conclusions, data, evaluate, explain, formatting, plots, runs, splits, train, wholephoto
 from maskclf.config import resolve_params
 from maskclf.framing import framing_faces, framing_table
 from maskclf.images import load_crop
-from maskclf.model import cached_predict_crops
-from maskclf.predict import cached_scorer
+from maskclf.model import cached_predict_crops, cached_scorer
 import tensorflow as tf
 tf.constant([1.0]) + 1.0  # the runtime's start (CUDA probing: `failed call to cuInit` without a GPU)
 assert 'tqdm.autonotebook' not in sys.modules, 'tqdm.auto imported: in a kernel without ipywidgets it warns'
