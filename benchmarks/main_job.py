@@ -76,20 +76,12 @@ def run_measured(command: list[str], env: dict[str, str]) -> tuple[float, int, i
     return time.perf_counter() - start, peak, status
 
 
-def notebook_times(executed_dir: Path, slowest: int) -> list[tuple[str, float, list[tuple[float, str]]]]:
-    """(notebook, seconds, its slowest cells as (seconds, first line)) from papermill's metadata."""
-    rows = []
-    for path in sorted(executed_dir.glob("*.ipynb")):
-        nb = json.loads(path.read_text(encoding="utf-8"))
-        cells = []
-        for cell in nb["cells"]:
-            seconds = cell.get("metadata", {}).get("papermill", {}).get("duration")
-            if cell["cell_type"] == "code" and seconds:
-                source = "".join(cell["source"]).strip().splitlines()
-                cells.append((float(seconds), source[0][:70] if source else ""))
-        total = nb.get("metadata", {}).get("papermill", {}).get("duration") or sum(s for s, _ in cells)
-        rows.append((path.stem, float(total), sorted(cells, reverse=True)[:slowest]))
-    return rows
+def notebook_times(reports: Path, slowest: int) -> list[tuple[str, float, list[tuple[float, str]]]]:
+    """(notebook, seconds, its slowest cells as (seconds, first line)) from the run's `_build/timings.json`
+    (the committed notebooks carry no times, so that a rerun with nothing changed writes the same bytes)."""
+    timings = json.loads((reports / "_build" / "timings.json").read_text(encoding="utf-8"))
+    return [(name, float(seconds), sorted(map(tuple, timings["cells"].get(name, [])), reverse=True)[:slowest])
+            for name, seconds in timings["seconds"].items()]
 
 
 def main() -> int:
@@ -128,7 +120,7 @@ def main() -> int:
     for run in args.runs:
         print(f"--- {run} run", flush=True)
         seconds, peak, status = run_measured(command, env)
-        results.append((run, seconds, peak, status, [] if status else notebook_times(reports / "executed", args.slowest)))
+        results.append((run, seconds, peak, status, [] if status else notebook_times(reports, args.slowest)))
         if status:
             print(f"{run} run failed with exit status {status}", file=sys.stderr)
             break

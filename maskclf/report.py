@@ -191,6 +191,7 @@ def run_reports(
     check_params(params, [notebooks_dir / f"{n}.ipynb" for n in notebooks])
     _refuse_foreign_output(reports_dir)
     runs: list[NotebookRun] = []
+    cells: dict[str, list[tuple[float, str]]] = {}
     with atomic_dir(reports_dir) as tmp:
         for kept in (FIGURES_DIR_NAME, EVALUATION_DIR_NAME):  # made outside this run (the README's figures,
             if (reports_dir / kept).is_dir():                # evaluations at other thresholds): they stay
@@ -208,6 +209,7 @@ def run_reports(
             except NotebookFailed as exc:
                 kept = _keep_failed(executed, reports_dir)
                 raise NotebookFailed(str(exc).replace(str(executed), str(kept))) from exc
+            cells[name] = cell_seconds(executed)  # before hide_machine_paths drops papermill's times
             hide_machine_paths(executed, _path_replacements(tmp, reports_dir))
             runs.append(NotebookRun(name, executed, export_html(executed, tmp / f"{name}.html"), time.perf_counter() - t0))
         metrics_file = tmp / "metrics.json"
@@ -220,7 +222,7 @@ def run_reports(
     # the runs' paths pointed into the temporary folder, which is now reports_dir
     write_json_atomic(reports_dir / BUILD_DIR_NAME / "timings.json",
                       {"finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                       "seconds": {r.name: round(r.seconds, 1) for r in runs}})
+                       "seconds": {r.name: round(r.seconds, 1) for r in runs}, "cells": cells})
     return [NotebookRun(r.name, reports_dir / "executed" / r.executed.name, reports_dir / r.html.name, r.seconds) for r in runs]
 
 
@@ -254,6 +256,17 @@ def hide_machine_paths(executed: Path, replacements: list[tuple[str, str]]) -> N
     nb = without_run_noise(nbformat.reads(text, as_version=4))
     nbformat.validate(nb)
     write_text_atomic(executed, nbformat.writes(nb) + "\n")
+
+
+def cell_seconds(executed: Path) -> list[tuple[float, str]]:
+    """(seconds, first line) of each code cell of an executed notebook, from papermill's metadata."""
+    timed = []
+    for cell in nbformat.read(executed, as_version=4).cells:
+        seconds = cell.metadata.get("papermill", {}).get("duration")
+        if cell.cell_type == "code" and seconds is not None:
+            lines = cell.source.strip().splitlines()
+            timed.append((round(float(seconds), 2), lines[0][:70] if lines else ""))
+    return timed
 
 
 RUN_NOISE = ("start_time", "end_time", "duration")
