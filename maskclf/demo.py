@@ -34,7 +34,6 @@ import logging
 import os
 import sys
 import threading
-import warnings
 from contextlib import contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
@@ -49,7 +48,7 @@ from PIL import Image
 from .cli_args import DEFAULT_DETECTOR, MAX_UPLOAD_MB, probability
 from .data import TINY_FACE
 from .detect import DETECTORS, Detector, detect_faces, make_detector
-from .images import WORK_SIDE, to_rgb, working_image
+from .images import WORK_SIDE, ImageError, ImageTooLarge, decode_rgb, open_image, working_image
 from .paths import DEFAULT_FACES_DIR
 from .predict import classify_photo, photo_summary, resolve_model, summary_caption
 
@@ -91,26 +90,21 @@ def open_upload(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.I
     if not data:
         raise UploadError(f"“{name}” is empty (0 bytes). Please choose a photo.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
-            img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise UploadError(f"“{name}” has too many pixels to analyse.", 413) from exc
-    except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+        return open_image(data, name, max_pixels)
+    except ImageTooLarge as exc:
+        size = f" is {exc.size[0]}×{exc.size[1]} pixels;" if exc.size else " has too many pixels to analyse;"
+        raise UploadError(f"“{name}”{size} the limit is {max_pixels / 1e6:.0f} megapixels.", 413) from exc
+    except ImageError as exc:
         raise UploadError(f"“{name}” is not an image this demo can read. Please upload a JPEG or PNG photo.") from exc
-    if img.width * img.height > max_pixels:
-        raise UploadError(f"“{name}” is {img.width}×{img.height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels.", 413)
-    return img
 
 
 def decode_upload(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Uploaded bytes as an RGB uint8 array (any mode converted); UploadError naming the file."""
-    img = open_upload(data, name, max_pixels)
-    try:
-        img.load()
-        return np.asarray(to_rgb(img))
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise UploadError(f"“{name}” looks truncated or corrupt: the image could not be decoded.") from exc
+    """Uploaded bytes as an upright RGB uint8 array (`images.decode_rgb`); UploadError naming the file."""
+    with open_upload(data, name, max_pixels) as img:
+        try:
+            return np.asarray(decode_rgb(img, name))
+        except ImageError as exc:
+            raise UploadError(f"“{name}” looks truncated or corrupt: the image could not be decoded.") from exc
 
 
 def jpeg_data_url(image: np.ndarray, quality: int = 90) -> str:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from . import POSITIVE
 from .data import TINY_FACE, DataError, annotation_boxes, is_dataset_dir, parse_voc
 from .detect import BoxXYXY, Detector, detect_faces, make_detector
-from .fsutil import atomic_path, output_file_problem, write_text_atomic
+from .fsutil import OutputError, atomic_path, output_file_problem, reads_back, write_text_atomic
 from .images import ImageError, load_rgb, resize_crop
 from .paths import MODELS_DIR
 
@@ -60,12 +60,10 @@ def resolve_model(model_dir: str | Path | None = None, fast: bool = False) -> tu
 
     `fast`: the model is the run's `fastest_runtime` (an exported file when there is a good one), for classifying only.
     """
-    from .runs import RunFolderError, latest_run, load_run  # TensorFlow loads here
+    from .runs import latest_run, load_run  # TensorFlow loads here
 
     run_dir = model_dir if model_dir else latest_run(MODELS_DIR)
     model, config = load_run(run_dir)
-    if POSITIVE not in config["class_names"]:
-        raise RunFolderError(f"{model_dir}: class_names {config['class_names']} lack {POSITIVE!r}")
     return (fastest_runtime(model, run_dir) if fast else model), config
 
 
@@ -88,18 +86,21 @@ class ExportedModel:
 
 def fastest_runtime(model: Any, run_dir: str | Path, threads: int | None = None) -> Any:
     """The run's exported model in the first of FAST_RUNTIMES whose export passed its parity check
-    (`export/parity.json`) and is not older than the Keras model; `model` itself when there is none."""
-    from .export import load_runner
-    from .runs import MODEL_FILE, PARITY_FILE, RunFolderError, export_path, read_json
+    (`export/parity.json`) against this very model.keras (its SHA-256); `model` itself when there is none.
 
-    try:
-        report = read_json(run_dir, PARITY_FILE)
-    except (OSError, ValueError):  # missing or malformed (RunFolderError and JSON errors are ValueErrors)
+    Exports made for another model.keras are never used; stderr says so.
+    """
+    from .export import load_runner
+    from .runs import RunFolderError, export_path, read_parity
+
+    report, stale = read_parity(run_dir)
+    if report is None:
+        if stale:
+            print(f"note: {stale}; classifying with Keras (run `maskclf export` again)", file=sys.stderr)
         return model
-    keras_time = (Path(run_dir) / MODEL_FILE).stat().st_mtime
     for fmt in FAST_RUNTIMES:
         path = export_path(run_dir, fmt)
-        if _parity_passed(report, fmt) and path.is_file() and path.stat().st_mtime >= keras_time:
+        if _parity_passed(report, fmt) and path.is_file():
             try:
                 return ExportedModel(load_runner(path, threads), model.output_shape[-1], path)
             except Exception as exc:  # onnxruntime and LiteRT raise their own types for a corrupt file
@@ -284,7 +285,7 @@ def load_image(path: str | Path) -> np.ndarray:
 
 def save_image(image: np.ndarray, path: str | Path) -> Path:
     """Write an RGB array as an image file atomically (format from the suffix)."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, check=reads_back("image")) as tmp:
         Image.fromarray(image).save(tmp, format=Image.registered_extensions().get(Path(path).suffix.lower(), "PNG"))
     return Path(path)
 

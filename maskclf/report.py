@@ -327,8 +327,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.data:
             overrides["data_dir"] = str(resolve_data_dir(args.data).resolve())
+        params = load_params(args.params, overrides)  # every value checked (params.schema.yaml) before anything runs
+        if args.data:
             remember_data_dir(overrides["data_dir"])  # so that JupyterLab finds what the main job used
-        runs = run_reports(load_params(args.params, overrides), reports_dir=args.reports_dir)
+        runs = run_reports(params, reports_dir=args.reports_dir)
     except (ParamsError, DataNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
