@@ -32,7 +32,7 @@ from . import POSITIVE
 from .data import TINY_FACE, DataError, annotation_boxes, is_dataset_dir, parse_voc
 from .detect import BoxXYXY, Detector, detect_faces, make_detector
 from .fsutil import OutputError, atomic_path, output_file_problem, reads_back, write_text_atomic
-from .images import ImageError, load_rgb, resize_crop
+from .images import ImageError, load_rgb, open_image, resize_crop
 from .paths import MODELS_DIR
 
 COLOURS = {"with_mask": (0, 190, 0), "without_mask": (230, 20, 20)}
@@ -474,9 +474,9 @@ def no_face_message(paths: Sequence[Path], detected: bool = True) -> str:
     sides = []
     for path in paths:
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 sides.append(max(image.size))
-        except (OSError, ValueError, Image.DecompressionBombError):
+        except ImageError:
             return message
     if sides and max(sides) <= LIKELY_CROP_SIDE:
         message += (f"\nThese look like face crops: small images (at most {max(sides)} px) in which the detector, "
@@ -492,6 +492,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {args.boxes_from}: no such annotation file or folder", file=sys.stderr)
         return 2
     files, failed = expand_paths(args.paths)
+    if failed:  # a mistyped path is said at once, not after the model has loaded
+        print("error: " + "; ".join(str(result.error) for result in failed), file=sys.stderr)
+        return 2
     try:
         if args.out is not None:
             check_out(args.out, files)
@@ -510,21 +513,25 @@ def run(args: argparse.Namespace) -> int:
         progress=any(Path(p).is_dir() for p in args.paths),
     )
     n_read = n_small = 0
-    for result in results:
-        if result.error:
-            failed.append(result)
-            continue
-        n_read += 1
-        n_faces += len(result.faces)
-        n_small += sum(face.get("small_face", False) for face in result.faces)
-        if not result.faces:
-            no_face.append(result.path)
-        for line in json_lines(result):
-            lines.append(line)
-            if args.out is None:
-                print(line, flush=True)
-    if args.out is not None:
-        write_text_atomic(args.out, "".join(line + "\n" for line in lines))
+    try:
+        for result in results:
+            if result.error:
+                failed.append(result)
+                continue
+            n_read += 1
+            n_faces += len(result.faces)
+            n_small += sum(face.get("small_face", False) for face in result.faces)
+            if not result.faces:
+                no_face.append(result.path)
+            for line in json_lines(result):
+                lines.append(line)
+                if args.out is None:
+                    print(line, flush=True)
+        if args.out is not None:
+            write_text_atomic(args.out, "".join(line + "\n" for line in lines))
+    except OutputError as exc:  # a full disk under --jsonl or --draw
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"{n_faces} faces in {n_read} files" + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
     if n_small:
         print(f"warning: {n_small} faces under {TINY_FACE} px (\"small_face\": true): their labels are unreliable",
