@@ -53,16 +53,19 @@ def atomic_path(target: str | Path, suffix: str = "", check: Callable[[Path], st
 
 
 @contextmanager
-def _naming_write_errors(target: Path) -> Iterator[None]:
-    """Re-raise a full disk's OSError (WRITE_ERRNOS) as an OutputError naming `target`."""
+def _naming_write_errors(target: Path, folder: bool = False) -> Iterator[None]:
+    """Re-raise a full disk's OSError (WRITE_ERRNOS) as an OutputError naming `target`; for a `folder`
+    (atomic_dir), also an OutputError about a file inside it."""
     try:
         yield
-    except OutputError:
-        raise
     except OSError as exc:
-        if exc.errno not in WRITE_ERRNOS:
+        inner = isinstance(exc, OutputError)
+        if (inner and not folder) or (not inner and exc.errno not in WRITE_ERRNOS):
             raise
-        raise OutputError(exc.errno, f"{target}: cannot be written ({exc.strerror}). {_kept(target)}") from exc
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        error = OutputError(f"{target}: cannot be written ({why}). {_kept(target)}")
+        error.errno = exc.errno
+        raise error from exc
 
 
 def _kept(target: Path) -> str:
@@ -202,7 +205,7 @@ def atomic_dir(target: str | Path, marker: str | None = None) -> Iterator[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), dir=target.parent))
         tmp_fd = _lock_fd(tmp)  # held while the folder is built: marks it as a live writer's
     try:
-        with _naming_write_errors(target):
+        with _naming_write_errors(target, folder=True):
             os.chmod(tmp, 0o777 & ~_umask())
             yield tmp
             with _locked(target):
