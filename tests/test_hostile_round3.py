@@ -242,3 +242,191 @@ def test_every_encoded_write_is_read_back_before_it_replaces_the_previous_file(k
                 tmp.write_bytes(good.read_bytes()[:cut])
         assert target.read_bytes() == b"the previous output"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([good.name, target.name])
+
+
+# --------------------------------------------------------------------------- exports
+
+
+@pytest.fixture(scope="module")
+def exported_run(tiny_run, tmp_path_factory) -> Path:
+    """A copy of the tiny run, exported to ONNX (parity on fixed random crops)."""
+    from maskclf.export import export_run
+    from maskclf.runs import load_run
+
+    run = Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("exported") / "run"))
+    export_run(run, *load_run(run), ["onnx"], None)
+    return run
+
+
+@pytest.fixture
+def replaced_model(exported_run, tmp_path) -> Path:
+    """The exported run with model.keras replaced by another model's, its time kept older (`cp -p`)."""
+    from tinymodel import make_tiny_model
+
+    run = Path(shutil.copytree(exported_run, tmp_path / "run"))
+    other = make_tiny_model()
+    kernel, bias = other.get_layer("head").get_weights()
+    other.get_layer("head").set_weights([-kernel, bias])  # answers the other way round
+    old = (run / "model.keras").stat()
+    other.save(run / "model.keras")
+    os.utime(run / "model.keras", ns=(old.st_atime_ns, old.st_mtime_ns - 10**12))
+    return run
+
+
+def test_a_stale_export_never_answers_for_a_replaced_model(replaced_model, tmp_path, capsys):
+    from maskclf.predict import ExportedModel, resolve_model
+
+    red = tmp_path / "red.png"
+    Image.fromarray(np.full((40, 40, 3), (230, 20, 20), np.uint8)).save(red)
+    model, _ = resolve_model(replaced_model, fast=True)
+    assert not isinstance(model, ExportedModel), "Keras answers"
+    assert "measured against another model.keras" in capsys.readouterr().err
+    status, out, err = _cli(capsys, "predict", red, "--crops", "--model", replaced_model)
+    assert status == 0 and json.loads(out.splitlines()[0])["label"] == "with_mask", "the new model's answer"
+    assert "its SHA-256 differs" in err and "classifying with Keras" in err
+
+
+def test_an_export_keeps_the_formats_of_earlier_exports(exported_run, tmp_path, capsys):
+    from maskclf.predict import ExportedModel, resolve_model
+
+    run = Path(shutil.copytree(exported_run, tmp_path / "run"))
+    status, _, err = _cli(capsys, "export", "--model", run, "--format", "tflite-fp32")
+    assert status == 0, err
+    report = json.loads((run / "export" / "parity.json").read_text())
+    assert sorted(report["formats"]) == ["onnx", "tflite-fp32"] and report["formats"]["onnx"]["parity"]["passed"]
+    model, _ = resolve_model(run, fast=True)
+    assert isinstance(model, ExportedModel) and model.path.name == "model.onnx", "the faster ONNX export stays in use"
+
+
+@pytest.fixture
+def filename_outside(voc_dir, tmp_path, request) -> Path:
+    """photo1.xml's <filename> names an image outside the data set ('..' or an absolute path)."""
+    secret = tmp_path / "outside" / "photo1.png"
+    secret.parent.mkdir()
+    shutil.copy(voc_dir / "images" / "photo1.png", secret)
+    name = "../../outside/photo1.png" if request.param == "climbing" else str(secret)
+    xml = voc_dir / "annotations" / "photo1.xml"
+    xml.write_text(xml.read_text().replace("<filename>photo1.png</filename>", f"<filename>{name}</filename>"))
+    return voc_dir
+
+
+@pytest.mark.parametrize("filename_outside", ["climbing", "absolute"], indirect=True)
+def test_export_check_reads_no_image_outside_the_data_set(filename_outside, monkeypatch):
+    from maskclf import export
+
+    read = []
+    monkeypatch.setattr(export, "load_rgb", lambda path: read.append(Path(path)) or load_rgb(path))
+    crops, labels, problems = export.load_check_crops(filename_outside, 32)
+    assert all(path.parent == filename_outside / "images" for path in read), read
+    assert any(re.search(r"photo1\.xml: <filename> .* leads outside", p) for p in problems), problems
+    assert len(crops) == len(labels) > 0
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def test_every_headline_figure_is_at_the_chosen_threshold(voc_master, tmp_path):
+    faces = tmp_path / "faces"
+    data.extract_faces(voc_master, faces, progress=False)
+    manifest = data.read_manifest(faces)
+    p = np.linspace(0.05, 0.95, len(manifest))  # most faces land on different sides of 0.3 and 0.5
+    table = evaluate.prediction_table(manifest, manifest["crop_file"].tolist(), p, threshold=0.3)
+    ci = evaluate.bootstrap_ci(table, n_boot=200, seed=0)
+    headline = evaluate.headline_metrics(table, ci, {"val_fold": 0}, {})
+    at_03 = evaluate.binary_metrics(table["y_true"], p, 0.3)
+    assert headline["threshold"] == 0.3 and headline["accuracy"] == at_03["accuracy"]
+    assert headline["accuracy"] != evaluate.binary_metrics(table["y_true"], p, 0.5)["accuracy"]
+    assert ci["accuracy"][0] <= headline["accuracy"] <= ci["accuracy"][1]
+    assert headline["accuracy"] == float(table["correct"].mean()), "the table's own predictions agree"
+    with pytest.raises(ValueError, match="differs from the prediction table's 0.3"):
+        evaluate.bootstrap_ci(table, n_boot=10, threshold=0.5)
+
+
+# --------------------------------------------------------------------------- rotated phone photos
+
+
+def _upright(width: int = 90, height: int = 60) -> np.ndarray:
+    """An asymmetric picture: every flip and rotation of it differs."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[: height // 3, : width // 4] = (230, 20, 20)
+    image[height // 2:, width // 2:] = (20, 20, 230)
+    image[:, -3:] = (20, 230, 20)
+    return image
+
+
+INVERSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_270}
+"""The transpose that turns an upright picture into what a camera stores with each EXIF orientation."""
+
+
+def _as_stored(upright: np.ndarray, orientation: int, fmt: str = "PNG") -> bytes:
+    """The bytes a camera writes for `upright` held in `orientation`: sideways pixels, and the tag."""
+    stored = Image.fromarray(upright)
+    stored = stored.transpose(INVERSE[orientation]) if orientation in INVERSE else stored
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    stored.save(buffer, format=fmt, exif=exif, **({"quality": 100} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_read_upright(orientation, tmp_path):
+    from maskclf.demo import decode_upload
+
+    upright = _upright()
+    path = tmp_path / "phone.png"
+    path.write_bytes(_as_stored(upright, orientation))
+    assert np.array_equal(np.asarray(load_rgb(path)), upright)
+    assert np.array_equal(decode_upload(path.read_bytes(), "phone.png"), upright)
+
+
+def test_predict_finds_and_draws_faces_on_the_upright_photo(tiny_run, tmp_path, monkeypatch, capsys):
+    from maskclf import predict
+
+    portrait = _upright(60, 90)  # a phone portrait, stored sideways (orientation 6), as a JPEG
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "portrait.jpg").write_bytes(_as_stored(portrait, 6, "JPEG"))
+    detector = Recorder()
+    monkeypatch.setattr(predict, "make_detector", lambda *args, **kwargs: detector)
+    status, out, err = _cli(capsys, "predict", tmp_path / "in", "--model", tiny_run, "--draw", tmp_path / "drawn")
+    assert status == 0, err
+    assert detector.shapes == [(90, 60, 3)], "the detector sees the portrait upright"
+    assert json.loads(out.splitlines()[0])["box"] == [0, 0, 30, 45], "boxes in the upright photo's pixels"
+    drawn = Image.open(tmp_path / "drawn" / "portrait.jpg.png")
+    assert drawn.height > drawn.width, "drawn on the upright photo"
+
+
+def test_the_demo_analyses_the_upright_photo(tiny):
+    from maskclf.demo import create_app
+
+    detector = Recorder()
+    client = TestClient(create_app(*tiny, detector), raise_server_exceptions=False)
+    reply = client.post("/api/predict", files={"file": ("portrait.png", _as_stored(_upright(60, 90), 6), "image/png")})
+    assert reply.status_code == 200 and (reply.json()["width"], reply.json()["height"]) == (60, 90)
+    assert detector.shapes == [(90, 60, 3)]
+
+
+# --------------------------------------------------------------------------- a corrupt video
+
+
+@pytest.fixture
+def corrupt_clip(tmp_path) -> Path:
+    """A 40-frame mp4 with 2 kB of garbage in its middle: reading stopped at the first bad frame."""
+    path = _clip(tmp_path / "corrupt.mp4")
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle: middle + 2000] = np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes()
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_a_corrupt_video_is_read_past_its_bad_frames_and_reported(corrupt_clip, tiny_run, fixed_detector, tmp_path,
+                                                                   capsys):
+    out = tmp_path / "out.mp4"
+    status, _, err = _cli(capsys, "video", "--source", corrupt_clip, "--out-video", out, "--no-show", "--model", tiny_run)
+    written = _frames(out)
+    assert status == 1 and re.search(rf"{re.escape(str(corrupt_clip))}: \d+ of its 40 frames could not be decoded", err)
+    missing = int(re.search(r"(\d+) of its 40 frames", err).group(1))
+    assert 0 < missing < 20 and written == 40 - missing, "every decodable frame, after the bad ones too"
