@@ -430,3 +430,131 @@ def test_a_corrupt_video_is_read_past_its_bad_frames_and_reported(corrupt_clip, 
     assert status == 1 and re.search(rf"{re.escape(str(corrupt_clip))}: \d+ of its 40 frames could not be decoded", err)
     missing = int(re.search(r"(\d+) of its 40 frames", err).group(1))
     assert 0 < missing < 20 and written == 40 - missing, "every decodable frame, after the bad ones too"
+
+
+# --------------------------------------------------------------------------- parameters, checked first
+
+
+@pytest.fixture
+def no_notebook_runs(monkeypatch):
+    """Fail the test if a notebook starts: the inputs below must be refused before any runs."""
+    def run_notebook(notebook, *args, **kwargs):
+        pytest.fail(f"{notebook.name} ran")
+
+    monkeypatch.setattr(report, "run_notebook", run_notebook)
+
+
+@pytest.mark.parametrize("override, problem", [
+    ("n_bootstrap=abc", "parameter 'n_bootstrap': 'abc' is not an integer; expected an integer from 0 to 100000"),
+    ("n_bootstrap=1000000000", "parameter 'n_bootstrap': 1000000000 is out of range"),
+    ("backbone=nosuch", "parameter 'backbone': 'nosuch' is not made of known backbones (unknown backbone 'nosuch')"),
+    ("epochs=-5", "parameter 'epochs': -5 is out of range; expected an integer from 1 to 10000"),
+    ("data_dir=/etc", "parameter 'data_dir': '/etc' is not a Face Mask Detection folder"),
+    ("threshold=-1", "parameter 'threshold': -1 is out of range; expected a number from 0.0 to 1.0"),
+    ("threshold=.nan", "parameter 'threshold': nan is not a finite number"),
+    ("compare=[{epochs: 0}]", "parameter 'compare': [{'epochs': 0}] is not valid: item 0: parameter 'epochs'"),
+    ("run_name=../../etc", "parameter 'run_name': '../../etc' is not an allowed name"),
+])
+def test_reports_check_every_parameter_before_any_notebook_runs(override, problem, voc_master, tmp_path,
+                                                                no_notebook_runs, capsys):
+    data_option = [] if override.startswith("data_dir=") else ["--data", voc_master]  # --data would replace data_dir
+    status, _, err = _cli(capsys, "reports", *data_option, "-p", override, "--reports-dir", tmp_path / "reports")
+    assert status == 2 and problem in err, err
+    assert not data.DATA_LOCATION_FILE.exists(), "--data is recorded only once the parameters are checked"
+    assert not (tmp_path / "reports").exists()
+
+
+def test_every_parameter_of_params_yaml_has_a_schema_entry():
+    names = {name for section in params_config.read_sections().values() for name in section}
+    assert names == set(params_config.SCHEMA), "params.yaml and params.schema.yaml name the same parameters"
+    for name, value in params_config.load_params().items():
+        params_config.check_param(name, value)  # every default fits its own schema
+
+
+def test_a_parameter_without_a_schema_entry_is_refused(tmp_path, no_notebook_runs, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text(params_config.PARAMS_FILE.read_text() + "  new_knob: 3\n")
+    status, _, err = _cli(capsys, "reports", "--params", params, "--reports-dir", tmp_path / "reports")
+    assert status == 2 and "parameter 'new_knob' has no entry in params.schema.yaml" in err
+
+
+WRONG = {"int": [1.5, "12", True, 10**12, -10**12], "float": ["0.5", float("nan"), float("inf"), True, 1e300, -1e300],
+         "bool": [1, "true"], "str": [3, "", "x" * 200], "path": [3, ""], "dataset_dir": ["/etc", 5],
+         "weights": ["/no/such/file.h5", 1], "backbone": ["vgg", "resnet50+vgg", 2],
+         "label_map": [{"with_mask": "../up"}, ["x"]], "configurations": [[{"nosuch": 1}], [1], "x"]}
+"""Values of the wrong type, or out of any sane range, for each type of the schema."""
+
+
+@pytest.mark.parametrize("name", sorted(params_config.SCHEMA))
+def test_every_parameter_refuses_values_of_the_wrong_type_or_range(name):
+    entry = params_config.SCHEMA[name]
+    wrong = [v for v in WRONG[entry["type"]] if not (entry["type"] == "float" and isinstance(v, float)
+                                                      and np.isfinite(v) and entry["min"] <= v <= entry["max"])]
+    for value in wrong:
+        with pytest.raises(params_config.ParamsError, match=rf"parameter '{name}': .* expected "):
+            params_config.check_param(name, value)
+    if not entry.get("nullable"):
+        with pytest.raises(params_config.ParamsError, match=f"parameter '{name}': null is not allowed"):
+            params_config.check_param(name, None)
+
+
+def test_notebooks_and_train_use_the_same_check(capsys, monkeypatch):
+    from maskclf import train
+
+    with pytest.raises(params_config.ParamsError, match="parameter 'n_bootstrap': 'abc' is not an integer"):
+        params_config.resolve_params("03_evaluate", {"n_bootstrap": "abc"})  # a notebook's parameters cell
+    monkeypatch.setattr(train, "run_study", lambda *a, **k: pytest.fail("training started"))
+    status, _, err = _cli(capsys, "train", "--epochs", "-5")
+    assert status == 2 and "parameter 'epochs': -5 is out of range" in err
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+@pytest.fixture
+def zip_bomb_model(tiny_run, tmp_path) -> Path:
+    """A run whose model.keras holds a config.json padded to 40 MB of whitespace (a few kB compressed)."""
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    source = run / "model.keras"
+    bomb = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as new:
+        for info in old.infolist():
+            content = old.read(info)
+            new.writestr(info.filename, content + b" " * (40 << 20) if info.filename == "config.json" else content)
+    shutil.move(bomb, source)
+    return run
+
+
+def test_a_zip_bomb_model_is_refused_before_keras_reads_it(zip_bomb_model, monkeypatch, tmp_path, capsys):
+    import keras
+
+    monkeypatch.setattr(keras.saving, "load_model", lambda *a, **k: pytest.fail("Keras read the archive"))
+    photo = tmp_path / "a.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(photo)
+    status, _, err = _cli(capsys, "predict", photo, "--crops", "--model", zip_bomb_model)
+    assert status == 2 and f"{zip_bomb_model / 'model.keras'}: its entry 'config.json' declares " in err
+    assert "over the limit of 16777216" in err
+
+
+def _broken_config(run: Path, text: str) -> Path:
+    (run / "config.json").write_text(text)
+    return run
+
+
+@pytest.mark.parametrize("problem, make", [
+    ("not valid JSON (nested too deep)", lambda config: "[" * 100_000 + "]" * 100_000),
+    ("not valid JSON (Exceeds the limit", lambda config: json.dumps(config).replace('"image_size": 32', '"image_size": ' + "9" * 5000)),
+    ("'class_names' ['a', 'b'] lacks 'without_mask'", lambda config: json.dumps({**config, "class_names": ["a", "b"]})),
+    ("'class_names' has 3 names, but the model outputs 2 scores",
+     lambda config: json.dumps({**config, "class_names": ["with_mask", "without_mask", "mask_weared_incorrect"]})),
+])
+@pytest.mark.parametrize("command", ["predict", "export", "video"])
+def test_a_broken_config_is_a_named_error_in_every_command(problem, make, command, tiny_run, tmp_path, capsys):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    _broken_config(run, make(json.loads((run / "config.json").read_text())))
+    photo = tmp_path / "a.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(photo)
+    args = {"predict": [photo, "--crops"], "export": ["--format", "onnx"],
+            "video": ["--source", _clip(tmp_path / "in.mp4", 2), "--out-video", tmp_path / "o.mp4", "--no-show"]}[command]
+    status, _, err = _cli(capsys, command, *args, "--model", run)
+    assert status == 2 and f"{run / 'config.json'}: " in err and problem in err and "Traceback" not in err, err
