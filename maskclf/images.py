@@ -2,7 +2,7 @@
 
 `open_image` reads a file's header (or an upload's bytes) and refuses what is too large;
 `decode_rgb` decodes it as upright 8-bit RGB (EXIF orientation applied) within
-DECODE_BYTES_PER_PIXEL. Every decoder failure, of whatever type Pillow's plugins raise, is
+DECODE_BYTES_PER_PIXEL. Only READ_FORMATS are read. Every decoder failure, of whatever type Pillow's plugins raise, is
 an ImageError naming the file.
 """
 
@@ -22,10 +22,13 @@ WORK_SIDE = 1280
 """Longest side of the copy of a photo that face detection works on: bounds its time and memory.
 CenterFace's pass size (detect.CENTERFACE_TILE): a larger copy would be cut in 4 or more tiles,
 4-5 times the work (a 16-Mpx photo: 4.7 s on 2 cores at 1,600 px)."""
+READ_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+"""The image formats read, an allow-list of photos' formats (JPEG opens phones' MPO files too). Pillow's
+other plugins (EPS runs Ghostscript; DDS, QOI, SGI, IM... hold no photo of faces) are never tried."""
 DECODE_BYTES_PER_PIXEL = 12
-"""Most bytes a pixel that decoding takes at its peak, in every mode Pillow opens: the decoded image
-(at most 4 bytes a pixel: 32-bit grey or float, RGBA, CMYK), one array of it for grey levels, the 8-bit
-grey or RGB result and its upright copy. Grey levels are scaled in bands of GREY_BAND_PIXELS."""
+"""Most bytes a pixel that decoding takes at its peak, in every mode read: the decoded image (at most
+4 bytes a pixel: 32-bit grey or float, RGBA, CMYK), the 8-bit grey or RGB result and its upright copy
+(measured: 9.6 bytes a pixel for a 9-Mpx float TIFF). Grey levels are scaled in bands of GREY_BAND_PIXELS."""
 GREY_BAND_PIXELS = 1 << 20
 ORIENTATION_TAG = 0x0112
 TRANSPOSES = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -64,11 +67,12 @@ def open_image(source: str | Path | bytes, name: str | None = None, max_pixels: 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
-            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            Image.init()  # every plugin registered, so that each of READ_FORMATS is known
+            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=READ_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"{name}: too large ({exc})") from exc
     except Exception as exc:  # noqa: BLE001  Pillow's plugins raise OSError, SyntaxError, ValueError, EOFError, struct.error...
-        raise ImageError(f"{name}: not an image file that can be read ({type(exc).__name__}: {exc})") from exc
+        raise ImageError(f"{name}: unreadable or truncated image ({type(exc).__name__}: {exc})") from exc
     if img.width * img.height > max_pixels:
         img.close()
         raise ImageTooLarge(f"{name}: {img.width}x{img.height} pixels exceeds the limit of {max_pixels}", img.size)
@@ -113,23 +117,26 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _grey_to_rgb(img: Image.Image) -> Image.Image:
-    """16-bit, 32-bit and float grey levels scaled to 0-255, in bands of GREY_BAND_PIXELS (no full-size float copy).
+    """16-bit, 32-bit and float grey levels scaled to 0-255, read in bands of GREY_BAND_PIXELS: no full-size
+    copy of the levels (an array of the whole image alone would take 4-8 bytes a pixel more). Not-a-number
+    and infinite levels count as 0."""
+    rows = max(1, GREY_BAND_PIXELS // max(img.width, 1))
+    bands = [(start, min(start + rows, img.height)) for start in range(0, img.height, rows)]
 
-    Not-a-number and infinite levels count as 0.
-    """
-    arr = np.asarray(img)
-    rows = max(1, GREY_BAND_PIXELS // max(arr.shape[1], 1))
-    bands = [slice(start, start + rows) for start in range(0, arr.shape[0], rows)]
-    peak = max((float(np.max(arr[b][np.isfinite(arr[b])], initial=0)) for b in bands), default=0.0)
+    def levels(top: int, bottom: int) -> np.ndarray:
+        band = np.asarray(img.crop((0, top, img.width, bottom)), dtype=np.float32)
+        return np.nan_to_num(band, nan=0.0, posinf=0.0, neginf=0.0)
+
+    peak = max((float(levels(*b).max(initial=0)) for b in bands), default=0.0)
     if img.mode == "F":
-        top = max(peak, 1.0)
+        scale = 255.0 / max(peak, 1.0)
     else:
-        top = 65535.0 if img.mode.startswith("I;16") or peak > 255 else 255.0
-    grey = np.empty(arr.shape, np.uint8)
-    for b in bands:
-        band = np.nan_to_num(arr[b].astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        band *= 255.0 / top
-        grey[b] = np.clip(np.rint(band, out=band), 0, 255, out=band)
+        scale = 255.0 / (65535.0 if img.mode.startswith("I;16") or peak > 255 else 255.0)
+    grey = np.empty((img.height, img.width), np.uint8)
+    for top, bottom in bands:
+        band = levels(top, bottom)
+        band *= scale
+        grey[top:bottom] = np.clip(np.rint(band, out=band), 0, 255, out=band)
     return Image.fromarray(grey, mode="L").convert("RGB")
 
 

@@ -32,7 +32,7 @@ from . import POSITIVE
 from .data import TINY_FACE, DataError, annotation_boxes, is_dataset_dir, parse_voc
 from .detect import BoxXYXY, Detector, detect_faces, make_detector
 from .fsutil import OutputError, atomic_path, output_file_problem, reads_back, write_text_atomic
-from .images import ImageError, load_rgb, open_image, resize_crop
+from .images import READ_FORMATS, ImageError, load_rgb, open_image, resize_crop
 from .paths import MODELS_DIR
 
 COLOURS = {"with_mask": (0, 190, 0), "without_mask": (230, 20, 20)}
@@ -48,7 +48,7 @@ LIKELY_CROP_SIDE = 256
 PHOTOS_PER_BATCH = 8
 """Whole photos detected before their faces are classified together (~5 faces a photo in the study's set)."""
 
-IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in READ_FORMATS)
 """File name endings taken from folders (a file named explicitly is always tried)."""
 
 

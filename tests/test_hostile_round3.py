@@ -558,3 +558,144 @@ def test_a_broken_config_is_a_named_error_in_every_command(problem, make, comman
             "video": ["--source", _clip(tmp_path / "in.mp4", 2), "--out-video", tmp_path / "o.mp4", "--no-show"]}[command]
     status, _, err = _cli(capsys, command, *args, "--model", run)
     assert status == 2 and f"{run / 'config.json'}: " in err and problem in err and "Traceback" not in err, err
+
+
+# --------------------------------------------------------------------------- images Pillow refuses
+
+
+SMALL = Image.fromarray(np.random.default_rng(1).integers(0, 256, (24, 32, 3), np.uint8))
+TAGGED = Image.Exif()
+TAGGED[0x0112] = 6
+TAGGED[0x010F] = "cam"
+
+
+def _encoded(fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    SMALL.save(buffer, format=fmt, **({"exif": TAGGED} if fmt in ("PNG", "JPEG", "TIFF", "WEBP") else {}))
+    return buffer.getvalue()
+
+
+def _changed(fmt: str, changes: dict[int, int]) -> bytes:
+    raw = bytearray(_encoded(fmt))
+    for offset, value in changes.items():
+        raw[offset] = value
+    return bytes(raw)
+
+
+BROKEN = {
+    "png_syntax_error.png": lambda: _changed("PNG", {86: 0}),  # SyntaxError: broken PNG file
+    "bmp_value_error.png": lambda: _changed("BMP", {24: 64, 30: 2}),  # ValueError: unknown raw mode
+    "ppm_value_error.png": lambda: _changed("PPM", {7: 140}),  # ValueError: invalid literal for int()
+    "dds_zero_division.png": lambda: _changed("DDS", {80: 125}),  # ZeroDivisionError (a format not read)
+    "eps_ghostscript.png": lambda: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
+}
+"""Files that ended `extract` and `predict` in a traceback: each error type Pillow's plugins raise."""
+
+
+def _mutants(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """`n` seeded mutants of small images in every format read: a few bytes of the header changed, or cut short."""
+    from maskclf.images import READ_FORMATS
+
+    rng = np.random.default_rng(seed)
+    seeds = {fmt: _encoded(fmt) for fmt in READ_FORMATS}
+    mutants = []
+    for i in range(n):
+        fmt = list(seeds)[i % len(seeds)]
+        raw = bytearray(seeds[fmt])
+        if i % 4 == 3:
+            raw = raw[: rng.integers(1, len(raw))]
+        for _ in range(rng.integers(1, 4)):
+            raw[rng.integers(0, min(len(raw), 300))] = rng.integers(0, 256)
+        mutants.append((f"mutant{i:03d}_{fmt.lower()}.png", bytes(raw)))
+    return mutants
+
+
+def test_every_decoder_failure_is_an_image_error(tmp_path):
+    kinds = set()
+    for name, raw in [*[(n, make()) for n, make in BROKEN.items()], *_mutants(400)]:
+        path = tmp_path / name
+        path.write_bytes(raw)
+        try:
+            assert load_rgb(path).mode == "RGB"
+            kinds.add("read")
+        except ImageError as exc:
+            assert str(exc).startswith(f"{path}: "), exc
+            kinds.add(type(exc.__cause__).__name__)
+    assert {"read", "SyntaxError", "ValueError", "UnidentifiedImageError", "OSError"} <= kinds, kinds
+
+
+@pytest.fixture
+def folder_with_bad_images(tmp_path) -> tuple[Path, list[Path], list[Path]]:
+    """A folder of 3 good photos and every broken image of BROKEN plus 40 mutants."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good = []
+    for i in range(3):
+        good.append(folder / f"good{i}.png")
+        Image.fromarray(np.full((60, 80, 3), 60 + 40 * i, np.uint8)).save(good[-1])
+    bad = []
+    for name, raw in [*[(n, make()) for n, make in BROKEN.items()], *_mutants(40, seed=1)]:
+        (folder / name).write_bytes(raw)
+        try:
+            load_rgb(folder / name)
+        except ImageError:
+            bad.append(folder / name)
+        else:
+            (folder / name).unlink()
+    return folder, good, bad
+
+
+def test_predict_answers_every_good_photo_beside_bad_ones(folder_with_bad_images, tiny_run, fixed_detector, capsys):
+    folder, good, bad = folder_with_bad_images
+    status, out, err = _cli(capsys, "predict", folder, "--model", tiny_run)
+    answered = {json.loads(line)["path"] for line in out.splitlines() if json.loads(line)["type"] == "photo"}
+    assert status == 1 and answered == {str(p) for p in good} and "Traceback" not in err
+    assert f"{len(bad)} files failed" in err and all(f"  {path}: " in err for path in bad)
+
+
+def test_extract_skips_every_image_pillow_refuses(voc_dir, tmp_path, capsys):
+    for i, make in enumerate(BROKEN.values()):
+        (voc_dir / "images" / f"photo{i}.png").write_bytes(make())
+    status, _, err = _cli(capsys, "extract", "--data", voc_dir, "--faces-dir", tmp_path / "out", "--skip-bad")
+    assert status == 0 and "Traceback" not in err, err
+    skipped = sorted(Path(f).name for f in __import__("pandas").read_csv(tmp_path / "out" / "skipped.csv")["file"])
+    assert skipped == [f"photo{i}.xml" for i in range(len(BROKEN))]
+    status, _, err = _cli(capsys, "extract", "--data", voc_dir, "--faces-dir", tmp_path / "out2")
+    assert status == 2 and "photo0.png: " in err and "Traceback" not in err
+
+
+def test_the_demo_answers_every_bad_upload_with_a_4xx(tiny):
+    from maskclf.demo import create_app
+
+    client = TestClient(create_app(*tiny, fixed_box), raise_server_exceptions=False)
+    good = _png(np.full((60, 80, 3), 90, np.uint8))
+    for name, raw in [*[(n, make()) for n, make in BROKEN.items()], *_mutants(60, seed=2)]:
+        reply = client.post("/api/predict", files={"file": (name, raw, "image/png")})
+        assert reply.status_code in (200, 400, 413), (name, reply.status_code, reply.text)
+    assert client.post("/api/predict", files={"file": ("good.png", good, "image/png")}).status_code == 200
+
+
+MEASURE = """
+    import resource, sys
+    from maskclf.images import load_rgb
+    load_rgb(sys.argv[2])  # imports and first use, before the peak is measured
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    image = load_rgb(sys.argv[1])
+    print(image.size, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("mode, dtype", [("F", np.float32), ("I", np.int32), ("I;16", np.uint16)])
+def test_high_bit_depth_images_decode_within_the_stated_budget(mode, dtype, tmp_path):
+    """A 9-Mpx float TIFF of 160 kB took 32 bytes a pixel (float64 copies); the demo's bound assumed 13."""
+    side = 3000
+    levels = (np.arange(side * side, dtype=np.float64).reshape(side, side) % 1000).astype(dtype)
+    path = tmp_path / f"grey.tif"
+    Image.fromarray(levels).save(path, compression="tiff_adobe_deflate")  # the dtype gives the mode
+    small = tmp_path / "small.tif"
+    Image.fromarray(levels[:8, :8]).save(small)
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(MEASURE), str(path), str(small)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    size, grown = run.stdout.split(")")
+    assert size == f"({side}, {side}" and int(grown) <= DECODE_BYTES_PER_PIXEL * side * side, int(grown) / side**2
