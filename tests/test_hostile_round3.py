@@ -699,3 +699,80 @@ def test_high_bit_depth_images_decode_within_the_stated_budget(mode, dtype, tmp_
     assert run.returncode == 0, run.stderr[-2000:]
     size, grown = run.stdout.split(")")
     assert size == f"({side}, {side}" and int(grown) <= DECODE_BYTES_PER_PIXEL * side * side, int(grown) / side**2
+
+
+# --------------------------------------------------------------------------- the demo's connections and options
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes `sock` within `seconds` (reading what it sends until then)."""
+    sock.settimeout(seconds)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(65536):
+                return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+    return False
+
+
+def test_slow_clients_are_cut_off_and_never_hold_up_a_normal_request(tiny):
+    from maskclf.demo import create_app
+    from maskclf.demo_browser import serve
+
+    app = create_app(*tiny, fixed_box)
+    with serve(app, request_timeout_s=1.0, max_connections=8) as url:
+        address = ("127.0.0.1", int(url.rstrip("/").rsplit(":", 1)[1]))
+        silent = socket.create_connection(address)
+        half_headers = socket.create_connection(address)
+        half_headers.sendall(b"POST /api/predict HTTP/1.1\r\nHost: demo\r\nContent-Type: multipart/form-data")
+        half_body = socket.create_connection(address)
+        half_body.sendall(b"POST /api/predict HTTP/1.1\r\nHost: demo\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                          b"Content-Length: 100000\r\n\r\n--x\r\n")
+        start = time.monotonic()
+        boundary = "maskclf"
+        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+                "Content-Type: image/png\r\n\r\n").encode() + _png(np.full((60, 80, 3), 90, np.uint8)) + \
+            f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(url + "api/predict", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            assert reply.status == 200 and json.loads(reply.read())["faces"], "served while the slow ones are held"
+        assert time.monotonic() - start < 1.0, "without waiting for the slow connections"
+        for sock in (silent, half_headers, half_body):
+            assert _closed_within(sock, 3.0), "closed after the request timeout"
+            sock.close()
+        assert time.monotonic() - start < 4.0
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--max-mb", "nan"), ("--max-mb", "-1"), ("--max-mb", "0"), ("--max-mb", "inf"), ("--max-mb", "1e9"),
+    ("--max-mb", "ten"), ("--port", "70000"), ("--port", "-5"), ("--port", "0"), ("--port", "http"),
+    ("--threshold", "nan"), ("--min-face", "-3"),
+])
+def test_demo_options_are_refused_by_the_parser(option, value, no_model_loaded, capsys):
+    status, _, err = _cli(capsys, "demo", option, value)
+    assert status == 2 and f"argument {option}: " in err and "Traceback" not in err
+
+
+@pytest.fixture
+def taken_port():
+    """A port of 127.0.0.1 another program listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_demo_on_a_taken_port_says_so_before_loading_the_model(taken_port, no_model_loaded, capsys):
+    status, _, err = _cli(capsys, "demo", "--port", taken_port)
+    assert status == 2 and f"--port {taken_port}: cannot listen on 127.0.0.1:{taken_port} (already in use)" in err
+    assert "demo on http://" not in err and "Errno" not in err
+
+
+def test_predict_names_a_missing_input_before_loading_the_model(tmp_path, no_model_loaded, capsys):
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / "here.png")
+    status, _, err = _cli(capsys, "predict", tmp_path / "here.png", tmp_path / "typo.png", "--crops")
+    assert status == 2 and f"{tmp_path / 'typo.png'}: no such file or folder" in err
