@@ -21,7 +21,9 @@ on a copy shrunk to WORK_SIDE px (`detect_faces`) and classified on crops of the
 and the image sent back is at most WORK_SIDE px. One normal photo and one large
 upload are analysed at a time, each in its own lane so that large uploads never hold up
 normal photos; a request waits at most QUEUE_WAIT_S for its turn, at most MAX_WAITING
-wait at once, and the others get a 503 asking to try again.
+wait at once, and the others get a 503 asking to try again. A connection must send a request's
+headers and body within REQUEST_TIMEOUT_S (else it is closed: a silent or slow client holds
+nothing), at most MAX_CONNECTIONS are open at once, and a request head is at most MAX_HEADER_BYTES.
 """
 
 from __future__ import annotations
