@@ -137,9 +137,7 @@ def export_path(run_dir: str | Path, name: str) -> Path:
 
 def write_parity(run_dir: str | Path, report: dict[str, Any]) -> Path:
     """Write the export's parity report, `export/parity.json`, atomically; its `keras_sha256` names the
-    model.keras it was measured against (`model_sha256`)."""
-    if not isinstance(report.get("keras_sha256"), str):
-        raise ValueError("a parity report needs the keras_sha256 of the model it was measured against")
+    model.keras it was measured against (`model_sha256`): `read_parity` trusts no report without it."""
     return write_json_atomic(export_path(run_dir, PARITY_FILE), report)
 
 
