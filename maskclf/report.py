@@ -25,7 +25,7 @@ import nbformat
 from . import formatting
 from .config import ParamsError, load_params
 from .data import DataNotFoundError, remember_data_dir, resolve_data_dir
-from .fsutil import atomic_dir, write_text_atomic
+from .fsutil import OutputError, atomic_dir, write_text_atomic
 from .native_logs import drop_native_logs
 from .paths import NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR
 
@@ -331,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
         if args.data:
             remember_data_dir(overrides["data_dir"])  # so that JupyterLab finds what the main job used
         runs = run_reports(params, reports_dir=args.reports_dir)
-    except (ParamsError, DataNotFoundError, FileExistsError) as exc:
+    except (ParamsError, DataNotFoundError, FileExistsError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except NotebookFailed as exc:

@@ -44,7 +44,7 @@ from .evaluate import binary_metrics, encode_labels, fold_metrics, summarize_fol
 from .explain import FEATURE_MAP_LAYER
 from .features import FEATURES_DIR, cache_key, cached_outputs
 from .framing import jittered_loader
-from .fsutil import atomic_path, write_json_atomic
+from .fsutil import OutputError, atomic_path, write_json_atomic
 from .images import load_crop
 from .layers import HorizontalBands, MergeClasses, Standardize
 from .logreg import LinearFit, Subset, fit_logistic, standardisation
@@ -793,7 +793,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else MODELS_DIR / default_run_name(config)
         study = run_study(config, args.faces, run_dir, cross_validate=study_params["cross_validate"] and not args.no_cv,
                           compare=[] if args.no_compare else study_params["compare"] or [], verbose=1)
-    except (BackboneWeightsError, DataError, DataNotFoundError, ValueError) as exc:
+    except (BackboneWeightsError, DataError, DataNotFoundError, OutputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     fs, m, cv = study.fs, study.result.metrics, study.cv
