@@ -11,6 +11,10 @@ ambiguous. Every entry point resolves its parameters with `resolve_params`:
 
 None always means "the default in params.yaml"; a parameter whose default is itself null
 keeps null's documented meaning (for example `image_size: null`, the backbone's own size).
+
+Every value, default or given, is checked against its entry in `notebooks/params.schema.yaml`
+(`check_param`: type, range, choices) by `load_params` and `resolve_params`, so a bad value is
+refused, naming the parameter and what it allows, before any notebook or training starts.
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ def stage_defaults(notebook: str, path: str | Path | None = None) -> dict[str, A
 
 
 def resolve_params(notebook: str, given: Mapping[str, Any], path: str | Path | None = None) -> dict[str, Any]:
-    """One notebook's parameters: each value in `given` that is not None, else the default."""
+    """One notebook's parameters: each value in `given` that is not None, else the default; all checked (`check_param`)."""
     defaults = stage_defaults(notebook, path)
     resolved = {name: default if given.get(name) is None else given[name] for name, default in defaults.items()}
     for name, value in resolved.items():

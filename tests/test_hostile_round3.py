@@ -471,6 +471,12 @@ def test_every_parameter_of_params_yaml_has_a_schema_entry():
         params_config.check_param(name, value)  # every default fits its own schema
 
 
+def test_the_schema_names_every_backbone():
+    from maskclf.backbones import BACKBONES
+
+    assert sorted(params_config.SCHEMA["backbone"]["choices"]) == sorted(BACKBONES)
+
+
 def test_a_parameter_without_a_schema_entry_is_refused(tmp_path, no_notebook_runs, capsys):
     params = tmp_path / "params.yaml"
     params.write_text(params_config.PARAMS_FILE.read_text() + "  new_knob: 3\n")
