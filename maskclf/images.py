@@ -67,6 +67,7 @@ def open_image(source: str | Path | bytes, name: str | None = None, max_pixels: 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
+            warnings.simplefilter("ignore", UserWarning)  # corrupt metadata (EXIF): the pixels may still decode
             Image.init()  # every plugin registered, so that each of READ_FORMATS is known
             img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=READ_FORMATS)
     except Image.DecompressionBombError as exc:
@@ -82,8 +83,10 @@ def open_image(source: str | Path | bytes, name: str | None = None, max_pixels: 
 def decode_rgb(img: Image.Image, name: str) -> Image.Image:
     """Decode an opened image as upright 8-bit RGB (`to_rgb`, then its EXIF orientation); ImageError naming `name`."""
     try:
-        orientation = img.getexif().get(ORIENTATION_TAG)
-        img.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # corrupt metadata (EXIF): the pixels may still decode
+            orientation = img.getexif().get(ORIENTATION_TAG)
+            img.load()
         rgb = to_rgb(img)
     except Exception as exc:  # noqa: BLE001  any decoder failure (truncated data, bad tables, bad EXIF...)
         raise ImageError(f"{name}: unreadable or truncated image ({type(exc).__name__}: {exc})") from exc
