@@ -5,9 +5,10 @@ given; the real CenterFace detector), sends `--normal` photos of the data set an
 uploads of `--large-side` px (a data set photo upscaled, as JPEG) all at once, each from its
 own thread, waits for every answer (at most `--timeout` s each), stops the server and reports:
 whether it survived, its peak RSS (VmHWM), and the latency and status of each kind of request.
-Only loopback traffic; it stops by itself.
+With `--slow N`, N slow clients (half silent, half sending half a request head) hold connections
+open all the while; it reports how long the server kept them. Only loopback traffic; it stops by itself.
 
-    python benchmarks/demo_load.py [--model models/<run>] [--normal 40 --large 5 --large-side 4000]
+    python benchmarks/demo_load.py [--model models/<run>] [--normal 40 --large 5 --large-side 4000] [--slow 16]
 """
 
 from __future__ import annotations
@@ -71,6 +72,34 @@ def large_upload(photo: Path, side: int) -> bytes:
     return buffer.getvalue()
 
 
+def hold_slow_clients(port: int, n: int) -> list[tuple[socket.socket, float]]:
+    """`n` connections to the server that never finish a request: half say nothing, half send half a head."""
+    held = []
+    for i in range(n):
+        sock = socket.create_connection(("127.0.0.1", port))
+        if i % 2:
+            sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: demo\r\nContent-Type: multipart/form-data")
+        held.append((sock, time.monotonic()))
+    return held
+
+
+def held_seconds(held: list[tuple[socket.socket, float]], limit_s: float) -> list[float]:
+    """How long the server kept each slow connection open (`limit_s` when still open by then)."""
+    seconds = []
+    for sock, opened in held:
+        sock.settimeout(max(limit_s - (time.monotonic() - opened), 0.01))
+        try:
+            while sock.recv(65536):
+                pass
+            seconds.append(time.monotonic() - opened)
+        except ConnectionResetError:
+            seconds.append(time.monotonic() - opened)
+        except OSError:
+            seconds.append(limit_s)
+        sock.close()
+    return seconds
+
+
 def wait_healthy(url: str, server: subprocess.Popen, deadline_s: float = 180) -> None:
     """Wait until the server answers /healthz; RuntimeError if it dies or takes too long."""
     deadline = time.monotonic() + deadline_s
@@ -109,6 +138,7 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=5, help="large uploads sent at once (default: %(default)s)")
     parser.add_argument("--large-side", type=int, default=4000, help="side of a large upload, px (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=60, help="longest wait for one answer, s (default: %(default)s)")
+    parser.add_argument("--slow", type=int, default=0, help="slow clients holding connections (default: %(default)s)")
     args = parser.parse_args()
 
     photos = sorted(DATA.glob("*.png"))[: args.normal]
@@ -131,18 +161,23 @@ def main() -> int:
             wait_healthy(url, server)
             post(url + "api/predict", *normal[0], args.timeout)  # warm-up: first calls trace the model
             idle_mb = peak_rss_mb(server.pid)
+            held = hold_slow_clients(port, args.slow)
             with ThreadPoolExecutor(len(normal) + len(large)) as pool:
                 futures = [pool.submit(post, url + "api/predict", name, data, args.timeout) for name, data in large]
                 futures += [pool.submit(post, url + "api/predict", name, data, args.timeout) for name, data in normal]
                 results = [f.result() for f in futures]
             alive = server.poll() is None
             peak_mb = peak_rss_mb(server.pid) if alive else float("nan")
+            kept = held_seconds(held, limit_s=args.timeout)
         finally:
             server.terminate()
             server.wait(30)
     print(f"server survived: {alive}; peak RSS {peak_mb:.0f} MB (after the warm-up: {idle_mb:.0f} MB)")
     print(summary("normal photos", results[len(large):]))
     print(summary(f"{args.large_side}-px uploads", results[: len(large)]))
+    if kept:
+        print(f"{len(kept)} slow clients: kept open {min(kept):.1f}-{max(kept):.1f} s "
+              f"({sum(k >= args.timeout for k in kept)} still open after {args.timeout:.0f} s)")
     return 0 if alive else 1
 
 

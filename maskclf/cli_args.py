@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +28,8 @@ DEFAULT_THRESHOLD = 0.5
 """Label without_mask when P(without_mask) >= this."""
 MAX_UPLOAD_MB = 10
 """The web demo's largest upload."""
+MAX_UPLOAD_LIMIT_MB = 200
+"""The largest --max-mb: an upload is held in memory whole."""
 EXPORT_FORMATS = ("tflite-fp32", "tflite-fp16", "tflite-int8", "onnx", "onnx-int8")
 """The formats of maskclf.runs.EXPORT_FILES (a test keeps them equal; the options load no heavy module)."""
 DEFAULT_EXPORT_FORMATS = ("tflite-fp32", "tflite-fp16", "onnx", "onnx-int8")
@@ -115,6 +118,28 @@ def probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return value
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1-65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return value
+
+
+def megabytes(text: str) -> float:
+    """argparse type: a size in MB, a finite number over 0 and at most MAX_UPLOAD_LIMIT_MB."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_UPLOAD_LIMIT_MB:  # NaN fails every comparison
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in MB over 0 and at most {MAX_UPLOAD_LIMIT_MB}")
     return value
 
 
@@ -238,8 +263,8 @@ def demo_options(parser: argparse.ArgumentParser) -> None:
     """Options of `python -m maskclf demo`."""
     model_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
-    parser.add_argument("--max-mb", type=float, default=MAX_UPLOAD_MB, help="largest upload, in MB")
+    parser.add_argument("--port", type=port_number, default=7860, help="port to listen on")
+    parser.add_argument("--max-mb", type=megabytes, default=MAX_UPLOAD_MB, help="largest upload, in MB")
 
 
 def export_options(parser: argparse.ArgumentParser) -> None:

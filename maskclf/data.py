@@ -26,7 +26,7 @@ from lxml import etree
 from tqdm import tqdm
 
 from .config import resolve_params
-from .fsutil import atomic_dir, files_fingerprint, write_text_atomic
+from .fsutil import atomic_dir, atomic_path, files_fingerprint, reads_back, write_text_atomic
 from .images import ImageError, load_rgb
 from .native_logs import show_progress
 from .paths import DATA_DIR, DATA_ENV_VAR, DATASET_NAME, DEFAULT_FACES_DIR, RAW_DIR
@@ -421,9 +421,7 @@ def _crop_one(
     skipped: list[dict[str, str]],
 ) -> list[dict]:
     ann = parse_voc(xml_path)
-    image_path = _image_path(images_dir, ann.filename, xml_path)
-    if Path(ann.filename).stem != xml_path.stem:
-        raise DataError(f"{xml_path}: <filename> is {ann.filename!r}, which does not match the annotation's name")
+    image_path = annotation_image(ann, images_dir)
     image = load_rgb(image_path)
     if image.size != (ann.width, ann.height):
         raise DataError(f"{xml_path}: <size> says {ann.width}x{ann.height} but {image_path} is {image.width}x{image.height}")
@@ -440,8 +438,8 @@ def _crop_one(
             continue
         label = label_map[box.name]
         crop_rel = Path("faces") / label / f"{xml_path.stem}_{index:03d}.png"
-        (out_dir / crop_rel).parent.mkdir(parents=True, exist_ok=True)
-        image.crop(expand_box(clipped, margin, ann.width, ann.height)).save(out_dir / crop_rel)
+        with atomic_path(out_dir / crop_rel, check=reads_back("image")) as tmp:
+            image.crop(expand_box(clipped, margin, ann.width, ann.height)).save(tmp, format="PNG")
         rows.append({
             "crop_path": crop_rel.as_posix(), "source_image": ann.filename, "face_index": index,
             "xmin": clipped[0], "ymin": clipped[1], "xmax": clipped[2], "ymax": clipped[3],
@@ -453,11 +451,19 @@ def _crop_one(
     return rows
 
 
-def _image_path(images_dir: Path, filename: str, xml_path: Path) -> Path:
-    """The image that `<filename>` names, which must lie inside `images_dir` (links resolved)."""
+def annotation_image(ann: Annotation, images_dir: Path) -> Path:
+    """The image an annotation describes: its `<filename>` in `images_dir`, the only image it may name.
+
+    DataError naming the annotation when the name leads outside `images_dir` ('..', an absolute
+    path, a link out; links resolved) or is not the annotation's own name (photo1.xml: photo1.*).
+    Every reader of a VOC data set's photos goes through here.
+    """
+    xml_path, filename = ann.xml_path, ann.filename
     path = images_dir / filename
     if not path.resolve().is_relative_to(images_dir.resolve()):
         raise DataError(f"{xml_path}: <filename> {filename!r} leads outside {images_dir}; refusing to read it")
+    if Path(filename).stem != xml_path.stem:
+        raise DataError(f"{xml_path}: <filename> is {filename!r}, which does not match the annotation's name")
     return path
 
 

@@ -23,20 +23,24 @@ on a copy shrunk to WORK_SIDE px (`detect_faces`) and classified on crops of the
 and the image sent back is at most WORK_SIDE px. One normal photo and one large
 upload are analysed at a time, each in its own lane so that large uploads never hold up
 normal photos; a request waits at most QUEUE_WAIT_S for its turn, at most MAX_WAITING
-wait at once, and the others get a 503 asking to try again.
+wait at once, and the others get a 503 asking to try again. A connection must send a request's
+headers and body within REQUEST_TIMEOUT_S (else it is closed: a silent or slow client holds
+nothing), at most MAX_CONNECTIONS are open at once, and a request head is at most MAX_HEADER_BYTES.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
+import errno
 import io
 import json
 import logging
 import os
+import socket
 import sys
 import threading
-import warnings
 from contextlib import contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
@@ -52,7 +56,7 @@ from . import CLASS_NAMES, answers
 from .cli_args import DEFAULT_DETECTOR, MAX_UPLOAD_MB, probability
 from .data import TINY_FACE
 from .detect import DETECTORS, Detector, detect_faces, make_detector
-from .images import WORK_SIDE, to_rgb, working_image
+from .images import WORK_SIDE, ImageError, ImageTooLarge, decode_rgb, open_image, working_image
 from .paths import DEFAULT_FACES_DIR
 from .predict import COLOURS, LABEL_WORDS, classify_photo, face_answer, photo_summary, resolve_model, summary_caption
 
@@ -94,26 +98,21 @@ def open_upload(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.I
     if not data:
         raise UploadError(f"“{name}” is empty (0 bytes). Please choose a photo.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
-            img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise UploadError(f"“{name}” has too many pixels to analyse.", 413) from exc
-    except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+        return open_image(data, name, max_pixels)
+    except ImageTooLarge as exc:
+        size = f" is {exc.size[0]}×{exc.size[1]} pixels;" if exc.size else " has too many pixels to analyse;"
+        raise UploadError(f"“{name}”{size} the limit is {max_pixels / 1e6:.0f} megapixels.", 413) from exc
+    except ImageError as exc:
         raise UploadError(f"“{name}” is not an image this demo can read. Please upload a JPEG or PNG photo.") from exc
-    if img.width * img.height > max_pixels:
-        raise UploadError(f"“{name}” is {img.width}×{img.height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels.", 413)
-    return img
 
 
 def decode_upload(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Uploaded bytes as an RGB uint8 array (any mode converted); UploadError naming the file."""
-    img = open_upload(data, name, max_pixels)
-    try:
-        img.load()
-        return np.asarray(to_rgb(img))
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise UploadError(f"“{name}” looks truncated or corrupt: the image could not be decoded.") from exc
+    """Uploaded bytes as an upright RGB uint8 array (`images.decode_rgb`); UploadError naming the file."""
+    with open_upload(data, name, max_pixels) as img:
+        try:
+            return np.asarray(decode_rgb(img, name))
+        except ImageError as exc:
+            raise UploadError(f"“{name}” looks truncated or corrupt: the image could not be decoded.") from exc
 
 
 def jpeg_data_url(image: np.ndarray, quality: int = 90) -> str:
@@ -364,17 +363,90 @@ def create_app(
 
 
 
+REQUEST_TIMEOUT_S = 15.0
+"""Longest time a connection may take to send a request's headers and body (from its opening, or from the
+answer to its previous request); then it is closed. A slow or silent client holds nothing for longer."""
+MAX_CONNECTIONS = 64
+"""Most connections open at once; past it, a request gets a 503 at once."""
+MAX_HEADER_BYTES = 64 * 1024
+"""Largest request head (request line and headers)."""
+
+
+def server_config(app: Any, request_timeout_s: float = REQUEST_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
+                  **options: Any) -> Any:
+    """uvicorn's configuration of the demo: REQUEST_TIMEOUT_S for a request's headers and body (and for an idle
+    keep-alive connection), MAX_CONNECTIONS, MAX_HEADER_BYTES; `options` go to uvicorn.Config (host, port...)."""
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        """uvicorn's HTTP/1.1 protocol, closing a connection whose request has not fully arrived in time."""
+
+        deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+            self.deadline = self.loop.call_later(request_timeout_s, self._timed_out)
+
+        def _timed_out(self) -> None:
+            cycle = self.cycle
+            receiving = cycle is None or cycle.response_complete or cycle.more_body  # headers or body still due
+            if receiving and not self.transport.is_closing():
+                self.transport.close()
+
+    return uvicorn.Config(app, http=TimedH11Protocol, timeout_keep_alive=request_timeout_s,
+                          limit_concurrency=max_connections, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                          log_level="warning", **options)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port for the server; OSError naming them when it is taken or not an address here."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OSError(f"--host {host}: not an address to listen on here ({exc.strerror or exc})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        why = "already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise OSError(f"--port {port}: cannot listen on {host}:{port} ({why}); choose another with --port") from None
+    return sock
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run `demo` until interrupted: 2 if the model cannot be loaded."""
+    """Run `demo` until interrupted: 2 if the port is taken or the model cannot be loaded."""
     import uvicorn
 
     from .runs import RunFolderError
 
     try:
+        sock = listening_socket(args.host, args.port)  # before the model loads: a taken port is said at once
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         model, config = resolve_model(args.model, fast=True)
         detector = make_detector(args.detector, args.min_face)
         large_detector = make_detector(args.detector, args.min_face)  # the large lane's own
     except (RunFolderError, ValueError, RuntimeError) as exc:
+        sock.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     examples = example_photos()
@@ -383,5 +455,6 @@ def run(args: argparse.Namespace) -> int:
                      examples=examples)
     print(f"maskclf demo on http://{args.host}:{args.port}/ with {len(examples)} example photos (Ctrl-C to stop)",
           file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    with sock:
+        uvicorn.Server(server_config(app, host=args.host, port=args.port)).run(sockets=[sock])
     return 0

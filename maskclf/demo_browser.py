@@ -65,11 +65,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any, start_s: float = 30) -> Iterator[str]:
-    """Serve the ASGI `app` on a free port of 127.0.0.1 in a thread; yields its URL and stops it afterwards."""
+def serve(app: Any, start_s: float = 30, **limits: Any) -> Iterator[str]:
+    """Serve the ASGI `app` as `demo` does (`demo.server_config`, with `limits` such as request_timeout_s)
+    on a free port of 127.0.0.1 in a thread; yields its URL and stops it afterwards."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    from .demo import server_config
+
+    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=free_port(), **limits))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + start_s

@@ -96,6 +96,7 @@ def prediction_table(faces: pd.DataFrame, seen_paths: Sequence[str], p: Sequence
     table["y_true"] = encode_labels(table["label"])
     table["p_without_mask"] = np.asarray(p, dtype=float)
     table["predicted"] = np.where(table["p_without_mask"] >= threshold, CLASS_NAMES[1], CLASS_NAMES[0])
+    table.attrs["threshold"] = float(threshold)  # the one threshold of every figure made from this table
     table["correct"] = table["predicted"] == table["label"]
     table["three_way"] = list(three_way) if three_way is not None else None
     table["face_px"] = face_size(table)
@@ -106,19 +107,31 @@ def prediction_table(faces: pd.DataFrame, seen_paths: Sequence[str], p: Sequence
 # --------------------------------------------------------------------------- uncertainty
 
 
+def table_threshold(table: pd.DataFrame, threshold: float | None = None) -> float:
+    """The threshold of a `prediction_table` (0.5 for a table made otherwise); ValueError if `threshold`
+    is given and differs: one threshold for every figure of an evaluation."""
+    own = float(table.attrs.get("threshold", 0.5))
+    if threshold is not None and float(threshold) != own:
+        raise ValueError(f"threshold {threshold} differs from the prediction table's {own}; "
+                         "make the table at the threshold of every figure")
+    return own
+
+
 def bootstrap_ci(
     table: pd.DataFrame,
     n_boot: int = 1000,
     seed: int = 0,
     group: str = "source_image",
-    threshold: float = 0.5,
+    threshold: float | None = None,
     level: float = 0.95,
 ) -> dict[str, tuple[float, float]]:
     """Percentile confidence intervals of accuracy, balanced accuracy and ROC AUC.
 
     Resamples source photos (with all their faces), not faces: faces of one photo are
     not independent, and resampling them one by one gives intervals that are too narrow.
+    `threshold`: the table's (`table_threshold`); ValueError if another is given.
     """
+    threshold = table_threshold(table, threshold)
     rng = np.random.default_rng(seed)
     y, p = table["y_true"].to_numpy(), table["p_without_mask"].to_numpy()
     codes, groups = pd.factorize(table[group])
@@ -247,8 +260,11 @@ def headline_metrics(table: pd.DataFrame, ci: dict[str, tuple[float, float]], ru
                      framing: pd.DataFrame | None = None, run_name: str | None = None,
                      three_way: dict | None = None) -> dict:
     """The `reports/metrics.json` document: metrics with CIs, provenance, the CV summary, the framing check and
-    (`three_way_metrics`) the three-way answer."""
-    m = binary_metrics(table["y_true"], table["p_without_mask"])
+    (`three_way_metrics`) the three-way answer.
+
+    Every figure is at the table's threshold (`table_threshold`), the one its CIs were computed at.
+    """
+    m = binary_metrics(table["y_true"], table["p_without_mask"], table_threshold(table))
     cv = run_metrics.get("cv", {})
     return {
         "backbone": run_config.get("backbone"),

@@ -33,16 +33,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .data import DEFAULT_LABEL_MAP, DataError, annotation_boxes, is_dataset_dir, parse_voc, read_manifest
-from .fsutil import atomic_path, output_file_problem
+from .data import DEFAULT_LABEL_MAP, DataError, annotation_boxes, annotation_image, is_dataset_dir, parse_voc, read_manifest
+from .fsutil import OutputError, atomic_path, output_file_problem, reads_back
 from .images import ImageError, load_crop, load_rgb
 from . import POSITIVE
 from .model import run_batched
 from .answers import p_without_mask
-from .model import predict_probabilities
 from .images import crop_faces
+from .model import predict_probabilities
 from .predict import resolve_model
-from .runs import EXPORT_FILES, PARITY_FILE, export_path, write_parity
+from .runs import EXPORT_FILES, PARITY_FILE, export_path, model_sha256, read_parity, write_parity
 from .splits import N_FOLDS
 
 FORMATS = tuple(EXPORT_FILES)
@@ -86,7 +86,7 @@ def export_model(model: Any, fmt: str, path: str | Path, calibration: np.ndarray
             "optimizations": [tf.lite.Optimize.DEFAULT],
             "representative_dataset": lambda: ([samples[i : i + 1]] for i in range(len(samples))),
         }
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with atomic_path(path, check=reads_back("onnx" if fmt == "onnx" else "tflite")) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # tf2onnx probes np.object
         model.export(str(tmp), format="onnx" if fmt == "onnx" else "litert", verbose=False, **options)
     return Path(path)
@@ -120,7 +120,7 @@ def quantize_onnx(
             start = next(self.batches, None)
             return None if start is None else {self.input_name: crops[start : start + batch_size]}
 
-    with tempfile.TemporaryDirectory() as tmp, atomic_path(path) as out:
+    with tempfile.TemporaryDirectory() as tmp, atomic_path(path, check=reads_back("onnx")) as out:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared)).graph
@@ -275,7 +275,7 @@ def _voc_items(root: Path) -> list[tuple[Callable[[int], np.ndarray], str]]:
 
 
 def _voc_crop(root: Path, ann: Any, index: int, size: int) -> np.ndarray:
-    image = np.asarray(load_rgb(root / "images" / ann.filename))
+    image = np.asarray(load_rgb(annotation_image(ann, root / "images")))
     _, box = annotation_boxes(ann, image.shape[1], image.shape[0])[index]
     return crop_faces(image, [box], size)[0]
 
@@ -337,10 +337,16 @@ def export_run(
 
     Parity is on `check` (an extraction: the model's validation fold) or, without one, on
     fixed random crops. A format that misses the parity target is not kept (`usable` false).
+    The entries of other formats that an earlier export measured against this same model.keras
+    (`keras_sha256`) stay in `parity.json`; those of another model are dropped.
     """
     labels = calibration = None
+    keras_sha256 = model_sha256(run_dir)
+    earlier, _ = read_parity(run_dir, keras_sha256)
     report: dict[str, Any] = {"check": str(check) if check else f"{FIXED_CROPS} fixed random crops",
-                              "problems": [], "formats": {}}
+                              "keras_sha256": keras_sha256, "problems": [],
+                              "formats": {fmt: entry for fmt, entry in (earlier or {"formats": {}})["formats"].items()
+                                          if fmt in FORMATS and fmt not in formats}}
     if check is not None:
         val_fold = config.get("val_fold")
         folds = [val_fold] if val_fold is not None else None
@@ -362,7 +368,7 @@ def export_run(
         start = time.perf_counter()
         try:
             export_model(model, fmt, staged, calibration=calibration)
-            entry: dict[str, Any] = {"file": str(path), "bytes": staged.stat().st_size,
+            entry: dict[str, Any] = {"file": str(path), "check": report["check"], "bytes": staged.stat().st_size,
                                      "export_seconds": round(time.perf_counter() - start, 1)}
             runner = load_runner(staged)
             candidate = run_batched(runner, crops, batch_size=32)
@@ -429,15 +435,15 @@ def run(args: argparse.Namespace) -> int:
         check_outputs(run_dir, formats)
         model, config = resolve_model(run_dir)
         report = export_run(run_dir, model, config, formats, args.check, args.check_limit, args.threshold)
-    except (RunFolderError, DataError, ImageError, ValueError) as exc:
+    except (RunFolderError, DataError, ImageError, OutputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    n = next(iter(report["formats"].values()))["parity"]["n"]
+    n = report["formats"][formats[0]]["parity"]["n"]
     print(f"exported to {export_path(run_dir, PARITY_FILE).parent}; parity on {report['check']} ({n} crops)")
     print(format_report(report))
     for problem in report["problems"]:
         print(f"skipped: {problem}", file=sys.stderr)
-    missed = [fmt for fmt, e in report["formats"].items() if not e["usable"]]
+    missed = [fmt for fmt in formats if not report["formats"][fmt]["usable"]]
     if missed:
         print(f"not kept: {', '.join(missed)} missed the parity target "
               f"(agreement >= {MIN_AGREEMENT}, AUC diff <= {MAX_AUC_DIFF})", file=sys.stderr)

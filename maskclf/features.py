@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .fsutil import atomic_path
+from .fsutil import atomic_path, reads_back
 from .images import load_crop
 from .paths import PROCESSED_DIR
 
@@ -91,7 +91,7 @@ def cached_outputs(
         elif stored is None:
             stored = _compute_view(model, paths, image_size, batch_size, view, seed + 10 * v, verbose)
         if not hits[-1]:
-            with atomic_path(cache_file, suffix=".npz") as tmp:
+            with atomic_path(cache_file, suffix=".npz", check=reads_back("npz")) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, outputs=stored, paths=np.array(names), key=json.dumps(key_parts, default=str))
         if stacked is None:  # filled view by view: never two copies of every view in memory

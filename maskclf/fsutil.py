@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -11,27 +12,134 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
+
+
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
+"""OSErrors of a write that says the disk is full, over quota or failing: OutputError names the file."""
+
+
+class OutputError(OSError):
+    """A file or folder could not be written whole; the message names it and says that the previous one is kept."""
 
 
 @contextmanager
-def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
+def atomic_path(target: str | Path, suffix: str = "", check: Callable[[Path], str | None] | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success rename it onto `target`.
 
-    On an exception the temporary file is removed and `target` is untouched.
+    `check(tmp)` (e.g. `reads_back(kind)`) says what is wrong with the file written, or None: a
+    file an encoder left incomplete (a full disk makes some encoders only warn) is refused before
+    the swap. On an exception the temporary file is removed and `target` is untouched; a full disk
+    and a failed check are OutputErrors naming `target`.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix, dir=target.parent)
+    with _naming_write_errors(target):
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())
     try:
-        yield tmp_path
-        os.replace(tmp_path, target)
+        with _naming_write_errors(target):
+            yield tmp_path
+            problem = check(tmp_path) if check is not None else None
+            if problem:
+                raise OutputError(f"{target}: the file written does not read back ({problem}); most often the disk "
+                                  f"is full. {_kept(target)}")
+            os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def _naming_write_errors(target: Path, folder: bool = False) -> Iterator[None]:
+    """Re-raise a full disk's OSError (WRITE_ERRNOS) as an OutputError naming `target`; for a `folder`
+    (atomic_dir), also an OutputError about a file inside it."""
+    try:
+        yield
+    except OSError as exc:
+        inner = isinstance(exc, OutputError)
+        if (inner and not folder) or (not inner and exc.errno not in WRITE_ERRNOS):
+            raise
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        error = OutputError(f"{target}: cannot be written ({why}). {_kept(target)}")
+        error.errno = exc.errno
+        raise error from exc
+
+
+def _kept(target: Path) -> str:
+    return f"The previous {target} is unchanged." if target.exists() else "Nothing was written there."
+
+
+def reads_back(kind: str, frames: int | None = None) -> Callable[[Path], str | None]:
+    """A `check` for atomic_path: the file reads back whole as `kind` ("image", "video" of `frames` frames,
+    "npz", "onnx", "tflite"); what is wrong with it, or None."""
+    if kind not in READERS:
+        raise ValueError(f"unknown kind {kind!r}; known: {', '.join(READERS)}")
+
+    def check(path: Path) -> str | None:
+        if path.stat().st_size == 0:
+            return "0 bytes"
+        try:
+            count = READERS[kind](path)
+        except Exception as exc:  # noqa: BLE001  each decoder raises its own types for a cut file
+            return f"{type(exc).__name__}: {exc}"
+        if frames is not None and count != frames:
+            return f"{count} of the {frames} frames"
+        return None
+
+    return check
+
+
+def _read_image(path: Path) -> int:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+    return 1
+
+
+def _read_video(path: Path) -> int:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise ValueError("OpenCV cannot open it")
+        count = 0
+        while capture.grab():
+            count += 1
+        return count
+    finally:
+        capture.release()
+
+
+def _read_npz(path: Path) -> int:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as archive:
+        return len([archive[name] for name in archive.files])
+
+
+def _read_onnx(path: Path) -> int:
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(path)))
+    return 1
+
+
+def _read_tflite(path: Path) -> int:
+    from ai_edge_litert.interpreter import Interpreter
+
+    Interpreter(model_path=str(path)).allocate_tensors()
+    return 1
+
+
+READERS: dict[str, Callable[[Path], int]] = {
+    "image": _read_image, "video": _read_video, "npz": _read_npz, "onnx": _read_onnx, "tflite": _read_tflite,
+}
+"""Kind of encoded file -> a reader that decodes it whole (raising if it cannot) and counts its frames."""
 
 
 def output_file_problem(target: str | Path) -> str | None:
@@ -102,11 +210,12 @@ def atomic_dir(target: str | Path, marker: str | None = None) -> Iterator[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), dir=target.parent))
         tmp_fd = _lock_fd(tmp)  # held while the folder is built: marks it as a live writer's
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        yield tmp
-        with _locked(target):
-            _refuse_foreign(target, marker)
-            _swap_in(tmp, target)
+        with _naming_write_errors(target, folder=True):
+            os.chmod(tmp, 0o777 & ~_umask())
+            yield tmp
+            with _locked(target):
+                _refuse_foreign(target, marker)
+                _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -191,6 +300,15 @@ def _lock_fd(folder: Path, blocking: bool = True) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's contents, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def files_fingerprint(paths: Iterable[str | Path]) -> str:

@@ -1,7 +1,15 @@
-"""Reading any image file as 8-bit RGB, with errors that name the file."""
+"""Reading any image file as 8-bit RGB: the one reader of every command.
+
+`open_image` reads a file's header (or an upload's bytes) and refuses what is too large;
+`decode_rgb` decodes it as upright 8-bit RGB (EXIF orientation applied) within
+DECODE_BYTES_PER_PIXEL. Only READ_FORMATS are read. Every decoder failure, of whatever type Pillow's plugins raise, is
+an ImageError naming the file.
+"""
 
 from __future__ import annotations
 
+import io
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -15,42 +23,93 @@ WORK_SIDE = 1280
 """Longest side of the copy of a photo that face detection works on: bounds its time and memory.
 CenterFace's pass size (detect.CENTERFACE_TILE): a larger copy would be cut in 4 or more tiles,
 4-5 times the work (a 16-Mpx photo: 4.7 s on 2 cores at 1,600 px)."""
+READ_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+"""The image formats read, an allow-list of photos' formats (JPEG opens phones' MPO files too). Pillow's
+other plugins (EPS runs Ghostscript; DDS, QOI, SGI, IM... hold no photo of faces) are never tried."""
+DECODE_BYTES_PER_PIXEL = 12
+"""Most bytes a pixel that decoding takes at its peak, in every mode read: the decoded image (at most
+4 bytes a pixel: 32-bit grey or float, RGBA, CMYK), the 8-bit grey or RGB result and its upright copy
+(measured: 9.6 bytes a pixel for a 9-Mpx float TIFF). Grey levels are scaled in bands of GREY_BAND_PIXELS."""
+GREY_BAND_PIXELS = 1 << 20
+ORIENTATION_TAG = 0x0112
+TRANSPOSES = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+"""EXIF orientation -> the transpose that makes the photo upright (as ImageOps.exif_transpose)."""
 
 
 class ImageError(ValueError):
     """An image file is missing, unreadable, truncated or too large."""
 
 
+class ImageTooLarge(ImageError):
+    """An image has more pixels than the limit; refused before its pixels are decoded. `size`: (width, height), if read."""
+
+    def __init__(self, message: str, size: tuple[int, int] | None = None):
+        super().__init__(message)
+        self.size = size
+
+
+def open_image(source: str | Path | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image file or an upload's bytes (its header read, not its pixels), within `max_pixels`.
+
+    ImageError naming the file (`name`, default the path) when it is missing, empty or not an
+    image; ImageTooLarge when it has too many pixels.
+    """
+    name = name or str(source)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageError(f"{name}: image file not found")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{name}: empty file (0 bytes)")
+    elif not source:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
+            warnings.simplefilter("ignore", UserWarning)  # corrupt metadata (EXIF): the pixels may still decode
+            Image.init()  # every plugin registered, so that each of READ_FORMATS is known
+            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=READ_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{name}: too large ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001  Pillow's plugins raise OSError, SyntaxError, ValueError, EOFError, struct.error...
+        raise ImageError(f"{name}: unreadable or truncated image ({type(exc).__name__}: {exc})") from exc
+    if img.width * img.height > max_pixels:
+        img.close()
+        raise ImageTooLarge(f"{name}: {img.width}x{img.height} pixels exceeds the limit of {max_pixels}", img.size)
+    return img
+
+
+def decode_rgb(img: Image.Image, name: str) -> Image.Image:
+    """Decode an opened image as upright 8-bit RGB (`to_rgb`, then its EXIF orientation); ImageError naming `name`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # corrupt metadata (EXIF): the pixels may still decode
+            orientation = img.getexif().get(ORIENTATION_TAG)
+            img.load()
+        rgb = to_rgb(img)
+    except Exception as exc:  # noqa: BLE001  any decoder failure (truncated data, bad tables, bad EXIF...)
+        raise ImageError(f"{name}: unreadable or truncated image ({type(exc).__name__}: {exc})") from exc
+    transpose = TRANSPOSES.get(orientation) if isinstance(orientation, int) else None
+    return rgb.transpose(transpose) if transpose is not None else rgb
+
+
 def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open `path` and return it fully decoded as an 8-bit RGB image.
+    """Open `path` and return it fully decoded as upright 8-bit RGB (`open_image`, `decode_rgb`).
 
     Transparent pixels are composited over white; 16-bit and 32-bit grey levels are
     scaled to 0-255 rather than clipped.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: image file not found")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: empty file (0 bytes)")
-    try:
-        with Image.open(path) as img:
-            if img.width * img.height > max_pixels:
-                raise ImageError(f"{path}: {img.width}x{img.height} pixels exceeds the limit of {max_pixels}")
-            img.load()
-            return to_rgb(img)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: too large ({exc})") from exc
-    except OSError as exc:  # PIL's UnidentifiedImageError and truncation errors are OSErrors
-        raise ImageError(f"{path}: unreadable or truncated image ({exc})") from exc
+    with open_image(path, max_pixels=max_pixels) as img:
+        return decode_rgb(img, str(path))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert a decoded PIL image of any mode to 8-bit RGB."""
     if img.mode == "RGB":
         return img.copy()
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         return _grey_to_rgb(img)
     if img.mode == "P":
         img = img.convert("RGBA")
@@ -62,11 +121,26 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _grey_to_rgb(img: Image.Image) -> Image.Image:
-    arr = np.asarray(img, dtype=np.float64)
-    top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+    """16-bit, 32-bit and float grey levels scaled to 0-255, read in bands of GREY_BAND_PIXELS: no full-size
+    copy of the levels (an array of the whole image alone would take 4-8 bytes a pixel more). Not-a-number
+    and infinite levels count as 0."""
+    rows = max(1, GREY_BAND_PIXELS // max(img.width, 1))
+    bands = [(start, min(start + rows, img.height)) for start in range(0, img.height, rows)]
+
+    def levels(top: int, bottom: int) -> np.ndarray:
+        band = np.asarray(img.crop((0, top, img.width, bottom)), dtype=np.float32)
+        return np.nan_to_num(band, nan=0.0, posinf=0.0, neginf=0.0)
+
+    peak = max((float(levels(*b).max(initial=0)) for b in bands), default=0.0)
     if img.mode == "F":
-        top = max(float(arr.max(initial=0)), 1.0)
-    grey = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
+        scale = 255.0 / max(peak, 1.0)
+    else:
+        scale = 255.0 / (65535.0 if img.mode.startswith("I;16") or peak > 255 else 255.0)
+    grey = np.empty((img.height, img.width), np.uint8)
+    for top, bottom in bands:
+        band = levels(top, bottom)
+        band *= scale
+        grey[top:bottom] = np.clip(np.rint(band, out=band), 0, 255, out=band)
     return Image.fromarray(grey, mode="L").convert("RGB")
 
 

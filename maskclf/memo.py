@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from .features import FEATURES_DIR, cache_key
-from .fsutil import atomic_path, files_fingerprint, write_json_atomic
+from .fsutil import atomic_path, files_fingerprint, reads_back, write_json_atomic
 
 T = TypeVar("T")
 
@@ -69,7 +69,7 @@ def cached_arrays(kind: str, key_parts: dict[str, Any], compute: Callable[[], di
         with np.load(path, allow_pickle=False) as stored:
             return {name: stored[name] for name in stored.files}
     result = {name: np.asarray(value) for name, value in compute().items()}
-    with atomic_path(path, suffix=".npz") as tmp:
+    with atomic_path(path, suffix=".npz", check=reads_back("npz")) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **result)
     return result

@@ -35,8 +35,8 @@ from tqdm import tqdm
 from . import CLASS_NAMES, POSITIVE, answers
 from .data import TINY_FACE, DataError, annotation_boxes, is_dataset_dir, parse_voc
 from .detect import BoxXYXY, Detector, detect_faces, make_detector
-from .fsutil import atomic_path, output_file_problem, write_text_atomic
-from .images import ImageError, crop_faces, load_rgb, resize_crop
+from .fsutil import OutputError, atomic_path, output_file_problem, reads_back, write_text_atomic
+from .images import READ_FORMATS, ImageError, crop_faces, load_rgb, open_image, resize_crop
 from .model import predict_probabilities
 from .native_logs import show_progress
 from .paths import MODELS_DIR
@@ -56,7 +56,7 @@ LIKELY_CROP_SIDE = 256
 PHOTOS_PER_BATCH = 8
 """Whole photos detected before their faces are classified together (~5 faces a photo in the study's set)."""
 
-IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in READ_FORMATS)
 """File name endings taken from folders (a file named explicitly is always tried)."""
 
 
@@ -106,18 +106,21 @@ class ExportedModel:
 
 def fastest_runtime(model: Any, run_dir: str | Path, threads: int | None = None) -> Any:
     """The run's exported model in the first of FAST_RUNTIMES whose export passed its parity check
-    (`export/parity.json`) and is not older than the Keras model; `model` itself when there is none."""
-    from .export import load_runner
-    from .runs import MODEL_FILE, PARITY_FILE, RunFolderError, export_path, read_json
+    (`export/parity.json`) against this very model.keras (its SHA-256); `model` itself when there is none.
 
-    try:
-        report = read_json(run_dir, PARITY_FILE)
-    except (OSError, ValueError):  # missing or malformed (RunFolderError and JSON errors are ValueErrors)
+    Exports made for another model.keras are never used; stderr says so.
+    """
+    from .export import load_runner
+    from .runs import RunFolderError, export_path, read_parity
+
+    report, stale = read_parity(run_dir)
+    if report is None:
+        if stale:
+            print(f"note: {stale}; classifying with Keras (run `maskclf export` again)", file=sys.stderr)
         return model
-    keras_time = (Path(run_dir) / MODEL_FILE).stat().st_mtime
     for fmt in FAST_RUNTIMES:
         path = export_path(run_dir, fmt)
-        if _parity_passed(report, fmt) and path.is_file() and path.stat().st_mtime >= keras_time:
+        if _parity_passed(report, fmt) and path.is_file():
             try:
                 return ExportedModel(load_runner(path, threads), model.output_shape[-1], path)
             except Exception as exc:  # onnxruntime and LiteRT raise their own types for a corrupt file
@@ -306,7 +309,7 @@ def load_image(path: str | Path) -> np.ndarray:
 
 def save_image(image: np.ndarray, path: str | Path) -> Path:
     """Write an RGB array as an image file atomically (format from the suffix)."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, check=reads_back("image")) as tmp:
         Image.fromarray(image).save(tmp, format=Image.registered_extensions().get(Path(path).suffix.lower(), "PNG"))
     return Path(path)
 
@@ -509,9 +512,9 @@ def no_face_message(paths: Sequence[Path], detected: bool = True) -> str:
     sides = []
     for path in paths:
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 sides.append(max(image.size))
-        except (OSError, ValueError, Image.DecompressionBombError):
+        except ImageError:
             return message
     if sides and max(sides) <= LIKELY_CROP_SIDE:
         message += (f"\nThese look like face crops: small images (at most {max(sides)} px) in which the detector, "
@@ -527,6 +530,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {args.boxes_from}: no such annotation file or folder", file=sys.stderr)
         return 2
     files, failed = expand_paths(args.paths)
+    if failed:  # a mistyped path is said at once, not after the model has loaded
+        print("error: " + "; ".join(str(result.error) for result in failed), file=sys.stderr)
+        return 2
     try:
         if args.out is not None:
             check_out(args.out, files)
@@ -545,21 +551,25 @@ def run(args: argparse.Namespace) -> int:
         progress=any(Path(p).is_dir() for p in args.paths),
     )
     n_read = n_small = 0
-    for result in results:
-        if result.error:
-            failed.append(result)
-            continue
-        n_read += 1
-        n_faces += len(result.faces)
-        n_small += sum(face.get("small_face", False) for face in result.faces)
-        if not result.faces:
-            no_face.append(result.path)
-        for line in json_lines(result):
-            lines.append(line)
-            if args.out is None:
-                print(line, flush=True)
-    if args.out is not None:
-        write_text_atomic(args.out, "".join(line + "\n" for line in lines))
+    try:
+        for result in results:
+            if result.error:
+                failed.append(result)
+                continue
+            n_read += 1
+            n_faces += len(result.faces)
+            n_small += sum(face.get("small_face", False) for face in result.faces)
+            if not result.faces:
+                no_face.append(result.path)
+            for line in json_lines(result):
+                lines.append(line)
+                if args.out is None:
+                    print(line, flush=True)
+        if args.out is not None:
+            write_text_atomic(args.out, "".join(line + "\n" for line in lines))
+    except OutputError as exc:  # a full disk under --jsonl or --draw
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"{counted(n_faces, 'face')} in {counted(n_read, 'file')}" + (f", written to {args.out}" if args.out else ""),
           file=sys.stderr)
     if n_small:

@@ -25,7 +25,7 @@ import nbformat
 from . import formatting
 from .config import ParamsError, load_params
 from .data import DataNotFoundError, remember_data_dir, resolve_data_dir
-from .fsutil import atomic_dir, write_json_atomic, write_text_atomic
+from .fsutil import OutputError, atomic_dir, write_json_atomic, write_text_atomic
 from .native_logs import drop_native_logs
 from .paths import MODELS_DIR, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR, project_path
 
@@ -411,10 +411,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.data:
             overrides["data_dir"] = str(resolve_data_dir(args.data).resolve())
-        runs = run_reports(load_params(args.params, overrides), reports_dir=args.reports_dir)
+        params = load_params(args.params, overrides)  # every value checked (params.schema.yaml) before anything runs
+        runs = run_reports(params, reports_dir=args.reports_dir)
         if args.data and Path(args.reports_dir).resolve() == REPORTS_DIR.resolve():
             remember_data_dir(overrides["data_dir"])  # so that JupyterLab finds what the project's reports used
-    except (ParamsError, DataNotFoundError, FileExistsError) as exc:
+    except (ParamsError, DataNotFoundError, FileExistsError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except NotebookFailed as exc:

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from . import __version__
+from . import POSITIVE, __version__
 from .answers import check_reports_as, reports_as
 from .data import SIZE_LABELS
-from .fsutil import atomic_dir, atomic_path, json_text, write_json_atomic
+from .fsutil import atomic_dir, atomic_path, file_sha256, json_text, write_json_atomic
 
 if TYPE_CHECKING:
     import keras
@@ -68,6 +68,10 @@ PREDICTION_COLUMNS = [
 ]
 """Columns of `val_predictions.csv`."""
 
+MAX_JSON_ENTRY_BYTES = 16 << 20
+"""Largest JSON file (config.json, metadata.json) a model.keras may hold: a ResNet-50's config is 90 kB."""
+MAX_ENTRY_BYTES = 4 << 30
+"""Largest entry of any other kind (the weights: 100 MB for a ResNet-50)."""
 MAX_IMAGE_SIZE = 1024
 """Largest `image_size` a config may name (the backbones take 224-300 px)."""
 
@@ -98,7 +102,7 @@ def save_run(
     - "unchanged": every file would be the same (the model compared by its fingerprint); the folder is
       left as it is, exports included, and only `config.json`'s time is renewed (`latest_run`);
     - "updated": the same model with other figures; the exports stay;
-    - "retrained": another model; the old exports move to `export.stale-<old model fingerprint>/`;
+    - "retrained": another model; the old exports move to `export.stale-<old weights fingerprint>/`;
     - "created": a new folder.
     """
     from .memo import weights_fingerprint
@@ -107,10 +111,10 @@ def save_run(
         if key not in config:
             raise ValueError(f"run config needs {key!r}")
     config = {**config, "format_version": FORMAT_VERSION, "maskclf_version": __version__,
-              "model_sha256": weights_fingerprint(model)}
+              "weights_fingerprint": weights_fingerprint(model)}
     run_dir = Path(run_dir)
     previous = _previous_config(run_dir, config["run_id"])
-    same_model = previous is not None and previous.get("model_sha256") == config["model_sha256"]
+    same_model = previous is not None and previous.get("weights_fingerprint") == config["weights_fingerprint"]
     files = {CONFIG_FILE: json_text(config).encode("utf-8")}
     if history is not None:
         files[HISTORY_FILE] = json_text(history).encode("utf-8")
@@ -130,7 +134,7 @@ def save_run(
             shutil.copy2(run_dir / MODEL_FILE, tmp / MODEL_FILE)
         else:
             model.save(tmp / MODEL_FILE)
-        _carry_exports(run_dir, tmp, None if same_model or previous is None else previous.get("model_sha256"))
+        _carry_exports(run_dir, tmp, None if same_model or previous is None else previous.get("weights_fingerprint"))
     return "created" if previous is None else "updated" if same_model else "retrained"
 
 
@@ -207,8 +211,32 @@ def export_path(run_dir: str | Path, name: str) -> Path:
 
 
 def write_parity(run_dir: str | Path, report: dict[str, Any]) -> Path:
-    """Write the export's parity report, `export/parity.json`, atomically."""
+    """Write the export's parity report, `export/parity.json`, atomically; its `keras_sha256` names the
+    model.keras it was measured against (`model_sha256`): `read_parity` trusts no report without it."""
     return write_json_atomic(export_path(run_dir, PARITY_FILE), report)
+
+
+def model_sha256(run_dir: str | Path) -> str:
+    """SHA-256 of the run's model.keras: what ties an export to the model it was made from (not file times)."""
+    return file_sha256(Path(run_dir) / MODEL_FILE)
+
+
+def read_parity(run_dir: str | Path, keras_sha256: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """`export/parity.json` if it was measured against the run's model.keras (`keras_sha256`, default: computed
+    now), else None; and why it is not used (None when there is none)."""
+    path = export_path(run_dir, PARITY_FILE)
+    if not path.is_file():
+        return None, None
+    try:
+        report = read_json(run_dir, PARITY_FILE)
+    except (OSError, ValueError) as exc:  # RunFolderError is a ValueError
+        return None, f"{path}: unreadable ({exc})"
+    if not isinstance(report, dict) or not isinstance(report.get("formats"), dict):
+        return None, f"{path}: not a parity report"
+    if report.get("keras_sha256") != (keras_sha256 or model_sha256(run_dir)):
+        return None, (f"{path}: measured against another model.keras (its SHA-256 differs from "
+                      f"{Path(run_dir) / MODEL_FILE}'s): the exports are stale")
+    return report, None
 
 
 # --------------------------------------------------------------------------- read
@@ -222,10 +250,7 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
         raise RunFolderError(f"{run_dir}: no such model folder (train one with notebooks/02_train.ipynb)")
     if not path.is_file():
         raise RunFolderError(f"{path}: missing; {run_dir} is not a complete model folder")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RunFolderError(f"{path}: not valid JSON ({exc})") from exc
+    config = _load_json(path)
     if not isinstance(config, dict):
         raise RunFolderError(f"{path}: not a JSON object")
     found = config.get("format_version")
@@ -244,13 +269,15 @@ def check_config(path: Path, config: dict[str, Any]) -> None:
     size, names = config.get("image_size"), config.get("class_names")
     if type(size) is not int or not 1 <= size <= MAX_IMAGE_SIZE:
         raise RunFolderError(f"{path}: 'image_size' must be a whole number of pixels from 1 to {MAX_IMAGE_SIZE}, "
-                             f"got {size!r}")
+                             f"got {size!r:.40}")
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names) \
             or len(set(names)) != len(names):
-        raise RunFolderError(f"{path}: 'class_names' must be a list of two or more distinct names, got {names!r}")
+        raise RunFolderError(f"{path}: 'class_names' must be a list of two or more distinct names, got {names!r:.200}")
+    if POSITIVE not in names:
+        raise RunFolderError(f"{path}: 'class_names' {names!r:.200} lacks {POSITIVE!r}, the class the model answers for")
     problem = check_reports_as(names, reports_as(config))
     if problem:
-        raise RunFolderError(f"{path}: {problem}")
+        raise RunFolderError(f"{path}: {problem:.300}")
 
 
 def check_model_matches(path: Path, model: keras.Model, config: dict[str, Any]) -> None:
@@ -276,12 +303,29 @@ def load_run(run_dir: str | Path) -> tuple[keras.Model, dict[str, Any]]:
         raise RunFolderError(f"{path}: missing; {run_dir} is not a complete model folder")
     if not zipfile.is_zipfile(path):
         raise RunFolderError(f"{path}: not a complete Keras archive (truncated or corrupt); copy it again or retrain")
+    check_archive(path)
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a corrupt archive
         raise RunFolderError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
     check_model_matches(Path(run_dir) / CONFIG_FILE, model, config)
     return model, config
+
+
+def check_archive(path: Path) -> None:
+    """RunFolderError naming `path` when an entry of the Keras archive declares more uncompressed bytes than
+    MAX_JSON_ENTRY_BYTES (its JSON files) or MAX_ENTRY_BYTES (any other): a zip bomb, refused before Keras
+    reads it. Python's zipfile never inflates an entry past its declared size."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise RunFolderError(f"{path}: not a complete Keras archive ({exc}); copy it again or retrain") from None
+    for entry in entries:
+        limit = MAX_JSON_ENTRY_BYTES if entry.filename.endswith(".json") else MAX_ENTRY_BYTES
+        if entry.file_size > limit:
+            raise RunFolderError(f"{path}: its entry {entry.filename!r:.100} declares {entry.file_size} bytes "
+                                 f"uncompressed, over the limit of {limit}; refusing to load it")
 
 
 def latest_run(models_dir: str | Path = "models") -> Path:
@@ -296,7 +340,17 @@ def latest_run(models_dir: str | Path = "models") -> Path:
 
 def read_json(run_dir: str | Path, name: str) -> dict[str, Any]:
     """A JSON file of a run folder (`metrics.json`, `history.json`, PARITY_FILE)."""
-    return json.loads(_existing(run_dir, name, ".json").read_text(encoding="utf-8"))
+    return _load_json(_existing(run_dir, name, ".json"))
+
+
+def _load_json(path: Path) -> Any:
+    """A run folder's JSON file; RunFolderError naming it when it is not JSON Python can hold (nested too
+    deep, a number of more digits than int() converts, bad UTF-8)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        problem = "nested too deep" if isinstance(exc, RecursionError) else str(exc)
+        raise RunFolderError(f"{path}: not valid JSON ({problem})") from None
 
 
 def read_table(run_dir: str | Path, name: str) -> pd.DataFrame:

@@ -46,7 +46,7 @@ from .explain import FEATURE_MAP_LAYER
 from .features import FEATURES_DIR, cache_key, cached_outputs
 from . import detector_views
 from .framing import jittered_loader
-from .fsutil import atomic_path, write_json_atomic
+from .fsutil import OutputError, atomic_path, write_json_atomic
 from .images import load_crop
 from .layers import HorizontalBands, MergeClasses, Standardize
 from .logreg import LinearFit, Subset, fit_logistic, standardisation
@@ -881,7 +881,7 @@ def run(args: argparse.Namespace) -> int:
         study = run_study(config, args.faces, out.parent if out else MODELS_DIR, out.name if out else None,
                           cross_validate=study_params["cross_validate"] and not args.no_cv,
                           compare=[] if args.no_compare else study_params["compare"] or [], verbose=1)
-    except (BackboneWeightsError, DataError, DataNotFoundError, ValueError) as exc:
+    except (BackboneWeightsError, DataError, DataNotFoundError, OutputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     fs, m, cv = study.fs, study.result.metrics, study.cv

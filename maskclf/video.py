@@ -21,11 +21,13 @@ import cv2
 import numpy as np
 
 from .detect import Detector, DetectorModelError, detect_faces, make_detector
-from .fsutil import atomic_path, output_file_problem
+from .fsutil import OutputError, atomic_path, output_file_problem, reads_back
 from .predict import annotate, classify_photo, counted, resolve_model
 
 WINDOW = "maskclf (q or Esc to quit)"
 FOURCC = "mp4v"
+MAX_BAD_RUN = 250
+"""Undecodable frames in a row after which a video is taken to end (10 s at 25 FPS)."""
 DEFAULT_FPS = 25.0
 """Written file's frame rate when the source does not report one (webcams often don't)."""
 
@@ -41,6 +43,8 @@ class VideoStats:
     frames: int
     faces: int
     seconds: float
+    unreadable: int = 0
+    """Frames the source declares that could not be decoded (a corrupt or truncated file)."""
 
     @property
     def fps(self) -> float:
@@ -61,14 +65,29 @@ def open_source(source: str | int) -> cv2.VideoCapture:
 
 
 def read_frames(capture: cv2.VideoCapture, max_frames: int | None = None) -> Iterator[np.ndarray]:
-    """RGB frames of a capture until it ends (or `max_frames`)."""
-    count = 0
-    while max_frames is None or count < max_frames:
+    """RGB frames of a capture until it ends (or `max_frames`).
+
+    A frame that cannot be decoded is passed over while the source declares more frames (a
+    file), up to MAX_BAD_RUN in a row; `process_video` reports how many were missed.
+    """
+    declared = declared_frames(capture)
+    count = attempts = bad_run = 0
+    while (max_frames is None or count < max_frames) and bad_run < MAX_BAD_RUN:
         ok, bgr = capture.read()
+        attempts += 1
         if not ok:
-            return
-        count += 1
+            if attempts >= declared:
+                return
+            bad_run += 1
+            continue
+        count, bad_run = count + 1, 0
         yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def declared_frames(capture: cv2.VideoCapture) -> int:
+    """The number of frames a video file's header declares (0 for a camera or when unknown)."""
+    count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+    return int(count) if count > 0 and count < 1e9 else 0
 
 
 def draw_fps(frame: np.ndarray, fps: float) -> np.ndarray:
@@ -113,14 +132,21 @@ def process_video(
     """Annotate every frame of `source`, showing it in a window and/or writing it to `out`.
 
     Stops at the end of the source, on q/Esc in the window, or on Ctrl-C; the file written
-    so far is kept. `out` appears only once complete.
+    so far is kept. `out` appears only once complete, and only once it reads back with every
+    frame written (a full disk makes OpenCV only warn): else OutputError, the previous file kept.
     """
     capture = open_source(source)
     fps_in = capture.get(cv2.CAP_PROP_FPS) or DEFAULT_FPS
+    declared = declared_frames(capture)
     start = time.perf_counter()
     n_frames = n_faces = 0
+    quit_early = False
+
+    def all_frames(path: Path) -> str | None:  # n_frames is final when atomic_path checks the file
+        return reads_back("video", n_frames)(path)
+
     try:
-        with atomic_path(out) if out is not None else nullcontext() as tmp:
+        with atomic_path(out, check=all_frames) if out is not None else nullcontext() as tmp:
             writer = None
             try:
                 for frame, faces in annotate_frames(read_frames(capture, max_frames), model, config, detector, threshold):
@@ -131,9 +157,10 @@ def process_video(
                         writer = writer or _writer(tmp, out, fps_in, frame.shape)
                         writer.write(bgr)
                     if show and _show(bgr):
+                        quit_early = True
                         break
             except KeyboardInterrupt:
-                pass
+                quit_early = True
             finally:
                 if writer is not None:
                     writer.release()
@@ -143,7 +170,9 @@ def process_video(
         capture.release()
         if show:
             _close_windows()
-    return VideoStats(n_frames, n_faces, time.perf_counter() - start)
+    whole = max_frames is None and not quit_early
+    unreadable = max(declared - n_frames, 0) if whole else 0
+    return VideoStats(n_frames, n_faces, time.perf_counter() - start, unreadable)
 
 
 def _writer(tmp: Path, out: str | Path, fps: float, shape: tuple[int, ...]) -> cv2.VideoWriter:
@@ -191,9 +220,13 @@ def run(args: argparse.Namespace) -> int:
         detector = make_detector(args.detector, args.min_face)
         stats = process_video(args.source, model, config, detector, out=args.out, show=not args.no_show,
                               threshold=args.threshold, max_frames=args.max_frames)
-    except (RunFolderError, VideoError, DetectorModelError, ValueError) as exc:
+    except (RunFolderError, VideoError, DetectorModelError, OutputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     written = f", written to {args.out}" if args.out else ""
     print(f"{counted(stats.frames, 'frame')}, {counted(stats.faces, 'face')}, {stats.fps:.1f} FPS{written}", file=sys.stderr)
+    if stats.unreadable:
+        print(f"warning: {args.source}: {stats.unreadable} of its {stats.unreadable + stats.frames} frames could not "
+              "be decoded (a corrupt or truncated video) and are missing from the output", file=sys.stderr)
+        return 1
     return 0

@@ -76,5 +76,5 @@ def test_a_default_changed_in_params_yaml_reaches_every_entry_point(tmp_path, mo
 def test_none_means_the_default_and_none_string_means_random_weights():
     assert resolve_params("02_train", {"epochs": None})["epochs"] == stage_defaults("02_train")["epochs"]
     assert train.TrainConfig.from_params({"weights": "none"}).weights is None
-    with pytest.raises(ValueError, match="pooling must be one of"):
+    with pytest.raises(ValueError, match="parameter 'pooling': 'sum' is not one of the choices"):
         train.TrainConfig.from_params({"pooling": "sum"})

@@ -539,9 +539,9 @@ def dying_kernel(tmp_path) -> Path:
     """A notebook folder whose one notebook kills its kernel, as running out of memory does."""
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    params = nbformat.v4.new_code_cell("x = 1")
+    params = nbformat.v4.new_code_cell("worst_n = 1")
     params.metadata["tags"] = ["parameters"]
-    cells = [params, nbformat.v4.new_code_cell("print(x)"), nbformat.v4.new_code_cell("import os; os._exit(9)")]
+    cells = [params, nbformat.v4.new_code_cell("print(worst_n)"), nbformat.v4.new_code_cell("import os; os._exit(9)")]
     nb = nbformat.v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, nbs / "01_dies.ipynb")
@@ -554,7 +554,7 @@ def test_a_dead_kernel_is_a_failed_notebook(dying_kernel, tmp_path, monkeypatch,
     (reports / "index.html").write_text("the previous reports")
     run = functools.partial(report.run_reports, notebooks=("01_dies",), notebooks_dir=dying_kernel, progress=False)
     monkeypatch.setattr(report, "run_reports", run)
-    (tmp_path / "params.yaml").write_text("common:\n  x: 2\n")
+    (tmp_path / "params.yaml").write_text("error_analysis:\n  worst_n: 2\n")
     status, err = _reports(capsys, "--params", str(tmp_path / "params.yaml"), "--reports-dir", str(reports))
     kept = reports / "_build" / "01_dies.failed.ipynb"
     assert status == 1, err

@@ -93,7 +93,7 @@ def test_a_retrained_model_moves_the_old_exports_aside_and_another_configuration
     run = tmp_path / "run"
     runs.save_run(run, make_tiny_model(), TINY_CONFIG)
     _exported(run)
-    old_model = runs.read_config(run)["model_sha256"]
+    old_model = runs.read_config(run)["weights_fingerprint"]
     retrained = make_tiny_model()
     retrained.get_layer("head").set_weights([w * 2 for w in retrained.get_layer("head").get_weights()])
     assert runs.save_run(run, retrained, TINY_CONFIG) == "retrained"

@@ -123,16 +123,15 @@ def test_faces_of_many_photos_classified_in_shared_batches_equal_one_at_a_time(t
 
 
 def test_predict_classifies_with_a_good_export_and_falls_back_to_keras(tmp_path):
-    """fastest_runtime: the ONNX export when its parity passed and it is not older than the Keras model
-    (same probabilities), Keras when the check failed, the export is stale or there is none."""
+    """fastest_runtime: the ONNX export when its parity passed against this model.keras (its SHA-256; same
+    probabilities), Keras when the check failed, the export was made for another model or there is none."""
     import json
-    import os
 
     from tinymodel import make_tiny_run
 
     from maskclf.export import export_model
     from maskclf.predict import ExportedModel, fastest_runtime, predict_probabilities
-    from maskclf.runs import PARITY_FILE, RunFolderError, export_path, load_run
+    from maskclf.runs import PARITY_FILE, RunFolderError, export_path, load_run, model_sha256
 
     run = make_tiny_run(tmp_path / "run")
     model, config = load_run(run)
@@ -141,20 +140,22 @@ def test_predict_classifies_with_a_good_export_and_falls_back_to_keras(tmp_path)
     keras_probs = predict_probabilities(model, crops)  # also builds the model, which the exporter needs
     onnx = export_model(model, "onnx", export_path(run, "onnx"))
     parity = export_path(run, PARITY_FILE)
-    parity.write_text(json.dumps({"formats": {"onnx": {"parity": {"passed": True}}}}))
+
+    def report(passed: bool, sha256: str = model_sha256(run)) -> str:
+        return json.dumps({"keras_sha256": sha256, "formats": {"onnx": {"parity": {"passed": passed}}}})
+
+    parity.write_text(report(True))
     fast = fastest_runtime(model, run)
     assert isinstance(fast, ExportedModel) and fast.path.name == "model.onnx"
     assert predict_probabilities(fast, crops, batch_size=2) == pytest.approx(keras_probs, abs=1e-5)
-    parity.write_text(json.dumps({"formats": {"onnx": {"parity": {"passed": False}}}}))
+    parity.write_text(report(False))
     assert fastest_runtime(model, run) is model, "a failed parity check: Keras"
-    parity.write_text(json.dumps({"formats": {"onnx": {"parity": {"passed": True}}}}))
-    old = (run / "model.keras").stat().st_mtime - 60
-    os.utime(onnx, (old, old))
-    assert fastest_runtime(model, run) is model, "an export older than the model: Keras"
+    parity.write_text(report(True, sha256="0" * 64))
+    assert fastest_runtime(model, run) is model, "an export of another model.keras: Keras"
     for broken in ("[1, 2]", '{"formats": {"onnx": "passed"}}', "not json"):
         parity.write_text(broken)
         assert fastest_runtime(model, run) is model, f"a malformed parity.json ({broken}): Keras"
-    parity.write_text(json.dumps({"formats": {"onnx": {"parity": {"passed": True}}}}))
+    parity.write_text(report(True))
     onnx.write_bytes(b"not a model")
     with pytest.raises(RunFolderError, match="model.onnx: cannot be loaded"):
         fastest_runtime(model, run)
