@@ -164,4 +164,10 @@ def show_progress(progress: bool = True) -> bool:
     In a kernel (JupyterLab, papermill) a bar on stderr is saved into the notebook and shows in
     its report; plain `tqdm` (never `tqdm.auto`, which wants ipywidgets) is used everywhere.
     """
-    return bool(progress) and "ipykernel" not in sys.modules
+    return bool(progress) and not in_kernel()
+
+
+def in_kernel() -> bool:
+    """Whether this process is a running Jupyter kernel (importing ipykernel, as papermill's tests do, is not)."""
+    app = sys.modules.get("ipykernel.kernelapp")
+    return app is not None and app.IPKernelApp.initialized()

@@ -56,15 +56,19 @@ def held_out(run_dir: Path) -> tuple:
     return model, {**config, "val_fold": 0}
 
 
+BINARY = {"class_names": ["with_mask", "without_mask"]}
+"""A binary model's run config, as parity reads it."""
+
+
 def test_parity_figures():
     ref = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
-    same = parity(ref, ref, ["with_mask", "without_mask"], labels=np.array([0, 1, 0, 1]))
+    same = parity(ref, ref, BINARY, labels=np.array([0, 1, 0, 1]))
     assert same["agreement"] == 1.0 and same["auc_diff"] == 0.0 and same["passed"]
     flipped = ref.copy()
     flipped[2] = [0.4, 0.6]
-    worse = parity(ref, flipped, ["with_mask", "without_mask"], labels=np.array([0, 1, 0, 1]))
+    worse = parity(ref, flipped, BINARY, labels=np.array([0, 1, 0, 1]))
     assert worse["agreement"] == 0.75 and worse["max_abs_diff"] == pytest.approx(0.2) and not worse["passed"]
-    assert "auc_diff" not in parity(ref, ref, ["with_mask", "without_mask"])
+    assert "auc_diff" not in parity(ref, ref, BINARY)
 
 
 def test_load_check_crops_from_folders_and_from_voc(crops_dir, voc_master):

@@ -394,7 +394,7 @@ def test_predict_finds_and_draws_faces_on_the_upright_photo(tiny_run, tmp_path, 
     assert status == 0, err
     assert detector.shapes == [(90, 60, 3)], "the detector sees the portrait upright"
     assert json.loads(out.splitlines()[0])["box"] == [0, 0, 30, 45], "boxes in the upright photo's pixels"
-    drawn = Image.open(tmp_path / "drawn" / "portrait.jpg.png")
+    drawn = Image.open(tmp_path / "drawn" / "portrait.drawn.png")
     assert drawn.height > drawn.width, "drawn on the upright photo"
 
 
@@ -551,8 +551,10 @@ def _broken_config(run: Path, text: str) -> Path:
     ("not valid JSON (nested too deep)", lambda config: "[" * 100_000 + "]" * 100_000),
     ("not valid JSON (Exceeds the limit", lambda config: json.dumps(config).replace('"image_size": 32', '"image_size": ' + "9" * 5000)),
     ("'class_names' ['a', 'b'] lacks 'without_mask'", lambda config: json.dumps({**config, "class_names": ["a", "b"]})),
-    ("'class_names' has 3 names, but the model outputs 2 scores",
-     lambda config: json.dumps({**config, "class_names": ["with_mask", "without_mask", "mask_weared_incorrect"]})),
+    ("'class_names' has 2 names, but the model outputs 3 scores",
+     lambda config: json.dumps({**{k: v for k, v in config.items() if k != "reports_as"},
+                                "class_names": ["with_mask", "without_mask"]})),
+    ("'reports_as' must map each of", lambda config: json.dumps({**config, "reports_as": {"with_mask": "with_mask"}})),
 ])
 @pytest.mark.parametrize("command", ["predict", "export", "video"])
 def test_a_broken_config_is_a_named_error_in_every_command(problem, make, command, tiny_run, tmp_path, capsys):

@@ -61,7 +61,13 @@ def test_a_level_set_by_the_user_is_kept(monkeypatch):
 
 
 def test_no_progress_bars_inside_a_notebook_kernel(monkeypatch):
-    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    import types
+
+    monkeypatch.delitem(sys.modules, "ipykernel.kernelapp", raising=False)
     assert native_logs.show_progress(True) and not native_logs.show_progress(False)
-    monkeypatch.setitem(sys.modules, "ipykernel", sys)  # any module object: a kernel has imported ipykernel
+    idle = types.SimpleNamespace(IPKernelApp=types.SimpleNamespace(initialized=lambda: False))
+    monkeypatch.setitem(sys.modules, "ipykernel.kernelapp", idle)  # imported, but no kernel runs here
+    assert native_logs.show_progress(True)
+    running = types.SimpleNamespace(IPKernelApp=types.SimpleNamespace(initialized=lambda: True))
+    monkeypatch.setitem(sys.modules, "ipykernel.kernelapp", running)
     assert not native_logs.show_progress(True)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from maskclf import backbones, train
+from maskclf.answers import p_without_mask
 from maskclf.backbones import BackboneWeightsError, build_backbone
 from maskclf.data import extract_faces, read_manifest
 from maskclf import runs
@@ -94,10 +95,12 @@ def test_end_to_end_model_equals_head_on_cached_features(faces, cache, overrides
     manifest = read_manifest(faces)
     result = train.train_fold(fs, manifest, 0)
     crops = np.stack([load_crop(p, 32) for p in manifest["crop_file"].iloc[result.val_index]]).astype("float32")
+    labels = train.training_labels(manifest, fs.config.labels)
     p = result.model.predict(crops, verbose=0)
-    assert p.shape == (len(crops), 2)
+    assert p.shape == (len(crops), len(labels.names))  # the trained classes: 3 with labels="original"
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(p[:, 1], result.val_probabilities, atol=1e-4)
+    config = {"class_names": labels.names, "reports_as": train.reports_as(labels)}
+    np.testing.assert_allclose(p_without_mask(p, config), result.val_probabilities, atol=1e-4)
 
 
 def test_same_seed_same_metrics(faces, cache):
