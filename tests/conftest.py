@@ -63,3 +63,13 @@ def tiny(tiny_run):
     from maskclf.runs import load_run
 
     return load_run(tiny_run)
+
+
+@pytest.fixture(scope="session")
+def extracted_faces(tmp_path_factory, voc_master) -> Path:
+    """A read-only extraction (crops and faces.csv) of the synthetic data set."""
+    from maskclf.data import extract_faces
+
+    out = tmp_path_factory.mktemp("faces") / "faces"
+    extract_faces(voc_master, out, progress=False)
+    return out

@@ -6,15 +6,13 @@ import numpy as np
 import pytest
 
 from maskclf import detect, detector_views, memo, train
-from maskclf.data import extract_faces, read_manifest, source_photos_dir
+from maskclf.data import read_manifest, source_photos_dir
 from maskclf.framing import manifest_boxes
 
 
-@pytest.fixture(scope="module")
-def faces(tmp_path_factory, voc_master):
-    out = tmp_path_factory.mktemp("faces") / "faces"
-    extract_faces(voc_master, out, progress=False)
-    return out
+@pytest.fixture
+def faces(extracted_faces):
+    return extracted_faces
 
 
 @pytest.fixture

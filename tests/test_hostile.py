@@ -36,6 +36,7 @@ from maskclf.data import DataError, extract_faces, read_manifest
 from maskclf.fsutil import atomic_dir
 from maskclf.torch_pickle import TorchPickleError, load_torch_state_dict
 from torchfiles import state_dict_pickle, write_legacy, write_zip
+from cli_run import run_cli as _cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -260,16 +261,6 @@ def test_an_annotation_that_is_not_a_file_is_refused(annotation_is_a_fifo, tmp_p
 # --------------------------------------------------------------------------- extract: the command line
 
 
-def _cli(capsys, command: str, *args) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of `python -m maskclf COMMAND ARGS`, run in this process."""
-    from maskclf.cli import main
-
-    try:
-        status = main([command, *map(str, args)])
-    except SystemExit as exc:  # argparse's errors
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def _extract(capsys, *args: str) -> tuple[int, str]:

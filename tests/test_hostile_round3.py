@@ -35,20 +35,11 @@ from synthetic import draw_face, voc_xml
 from maskclf import config as params_config
 from maskclf import data, evaluate, fsutil, report
 from maskclf.images import DECODE_BYTES_PER_PIXEL, TRANSPOSES, ImageError, load_rgb
+from cli_run import run_cli as _cli
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _cli(capsys, command: str, *args) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of `python -m maskclf COMMAND ARGS`, run in this process."""
-    from maskclf.cli import main
-
-    try:
-        status = main([command, *map(str, args)])
-    except SystemExit as exc:  # argparse's errors
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def _png(image: Image.Image | np.ndarray, **save) -> bytes:

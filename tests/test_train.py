@@ -25,11 +25,9 @@ TINY = dict(backbone="efficientnet_lite0", weights="imagenet", image_size=32, ep
             patience=2, **STUDY_HEAD)
 
 
-@pytest.fixture(scope="module")
-def faces(tmp_path_factory, voc_master):
-    out = tmp_path_factory.mktemp("faces") / "faces"
-    extract_faces(voc_master, out, progress=False)
-    return out
+@pytest.fixture
+def faces(extracted_faces):
+    return extracted_faces
 
 
 @pytest.fixture
