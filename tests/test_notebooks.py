@@ -74,7 +74,8 @@ def tiny_pipeline(tmp_path_factory, voc_master):
     params = {
         "data_dir": str(voc_master), "faces_dir": str(root / "faces"), "models_dir": str(root / "models"),
         "run_name": "tiny", "backbone": "efficientnet_lite0", "pooling": "avg", "head": "adam", "labels": "binary",
-        "augment_views": 0, "jitter_views": 0, "image_size": 32, "epochs": 2, "fine_tune_blocks": 1, "fine_tune_epochs": 1,
+        "augment_views": 0, "jitter_views": 0, "detector_views": 0, "incorrect_weight": 1.0, "image_size": 32, "epochs": 2,
+        "fine_tune_blocks": 1, "fine_tune_epochs": 1,
         "batch_size": 16, "compare": [{"fine_tune_blocks": 0}], "train_seed": 1,
     }
     executed = {}

@@ -19,7 +19,8 @@ from maskclf import runs
 from maskclf.images import load_crop
 from maskclf.runs import load_run
 
-STUDY_HEAD = dict(pooling="avg", head="adam", labels="binary", augment_views=0, jitter_views=0, fine_tune_blocks=0)
+STUDY_HEAD = dict(pooling="avg", head="adam", labels="binary", augment_views=0, jitter_views=0, detector_views=0,
+                  incorrect_weight=1.0, fine_tune_blocks=0)
 """The study's head on one backbone: what the tests train unless they say otherwise."""
 TINY = dict(backbone="efficientnet_lite0", weights="imagenet", image_size=32, epochs=3, fine_tune_epochs=2, batch_size=16,
             patience=2, **STUDY_HEAD)
@@ -337,12 +338,17 @@ def test_every_training_parameter_gets_its_own_run_folder(field):
     assert train.default_run_name(base, "e" * 64) != train.default_run_name(base, "d" * 64)
 
 
-def test_a_new_option_at_its_neutral_value_keeps_the_cross_validation_cache_and_another_value_does_not(faces, cache):
+def test_a_new_option_at_its_neutral_value_keeps_the_cross_validation_cache_and_another_value_does_not(
+        faces, cache, monkeypatch):
+    """At its neutral value an option is left out of the key, so caches made before it existed stay valid."""
     manifest = read_manifest(faces)
     fs = _fs(faces, cache)
     assert set(train.NEUTRAL) <= {f.name for f in dataclasses.fields(train.TrainConfig)}
-    neutral_key = train.cv_key(fs, manifest)
+    hashed = []
+    monkeypatch.setattr(train, "cache_key", lambda **parts: hashed.append(parts["config"]) or str(len(hashed)))
+    train.cv_key(fs, manifest)
+    assert not set(train.NEUTRAL) & set(hashed[-1]), "no option at its neutral value enters the key"
     for name, value in train.NEUTRAL.items():
-        assert getattr(fs.config, name) == value, "params.yaml's default is the neutral value"
-        changed = dataclasses.replace(fs, config=dataclasses.replace(fs.config, **{name: value + 1}))
-        assert train.cv_key(changed, manifest) != neutral_key
+        assert getattr(fs.config, name) == value
+        train.cv_key(dataclasses.replace(fs, config=dataclasses.replace(fs.config, **{name: value + 1})), manifest)
+        assert hashed[-1][name] == value + 1, f"{name} at another value is part of the key"
