@@ -270,12 +270,14 @@ def cell_seconds(executed: Path) -> list[tuple[float, str]]:
 
 
 RUN_NOISE = ("start_time", "end_time", "duration")
+MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+>")
 """papermill's per-run metadata: times that change on every run."""
 
 
 def without_run_noise(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """`nb` without what changes on every run though the work does not: papermill's times, nbclient's timing
-    metadata, and cell ids (papermill gives its injected cell a random one): cells are numbered instead."""
+    metadata, cell ids (papermill gives its injected cell a random one: cells are numbered instead) and the
+    memory addresses in objects' plain-text reprs."""
     for key in RUN_NOISE:
         nb.metadata.get("papermill", {}).pop(key, None)
     for i, cell in enumerate(nb.cells):
@@ -283,6 +285,10 @@ def without_run_noise(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         for key in RUN_NOISE:
             cell.metadata.get("papermill", {}).pop(key, None)
         cell["id"] = f"cell-{i}"
+        for output in cell.get("outputs", []):
+            plain = output.get("data", {}).get("text/plain")
+            if plain is not None:  # an object's repr names its memory address: <Styler at 0x7f...>
+                output["data"]["text/plain"] = MEMORY_ADDRESS.sub(">", "".join(plain))
     return nb
 
 

@@ -192,3 +192,20 @@ def test_each_report_links_back_to_the_index(tmp_path):
     assert "all reports (index.html)" in page[back:back + 200]
     assert back < page.index("A report"), "the link is at the top"
     assert report.network_references(page) == []
+
+
+def test_an_executed_notebook_keeps_no_run_noise():
+    """Times, random cell ids and memory addresses change on every run though the work does not."""
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell("table", id="random-1234")
+    cell.metadata["papermill"] = {"start_time": "2026-01-01T00:00:00", "duration": 1.5, "status": "completed"}
+    cell.metadata["execution"] = {"iopub.status.busy": "2026-01-01T00:00:00"}
+    cell.outputs = [nbformat.v4.new_output("execute_result", data={
+        "text/plain": "<pandas.io.formats.style.Styler at 0x7fbea0e22a50>", "text/html": "<table></table>"})]
+    nb = nbformat.v4.new_notebook(cells=[cell], metadata={"papermill": {"end_time": "x", "parameters": {"a": 1}}})
+    clean = report.without_run_noise(nb)
+    assert clean.cells[0].id == "cell-0" and "execution" not in clean.cells[0].metadata
+    assert clean.cells[0].metadata["papermill"] == {"status": "completed"}
+    assert clean.metadata["papermill"] == {"parameters": {"a": 1}}
+    assert clean.cells[0].outputs[0]["data"]["text/plain"] == "<pandas.io.formats.style.Styler>"
