@@ -60,8 +60,9 @@ def test_a_failing_notebook_keeps_the_previous_reports(tmp_path):
     (reports / "figures" / "example.png").write_bytes(b"made by predict --draw")
     run_reports({"x": 2}, notebooks=("01_ok",), reports_dir=reports, notebooks_dir=nbs, progress=False)
     assert (reports / "figures" / "example.png").read_bytes() == b"made by predict --draw"
-    before = {p.relative_to(reports): p.read_bytes() for p in reports.rglob("*") if p.is_file()}
+    before = {p.relative_to(reports): p.read_bytes() for p in reports.rglob("*") if p.is_file() and "_build" not in p.parts}
     assert Path("01_ok.html") in before and Path("index.html") in before
+    assert set(json.loads((reports / "_build" / "timings.json").read_text())["seconds"]) == {"01_ok"}
     with pytest.raises(NotebookFailed) as info:
         run_reports({"x": 3}, notebooks=("01_ok", "02_bad"), reports_dir=reports, notebooks_dir=nbs, progress=False)
     message = str(info.value)
