@@ -32,11 +32,6 @@ ANNOTATED_AS = {"with_mask": "with_mask", INCORRECT: "mask_incorrect", "without_
 """Annotated class -> its three-way label."""
 
 
-def binary_identity() -> dict[str, str]:
-    """`reports_as` of a model trained on the binary classes."""
-    return {name: name for name in CLASS_NAMES}
-
-
 def reports_as(config: Mapping[str, Any]) -> dict[str, str]:
     """Each output class of a run -> the binary class it counts as (identity when not recorded)."""
     return dict(config.get("reports_as") or {name: name for name in config["class_names"]})
@@ -63,6 +58,15 @@ def binary_probabilities(probs: np.ndarray, config: Mapping[str, Any]) -> np.nda
 def p_without_mask(probs: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
     """(N,) P(without_mask): the study's score of each face."""
     return binary_probabilities(probs, config)[:, CLASS_NAMES.index(POSITIVE)]
+
+
+SHOWN_DECIMALS = 6
+"""Probabilities are shown to this many decimals, and the labels follow what is shown."""
+
+
+def binary_labels(p_without: np.ndarray, threshold: float) -> list[str]:
+    """The binary label of each face: `without_mask` when P(without_mask), as shown, is at least `threshold`."""
+    return [CLASS_NAMES[int(p >= threshold)] for p in np.round(np.asarray(p_without, dtype=np.float64), SHOWN_DECIMALS)]
 
 
 def has_three_way(config: Mapping[str, Any]) -> bool:

@@ -15,7 +15,8 @@ from typing import Callable
 import keras
 
 from .layers import CaffePreprocess
-from .weights import BackboneWeightsError, keras_weights_cache, no_weights_message, resnet50_imagenet, sha256_file
+from .fsutil import file_sha256
+from .weights import BackboneWeightsError, keras_weights_cache, no_weights_message, resnet50_imagenet
 
 Weights = str | Path | None
 """`"imagenet"` (downloaded, packaged or converted), a path to a local weights file, or None (random)."""
@@ -160,4 +161,4 @@ def weights_id(weights: Weights) -> str:
     path = Path(weights).expanduser()
     if not path.is_file():
         raise BackboneWeightsError(f"{path}: weights file not found")
-    return f"file-{sha256_file(path)[:16]}"
+    return f"file-{file_sha256(path)[:16]}"

@@ -7,7 +7,7 @@ model's probability of without_mask) for the same faces in the same order.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -117,6 +117,16 @@ def table_threshold(table: pd.DataFrame, threshold: float | None = None) -> floa
     return own
 
 
+def photo_resamples(table: pd.DataFrame, n_boot: int, seed: int, group: str = "source_image") -> Iterator[np.ndarray]:
+    """`n_boot` bootstrap resamples of `table`'s rows as row indices: whole photos (`group`) drawn with
+    replacement, each with all its faces."""
+    rng = np.random.default_rng(seed)
+    codes, groups = pd.factorize(table[group])
+    members = [np.flatnonzero(codes == g) for g in range(len(groups))]
+    for _ in range(n_boot):
+        yield np.concatenate([members[g] for g in rng.integers(0, len(groups), len(groups))])
+
+
 def bootstrap_ci(
     table: pd.DataFrame,
     n_boot: int = 1000,
@@ -132,13 +142,9 @@ def bootstrap_ci(
     `threshold`: the table's (`table_threshold`); ValueError if another is given.
     """
     threshold = table_threshold(table, threshold)
-    rng = np.random.default_rng(seed)
     y, p = table["y_true"].to_numpy(), table["p_without_mask"].to_numpy()
-    codes, groups = pd.factorize(table[group])
-    members = [np.flatnonzero(codes == g) for g in range(len(groups))]
     stats: dict[str, list[float]] = {"accuracy": [], "balanced_accuracy": [], "roc_auc": []}
-    for _ in range(n_boot):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(groups), len(groups))])
+    for idx in photo_resamples(table, n_boot, seed, group):
         yb, pb = y[idx], p[idx]
         predb = (pb >= threshold).astype(int)
         stats["accuracy"].append(float((predb == yb).mean()))
@@ -160,12 +166,8 @@ def three_way_metrics(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0, gr
     t, q = truth.map(THREE_WAY.index).to_numpy(), table["three_way"].map(THREE_WAY.index).to_numpy()
     confusion = np.zeros((3, 3), int)
     np.add.at(confusion, (t, q), 1)
-    codes, groups = pd.factorize(table[group])
-    members = [np.flatnonzero(codes == g) for g in range(len(groups))]
-    rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {name: [] for name in THREE_WAY}
-    for _ in range(n_boot):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(groups), len(groups))])
+    for idx in photo_resamples(table, n_boot, seed, group):
         for k, name in enumerate(THREE_WAY):
             mine = idx[t[idx] == k]
             if len(mine):

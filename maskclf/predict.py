@@ -152,13 +152,14 @@ def label_probabilities(probs: np.ndarray, config: dict[str, Any], threshold: fl
     """One result per row of softmax outputs (over the run's `class_names`): the binary label (P(without_mask) >=
     threshold) with both binary probabilities, and, for a model trained on the three annotated classes, the
     three-way label (`three_way`) with its probabilities (maskclf.answers)."""
-    binary = np.round(answers.binary_probabilities(probs, config), 6)  # the labels follow what is shown
+    binary = np.round(answers.binary_probabilities(probs, config), answers.SHOWN_DECIMALS)
     three = answers.three_way_probabilities(probs, config)
-    three = None if three is None else np.round(three, 6)
+    three = None if three is None else np.round(three, answers.SHOWN_DECIMALS)
+    labels = answers.binary_labels(binary[:, 1], threshold)
     names = answers.three_way_labels(three, binary[:, 1], threshold) if three is not None else []
     results = []
     for i, row in enumerate(binary):
-        result = {"label": CLASS_NAMES[int(row[1] >= threshold)], "p_without_mask": float(row[1]),
+        result = {"label": labels[i], "p_without_mask": float(row[1]),
                   "probabilities": {name: float(p) for name, p in zip(CLASS_NAMES, row)}}
         if three is not None:
             result["three_way"] = names[i]

@@ -27,13 +27,13 @@ from .config import ParamsError, load_params
 from .data import DataNotFoundError, remember_data_dir, resolve_data_dir
 from .fsutil import OutputError, atomic_dir, write_json_atomic, write_text_atomic
 from .native_logs import drop_native_logs
-from .paths import MODELS_DIR, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR, project_path
+from .paths import EVALUATION_DIR, MODELS_DIR, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR, project_path
 
 PIPELINE = ("01_extract", "02_train", "03_evaluate", "04_error_analysis")
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 BUILD_DIR_NAME = "_build"  # failed executed notebooks are kept here (git-ignored)
 FIGURES_DIR_NAME = "figures"  # figures for the README, written by commands such as `predict --draw`
-EVALUATION_DIR_NAME = "evaluation"  # 03_evaluate's folders, one per run, fold and threshold (git-ignored)
+EVALUATION_DIR_NAME = EVALUATION_DIR.name  # 03_evaluate's folders, one per run, fold and threshold (git-ignored)
 
 
 REPORTS_MARKERS = ("index.html", "executed")

@@ -143,10 +143,7 @@ def _previous_config(run_dir: Path, run_id: str) -> dict[str, Any] | None:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         return None
-    try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        previous = None
+    previous = _load_json(path)
     found = previous.get("run_id") if isinstance(previous, dict) else None
     if found != run_id:
         raise RunFolderError(f"{run_dir}: holds run {found!r}, made by another configuration or version (this one is "

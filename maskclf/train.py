@@ -333,9 +333,11 @@ def trained_classes(head: keras.Model) -> keras.Model:
     return keras.Model(head.input, head.get_layer("head_softmax").output, name="head")
 
 
-def reports_as(labels: TrainingLabels) -> dict[str, str]:
-    """Each trained class -> the binary class it counts as (config.json's `reports_as`)."""
-    return {name: CLASS_NAMES[int(np.argmax(row))] for name, row in zip(labels.names, labels.merge)}
+def output_classes(labels: TrainingLabels) -> dict[str, Any]:
+    """What the end-to-end model outputs, as config.json records it: `class_names` (the trained classes) and
+    `reports_as` (each one -> the binary class it counts as), which maskclf.answers reads."""
+    return {"class_names": labels.names,
+            "reports_as": {name: CLASS_NAMES[int(np.argmax(row))] for name, row in zip(labels.names, labels.merge)}}
 
 
 # --------------------------------------------------------------------------- features
@@ -637,7 +639,7 @@ before they existed: left out of the cache key at that value, so those caches st
 def cv_key(fs: FeatureSet, manifest: pd.DataFrame) -> str:
     """What a cross-validation result depends on: the configuration, the cached features and the folds."""
     folds = hashlib.sha256(manifest[["crop_path", "fold"]].to_csv(index=False).encode()).hexdigest()
-    config = {name: value for name, value in {**fs.config.to_dict(), "weights": weights_id(fs.config.weights)}.items()
+    config = {name: value for name, value in config_identity(fs.config).items()
               if name not in NEUTRAL or value != NEUTRAL[name]}
     return cache_key(kind="cv", cv_format=CV_FORMAT, config=config, data_sha256=fs.data_sha256, views=fs.views,
                      folds=folds, faces=len(manifest))
@@ -744,10 +746,9 @@ def run_study(
         cv, result = None, train_fold(fs, manifest, config.val_fold)
     check = result.val_index[:END_TO_END_CROPS]
     images = np.stack([load_crop(p, config.image_size) for p in manifest["crop_file"].iloc[check]]).astype("float32")
-    labels = training_labels(manifest, config.labels)
-    saved = p_without_mask(result.model.predict(images, verbose=0), {"class_names": labels.names,
-                                                                     "reports_as": reports_as(labels)})
-    gap = float(np.abs(saved - result.val_probabilities[:len(check)]).max())
+    classes = output_classes(training_labels(manifest, config.labels))
+    gap = float(np.abs(p_without_mask(result.model.predict(images, verbose=0), classes)
+                       - result.val_probabilities[:len(check)]).max())
     if not gap < END_TO_END_TOLERANCE:
         raise RuntimeError(f"the end-to-end model differs from the cached pipeline by {gap:.2e} (over "
                            f"{END_TO_END_TOLERANCE:g}) on {len(check)} validation crops: their preprocessing disagrees")
@@ -756,7 +757,7 @@ def run_study(
     if cv:
         rows.append(cv_row(f"this run: {config_label(config)}", cv, manifest))
     comparison = pd.DataFrame(rows).set_index("configuration") if rows else pd.DataFrame()
-    saved = save_result(run_dir, result, fs, manifest, cv, comparison)
+    saved = save_result(run_dir, result, fs, manifest, classes, cv, comparison)
     return Study(run_dir, saved, fs, manifest, result, cv, len(check), gap, comparison)
 
 
@@ -765,17 +766,16 @@ def save_result(
     result: TrainResult,
     fs: FeatureSet,
     manifest: pd.DataFrame,
+    classes: dict[str, Any],
     cv: dict[str, Any] | None = None,
     comparison: pd.DataFrame | None = None,
-) -> Path:
-    """Write the run folder (`runs.save_run`): model, config, history, metrics, CV scores and comparison table;
-    return what happened to it."""
+) -> str:
+    """Write the run folder (`runs.save_run`): model, config (with `output_classes`), history, metrics, CV scores and
+    comparison table; return what happened to it."""
     config = fs.config
     metrics = {**result.metrics, "val_fold": config.val_fold, "n_faces": len(manifest), "n_val": len(result.val_index),
                "data_sha256": fs.data_sha256}
-    labels = training_labels(manifest, config.labels)
-    run_config = {**config.to_dict(), "class_names": labels.names, "reports_as": reports_as(labels),
-                  "data_sha256": fs.data_sha256, "run_id": run_id(config, fs.data_sha256),
+    run_config = {**config.to_dict(), **classes, "data_sha256": fs.data_sha256, "run_id": run_id(config, fs.data_sha256),
                   "weights_id": weights_id(config.weights),
                   "fine_tune_from": fs.upper.name if fs.upper is not None else None}
     oof = None
@@ -849,10 +849,15 @@ def config_label(config: TrainConfig) -> str:
     return "-".join(parts)
 
 
+def config_identity(config: TrainConfig) -> dict[str, Any]:
+    """Every field of a configuration as it identifies a result: a weights file by its contents, not its path."""
+    return {**config.to_dict(), "weights": weights_id(config.weights)}
+
+
 def run_id(config: TrainConfig, data_sha256: str) -> str:
     """Short hash of everything that makes a run: every field of the configuration (a weights file by its
     contents) and the extraction's hash. config.json records all of it."""
-    blob = {**config.to_dict(), "weights": weights_id(config.weights), "data_sha256": data_sha256}
+    blob = {**config_identity(config), "data_sha256": data_sha256}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

