@@ -12,6 +12,10 @@ a mask worn incorrectly counts as `without_mask`. From those probabilities come:
   labelled `with_mask` at the threshold is `with_mask`; otherwise it is the likelier of
   `mask_incorrect` and `without_mask`.
 
+A run with a face verifier (`config.json`'s `verifier`) outputs one more column after the
+classes: P(face), that a candidate box holds a face at all. `keep_by_rule` decides from it and
+the detector's score which candidates are faces (maskclf.candidates fits the rule).
+
 This module is the only one that turns model outputs into answers; evaluation, export,
 predict, video and the demo call it.
 """
@@ -47,9 +51,47 @@ def check_reports_as(class_names: Sequence[str], mapping: Any) -> str | None:
     return None
 
 
+def output_width(config: Mapping[str, Any]) -> int:
+    """How many columns a run's model outputs: one per class, and P(face) when it has a verifier."""
+    return len(config["class_names"]) + (1 if config.get("verifier") else 0)
+
+
+def class_probabilities(probs: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
+    """(N, classes) the model's probabilities of its `class_names`, without P(face)."""
+    return np.asarray(probs, dtype=np.float64)[:, :len(config["class_names"])]
+
+
+def face_probabilities(probs: np.ndarray, config: Mapping[str, Any]) -> np.ndarray | None:
+    """(N,) P(face) of each candidate, or None for a run without a verifier."""
+    if not config.get("verifier"):
+        return None
+    return np.asarray(probs, dtype=np.float64)[:, len(config["class_names"])]
+
+
+LOGIT_EPSILON = 1e-6
+"""Probabilities are clipped to [eps, 1 - eps] before their logit."""
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), finite for every p in [0, 1]."""
+    p = np.clip(np.asarray(p, dtype=np.float64), LOGIT_EPSILON, 1 - LOGIT_EPSILON)
+    return np.log(p / (1 - p))
+
+
+RULE_KEYS = ("score", "face", "bias")
+"""The weights of a verifier's rule (config.json's `verifier.rule`), in `keep_by_rule`'s order."""
+
+
+def keep_by_rule(scores: np.ndarray, p_face: np.ndarray, rule: Mapping[str, float]) -> np.ndarray:
+    """Which candidates are faces: rule["score"] * logit(detector score) + rule["face"] * logit(P(face)) +
+    rule["bias"] >= 0."""
+    z = rule["score"] * logit(scores) + rule["face"] * logit(p_face) + rule["bias"]
+    return np.asarray(z >= 0, dtype=bool)
+
+
 def binary_probabilities(probs: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
-    """(N, 2) probabilities of CLASS_NAMES: the output columns summed by the class they report as, in [0, 1]."""
-    probs = np.asarray(probs, dtype=np.float64)
+    """(N, 2) probabilities of CLASS_NAMES: the class columns summed by the class they report as, in [0, 1]."""
+    probs = class_probabilities(probs, config)
     mapping = reports_as(config)
     merge = np.array([[float(mapping[name] == target) for target in CLASS_NAMES] for name in config["class_names"]])
     return np.clip(probs @ merge, 0.0, 1.0)
@@ -80,7 +122,7 @@ def three_way_probabilities(probs: np.ndarray, config: Mapping[str, Any]) -> np.
         return None
     names = list(config["class_names"])
     order = [names.index(annotated) for annotated in ANNOTATED_AS]
-    return np.asarray(probs, dtype=np.float64)[:, order]
+    return class_probabilities(probs, config)[:, order]
 
 
 def three_way_labels(three: np.ndarray, p_without: np.ndarray, threshold: float) -> list[str]:

@@ -226,6 +226,9 @@ def model_options(parser: argparse.ArgumentParser) -> None:
                         help="smallest face to detect, pixels of the original image")
     parser.add_argument("--threshold", type=probability, default=DEFAULT_THRESHOLD,
                         help="label without_mask when P(without_mask) >= this")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="the detector alone: skip the run's face verifier (which looks at the detector's "
+                             "low-score boxes too and keeps those it finds a face in)")
 
 
 def predict_options(parser: argparse.ArgumentParser) -> None:

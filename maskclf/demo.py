@@ -55,10 +55,11 @@ from PIL import Image
 from . import CLASS_NAMES, answers
 from .cli_args import DEFAULT_DETECTOR, MAX_UPLOAD_MB, probability
 from .data import TINY_FACE
-from .detect import DETECTORS, Detector, detect_faces, make_detector
+from .detect import DETECTORS, FaceFinder, make_face_finder
 from .images import WORK_SIDE, ImageError, ImageTooLarge, decode_rgb, open_image, working_image
 from .paths import DEFAULT_FACES_DIR
-from .predict import COLOURS, LABEL_WORDS, classify_photo, face_answer, photo_summary, resolve_model, summary_caption
+from .predict import (COLOURS, LABEL_WORDS, classify_photo, face_answer, photo_summary, resolve_model, summary_caption,
+                      verified_faces)
 
 MAX_PIXELS = 50_000_000
 """Largest upload decoded: the largest phone photos. Analysing one costs ~13 bytes a pixel at its
@@ -123,7 +124,7 @@ def jpeg_data_url(image: np.ndarray, quality: int = 90) -> str:
 
 
 def analyse(
-    model: Any, config: dict[str, Any], detector: Detector, data: bytes, name: str, threshold: float = 0.5,
+    model: Any, config: dict[str, Any], finder: FaceFinder, data: bytes, name: str, threshold: float = 0.5,
     model_lock: ContextManager[Any] | None = None, max_pixels: int = MAX_PIXELS, with_image: bool = True,
 ) -> dict[str, Any]:
     """Detect and classify the faces of an uploaded photo: numbered faces, photo summary and its line, notes, message.
@@ -134,9 +135,10 @@ def analyse(
     (orientation and colours as decoded), shrunk to at most WORK_SIDE px, for the page to draw the boxes on.
     """
     image = decode_upload(data, name, max_pixels)
-    boxes = detect_faces(detector, image)
+    boxes, scores = finder(image)
     with model_lock or nullcontext():
         faces = classify_photo(model, config, image, boxes, threshold)
+    faces = verified_faces(finder, [faces], [scores])[0]
     faces = [{"number": i, "label_text": LABEL_WORDS[face_answer(face)], **face} for i, face in enumerate(faces, 1)]
     summary = photo_summary(faces, answers.has_three_way(config))
     line = summary_caption(summary)
@@ -176,16 +178,17 @@ def setting_threshold(text: str | None, default: float) -> float:
 
 
 class Detectors:
-    """The detectors a request may choose: one per (name, lane), so that the two lanes never call one
-    detector at once; each made by `make` on its first use. Without `make`, only the default."""
+    """The detectors a request may choose, as FaceFinders: one per (name, lane), so that the two lanes never call
+    one detector at once; each made by `make` on its first use. Without `make`, only the default."""
 
-    def __init__(self, default: str, normal: Detector, large: Detector, make: Callable[[str], Detector] | None = None):
+    def __init__(self, default: str, normal: FaceFinder, large: FaceFinder,
+                 make: Callable[[str], FaceFinder] | None = None):
         self.default, self.make = default, make
         self.choices = list(dict.fromkeys([*DETECTORS, default])) if make else [default]
         self.made = {(default, False): normal, (default, True): large}
         self.lock = threading.Lock()
 
-    def get(self, name: str | None, large: bool) -> Detector:
+    def get(self, name: str | None, large: bool) -> FaceFinder:
         """The detector `name` (default: the default) of the large or the normal lane; UploadError if unknown or unavailable."""
         name = name or self.default
         if name not in self.choices:
@@ -282,14 +285,14 @@ class BodyLimit:
 def create_app(
     model: Any,
     config: dict[str, Any],
-    detector: Detector,
+    detector: FaceFinder,
     threshold: float = 0.5,
     max_bytes: int = MAX_UPLOAD_MB * 1024 * 1024,
-    large_detector: Detector | None = None,
+    large_detector: FaceFinder | None = None,
     lanes: Lanes | None = None,
     max_pixels: int = MAX_PIXELS,
     detector_name: str = DEFAULT_DETECTOR,
-    make_detector: Callable[[str], Detector] | None = None,
+    make_detector: Callable[[str], FaceFinder] | None = None,
     examples: Sequence[str | Path] = (),
 ) -> FastAPI:
     """The demo app around a loaded model and detector (`detector_name`, the page's default choice).
@@ -443,15 +446,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         model, config = resolve_model(args.model, fast=True)
-        detector = make_detector(args.detector, args.min_face)
-        large_detector = make_detector(args.detector, args.min_face)  # the large lane's own
+        verify = not args.no_verify
+        detector = make_face_finder(config, args.detector, args.min_face, verify)
+        large_detector = make_face_finder(config, args.detector, args.min_face, verify)  # the large lane's own
     except (RunFolderError, ValueError, RuntimeError) as exc:
         sock.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     examples = example_photos()
     app = create_app(model, config, detector, args.threshold, int(args.max_mb * 1024 * 1024), large_detector,
-                     detector_name=args.detector, make_detector=lambda name: make_detector(name, args.min_face),
+                     detector_name=args.detector, make_detector=lambda name: make_face_finder(config, name, args.min_face, verify),
                      examples=examples)
     print(f"maskclf demo on http://{args.host}:{args.port}/ with {len(examples)} example photos (Ctrl-C to stop)",
           file=sys.stderr)

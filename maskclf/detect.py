@@ -23,12 +23,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
 
+from .answers import SHOWN_DECIMALS, keep_by_rule
 from .cli_args import DEFAULT_DETECTOR, MIN_FACE
 from .images import WORK_SIDE, working_image
 
@@ -85,6 +87,13 @@ CENTERFACE_THREADS = min(2, os.cpu_count() or 1)
 """onnxruntime intra-op threads: the target machine has 2 cores."""
 CENTERFACE_PRE_SCORE = 0.05
 """Lowest heat-map score decoded when no threshold is given (scripts/tune_centerface.py sweeps above it)."""
+
+
+CANDIDATE_SCORE = 0.2
+"""Lowest score of a candidate face shown to the verifier (maskclf.verifier): at this score CenterFace has a box
+for most of the faces it misses at CENTERFACE_SCORE, with about three times the false alarms."""
+CandidateFinder = Callable[[np.ndarray], tuple[list[BoxXYXY], np.ndarray]]
+"""RGB photo -> (boxes, scores): every candidate face and the detector's score of each."""
 
 
 class DetectorModelError(RuntimeError):
@@ -149,6 +158,43 @@ def make_detector(name: str = DEFAULT_DETECTOR, min_face: int = MIN_FACE) -> Det
         return [b for b in boxes if b is not None]
 
     return run
+
+
+@dataclass(frozen=True)
+class FaceFinder:
+    """How the faces of a photo are found: the detector's candidates, then, for a run with a face verifier
+    (config.json's `verifier`), its rule on each candidate's detector score and P(face)."""
+
+    find: CandidateFinder
+    rule: Mapping[str, float] | None = None
+
+    def __call__(self, image: np.ndarray) -> tuple[list[BoxXYXY], np.ndarray]:
+        """The candidates of an RGB photo: boxes in its pixels and detector scores (NaN: a detector without)."""
+        return self.find(image)
+
+    def keep(self, scores: np.ndarray, p_face: np.ndarray | None) -> np.ndarray:
+        """Which candidates are faces, from their scores and P(face) as shown (every one without a verifier)."""
+        if self.rule is None or p_face is None:
+            return np.ones(len(scores), bool)
+        return keep_by_rule(scores, np.round(np.asarray(p_face, np.float64), SHOWN_DECIMALS), self.rule)
+
+
+def make_face_finder(config: Mapping[str, Any], name: str = DEFAULT_DETECTOR, min_face: int = MIN_FACE,
+                     verify: bool = True) -> FaceFinder:
+    """The FaceFinder of a run (its config.json): CenterFace at the run's candidate score with its verifier's rule
+    when it has one and `verify`; otherwise the detector `name` alone (CenterFace at CENTERFACE_SCORE)."""
+    verifier = config.get("verifier") if verify and name == "centerface" else None
+    if verifier:
+        return FaceFinder(make_candidate_finder(verifier["candidate_score"], min_face), verifier["rule"])
+    if name == "centerface":
+        return FaceFinder(make_candidate_finder(CENTERFACE_SCORE, min_face))
+    detector = make_detector(name, min_face)
+
+    def find(image: np.ndarray) -> tuple[list[BoxXYXY], np.ndarray]:
+        boxes = detect_faces(detector, image)
+        return boxes, np.full(len(boxes), np.nan, np.float32)
+
+    return FaceFinder(find)
 
 
 def detector_settings(name: str = DEFAULT_DETECTOR, min_face: int = MIN_FACE) -> dict[str, object]:
@@ -365,15 +411,53 @@ def centerface_scales(min_face: int, width: int, height: int, scales: Sequence[t
     return sorted(smallest.items())
 
 
+def centerface_candidates(net: Callable[..., ScoredBoxes], image: np.ndarray, min_face: int,
+                          min_score: float) -> ScoredBoxes:
+    """CenterFace's adjusted boxes scoring >= min_score on an RGB image, and their scores, best first."""
+    scales = centerface_scales(min_face, image.shape[1], image.shape[0])
+    boxes, scores = run_centerface(net, image, scales, CENTERFACE_FLIP, min_score)
+    return adjust_boxes(boxes, *CENTERFACE_BOX_ADJUST), scores
+
+
 def _centerface(min_face: int) -> RawBoxes:
     net = CenterFaceNet()
 
     def detect(image: np.ndarray) -> list[tuple[float, float, float, float]]:
-        scales = centerface_scales(min_face, image.shape[1], image.shape[0])
-        boxes, _ = run_centerface(net, image, scales, CENTERFACE_FLIP, CENTERFACE_SCORE)
-        return [tuple(b) for b in adjust_boxes(boxes, *CENTERFACE_BOX_ADJUST).tolist()]
+        boxes, _ = centerface_candidates(net, image, min_face, CENTERFACE_SCORE)
+        return [tuple(b) for b in boxes.tolist()]
 
     return detect
+
+
+def make_candidate_finder(min_score: float = CANDIDATE_SCORE, min_face: int = MIN_FACE,
+                          max_side: int = WORK_SIDE) -> CandidateFinder:
+    """RGB photo -> CenterFace's boxes scoring >= min_score (int pixels of the photo, clipped) and their scores.
+
+    Found on a copy shrunk to `max_side`, as `detect_faces` does. Scores are cut after
+    non-maximum suppression, so the boxes scoring >= CENTERFACE_SCORE are exactly the
+    default detector's: one pass serves the detector alone and the detector with a verifier.
+    """
+    if min_face < 1:
+        raise ValueError(f"min_face must be >= 1 pixel, got {min_face}")
+    net = CenterFaceNet()
+
+    def find(image: np.ndarray) -> tuple[list[BoxXYXY], np.ndarray]:
+        image = _as_rgb_uint8(image)
+        work, factor = working_image(image, max_side)
+        boxes, scores = centerface_candidates(net, work, min_face, min_score)
+        height, width = image.shape[:2]
+        clipped = [clip_box(box, work.shape[1], work.shape[0]) for box in boxes.tolist()]  # as make_detector,
+        if factor != 1.0:  # then detect_faces: the same rounding, so the same boxes
+            clipped = [None if b is None else clip_box(tuple(v / factor for v in b), width, height) for b in clipped]
+        kept = [i for i, box in enumerate(clipped) if box is not None]
+        return [clipped[i] for i in kept], np.asarray(scores, np.float32)[kept]
+
+    return find
+
+
+def candidate_settings(min_score: float = CANDIDATE_SCORE, min_face: int = MIN_FACE) -> dict[str, object]:
+    """Everything that decides `make_candidate_finder`'s boxes and scores: a cache key."""
+    return {**detector_settings("centerface", min_face), "score": min_score}
 
 
 # --------------------------------------------------------------------------- MTCNN and Haar

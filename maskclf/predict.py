@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from . import CLASS_NAMES, POSITIVE, answers
 from .data import TINY_FACE, DataError, annotation_boxes, is_dataset_dir, parse_voc
-from .detect import BoxXYXY, Detector, detect_faces, make_detector
+from .detect import BoxXYXY, FaceFinder, make_face_finder
 from .fsutil import OutputError, atomic_path, output_file_problem, reads_back, write_text_atomic
 from .images import READ_FORMATS, ImageError, crop_faces, load_rgb, open_image, resize_crop
 from .model import predict_probabilities
@@ -153,6 +153,7 @@ def label_probabilities(probs: np.ndarray, config: dict[str, Any], threshold: fl
     threshold) with both binary probabilities, and, for a model trained on the three annotated classes, the
     three-way label (`three_way`) with its probabilities (maskclf.answers)."""
     binary = np.round(answers.binary_probabilities(probs, config), answers.SHOWN_DECIMALS)
+    p_face = answers.face_probabilities(probs, config)
     three = answers.three_way_probabilities(probs, config)
     three = None if three is None else np.round(three, answers.SHOWN_DECIMALS)
     labels = answers.binary_labels(binary[:, 1], threshold)
@@ -164,6 +165,8 @@ def label_probabilities(probs: np.ndarray, config: dict[str, Any], threshold: fl
         if three is not None:
             result["three_way"] = names[i]
             result["three_way_probabilities"] = {name: float(p) for name, p in zip(answers.THREE_WAY, three[i])}
+        if p_face is not None:
+            result["p_face"] = float(np.round(p_face[i], answers.SHOWN_DECIMALS))
         results.append(result)
     return results
 
@@ -199,6 +202,34 @@ def classify_photos(
     `batch_size` crops (the model's time per face falls with the batch): `classify_photo`'s results per photo."""
     crops = [crop_faces(image, boxes, config["image_size"]) for image, boxes in photos]
     return _classify_cropped(model, config, crops, [boxes for _, boxes in photos], threshold, batch_size)
+
+
+def find_and_classify(
+    model: Any,
+    config: dict[str, Any],
+    finder: FaceFinder,
+    images: Sequence[np.ndarray],
+    threshold: float = 0.5,
+    batch_size: int = 32,
+) -> list[list[dict[str, Any]]]:
+    """The faces of RGB photos: `finder`'s candidates of each, classified in shared batches, those its verifier
+    rule drops left out; each face also holds its `detector_score` (when the detector gives one)."""
+    found = [finder(image) for image in images]
+    crops = [crop_faces(image, boxes, config["image_size"]) for image, (boxes, _) in zip(images, found)]
+    return verified_faces(finder, _classify_cropped(model, config, crops, [b for b, _ in found], threshold, batch_size),
+                          [scores for _, scores in found])
+
+
+def verified_faces(finder: FaceFinder, photos: Sequence[Sequence[dict[str, Any]]],
+                   scores: Sequence[np.ndarray]) -> list[list[dict[str, Any]]]:
+    """The classified candidates of each photo with their detector score, without those `finder` drops."""
+    kept = []
+    for faces, photo_scores in zip(photos, scores):
+        p_face = [face["p_face"] for face in faces] if faces and "p_face" in faces[0] else None
+        keep = finder.keep(np.asarray(photo_scores), p_face)
+        kept.append([face if np.isnan(s) else {**face, "detector_score": round(float(s), answers.SHOWN_DECIMALS)}
+                     for face, s, k in zip(faces, photo_scores, keep) if k])
+    return kept
 
 
 def _classify_cropped(model, config, crops, boxes, threshold, batch_size) -> list[list[dict[str, Any]]]:
@@ -409,7 +440,7 @@ def predict_paths(
     files: Sequence[Path],
     *,
     crops: bool = False,
-    detector: Detector | None = None,
+    finder: FaceFinder | None = None,
     boxes_from: Path | None = None,
     threshold: float = 0.5,
     batch_size: int = 32,
@@ -419,18 +450,18 @@ def predict_paths(
     """Classify every file in order, one FileResult each; a bad file is reported, not raised.
 
     `crops`: each file is one face. Otherwise each file is a photo whose faces come from
-    `boxes_from` (VOC) when given, else from `detector` (`detect_faces`). `draw_to` maps
+    `boxes_from` (VOC) when given, else from `finder` (`find_and_classify`). `draw_to` maps
     files to where their annotated copies go (`draw_targets`).
     """
-    if not crops and boxes_from is None and detector is None:
-        raise ValueError("photos need a detector or boxes_from")
+    if not crops and boxes_from is None and finder is None:
+        raise ValueError("photos need a face finder or boxes_from")
     chunk = batch_size if crops else PHOTOS_PER_BATCH
     bar = tqdm(total=len(files), unit="crop" if crops else "photo", disable=not show_progress(progress), file=sys.stderr)
     try:
         for start in range(0, len(files), chunk):
             group = files[start : start + chunk]
             yield from (_crops(model, config, group, threshold, batch_size, draw_to) if crops
-                        else _photos(model, config, group, detector, boxes_from, threshold, batch_size, draw_to))
+                        else _photos(model, config, group, finder, boxes_from, threshold, batch_size, draw_to))
             if start + chunk < len(files):
                 bar.update(len(group))
             else:
@@ -457,29 +488,34 @@ def _crops(model, config, files, threshold, batch_size, draw_to) -> list[FileRes
     return results
 
 
-def _photos(model, config, files, detector, boxes_from, threshold, batch_size, draw_to) -> list[FileResult]:
-    """Detect (or read) and crop the faces of each photo, then classify all their crops in shared batches.
+def _photos(model, config, files, finder, boxes_from, threshold, batch_size, draw_to) -> list[FileResult]:
+    """Find (or read) and crop the faces of each photo, then classify all their crops in shared batches and keep
+    those the finder's verifier keeps (every VOC box is kept).
 
     Only the crops are kept, and the photos themselves only when drawing, so a group of large photos costs little memory.
     """
-    results, crops, boxes, names, images = [], [], [], [], []
+    results, crops, boxes, scores, names, images = [], [], [], [], [], []
     for path in files:
         try:
             image = load_image(path)
             if boxes_from is not None:
                 truth = voc_boxes(path, boxes_from, image.shape[1], image.shape[0])
                 found, names_i = [box for _, box in truth], [name for name, _ in truth]
+                scores_i = np.full(len(found), np.nan)
             else:
-                found, names_i = detect_faces(detector, image), None
+                (found, scores_i), names_i = finder(image), None
         except (ImageError, DataError) as exc:
             results.append(FileResult(path, error=str(exc)))
             continue
         results.append(FileResult(path))
         crops.append(crop_faces(image, found, config["image_size"]))
         boxes.append(found)
+        scores.append(scores_i)
         names.append(names_i)
         images.append(image if draw_to is not None else None)
     classified = _classify_cropped(model, config, crops, boxes, threshold, batch_size)
+    if boxes_from is None:
+        classified = verified_faces(finder, classified, scores)
     for result, faces, names_i, image in zip((r for r in results if r.error is None), classified, names, images):
         if names_i is not None:
             faces = [{**face, "annotation": name} for face, name in zip(faces, names_i)]
@@ -539,7 +575,8 @@ def run(args: argparse.Namespace) -> int:
             check_out(args.out, files)
         draw_to = draw_targets(args.paths, files, args.draw) if args.draw is not None else None
         model, config = resolve_model(args.model, fast=True)
-        detector = None if args.crops or args.boxes_from else make_detector(args.detector, args.min_face)
+        finder = None if args.crops or args.boxes_from else make_face_finder(config, args.detector, args.min_face,
+                                                                              verify=not args.no_verify)
     except (RunFolderError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -547,7 +584,7 @@ def run(args: argparse.Namespace) -> int:
     n_faces = 0
     no_face: list[Path] = []
     results = predict_paths(
-        model, config, files, crops=args.crops, detector=detector, boxes_from=args.boxes_from,
+        model, config, files, crops=args.crops, finder=finder, boxes_from=args.boxes_from,
         threshold=args.threshold, batch_size=args.batch_size, draw_to=draw_to,
         progress=any(Path(p).is_dir() for p in args.paths),
     )
@@ -577,7 +614,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {counted(n_small, 'face')} under {TINY_FACE} px (\"small_face\": true): "
               f"{'its label is' if n_small == 1 else 'their labels are'} unreliable", file=sys.stderr)
     if no_face:
-        print(no_face_message(no_face, detected=detector is not None), file=sys.stderr)
+        print(no_face_message(no_face, detected=finder is not None), file=sys.stderr)
     if failed:
         print(f"{counted(len(failed), 'file')} failed:", file=sys.stderr)
         for result in failed:

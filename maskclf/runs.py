@@ -10,6 +10,7 @@ the file and the problem named, never half-read.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import zipfile
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from . import POSITIVE, __version__
-from .answers import check_reports_as, reports_as
+from .answers import RULE_KEYS, check_reports_as, output_width, reports_as
 from .data import SIZE_LABELS
 from .fsutil import atomic_dir, atomic_path, file_sha256, json_text, write_json_atomic
 
@@ -275,16 +276,33 @@ def check_config(path: Path, config: dict[str, Any]) -> None:
     problem = check_reports_as(names, reports_as(config))
     if problem:
         raise RunFolderError(f"{path}: {problem:.300}")
+    if (problem := check_verifier(config.get("verifier"))) is not None:
+        raise RunFolderError(f"{path}: {problem:.300}")
+
+
+def check_verifier(verifier: Any) -> str | None:
+    """The problem with a run's `verifier` record, or None: absent, or a candidate score in (0, 1) and a rule of
+    finite numbers (maskclf.detect.FaceFinder applies them)."""
+    if verifier is None:
+        return None
+    rule = verifier.get("rule") if isinstance(verifier, dict) else None
+    score = verifier.get("candidate_score") if isinstance(verifier, dict) else None
+    numbers = [score, *(rule.get(k) for k in RULE_KEYS)] if isinstance(rule, dict) else [None]
+    if not all(type(v) in (int, float) and math.isfinite(v) for v in numbers) or not 0 < score < 1:
+        return (f"'verifier' must hold a 'candidate_score' in (0, 1) and a 'rule' of finite numbers "
+                f"{list(RULE_KEYS)}, got {verifier!r}")
+    return None
 
 
 def check_model_matches(path: Path, model: keras.Model, config: dict[str, Any]) -> None:
-    """RunFolderError naming `path` unless the model takes `image_size` crops and outputs one score per class."""
-    size, n_classes = config["image_size"], len(config["class_names"])
+    """RunFolderError naming `path` unless the model takes `image_size` crops and outputs one score per class (and
+    P(face) with a verifier)."""
+    size, n_classes = config["image_size"], output_width(config)
     height, width = tuple(model.input_shape)[1:3]
     if (height, width) != (size, size) and (height, width) != (None, None):
         raise RunFolderError(f"{path}: 'image_size' is {size}, but the model takes {height}x{width} crops")
     if model.output_shape[-1] != n_classes:
-        raise RunFolderError(f"{path}: 'class_names' has {n_classes} names, but the model outputs "
+        raise RunFolderError(f"{path}: 'class_names' (and 'verifier') call for {n_classes} scores, but the model outputs "
                              f"{model.output_shape[-1]} scores")
 
 

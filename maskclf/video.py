@@ -20,9 +20,9 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from .detect import Detector, DetectorModelError, detect_faces, make_detector
+from .detect import DetectorModelError, FaceFinder, make_face_finder
 from .fsutil import OutputError, atomic_path, output_file_problem, reads_back
-from .predict import annotate, classify_photo, counted, resolve_model
+from .predict import annotate, counted, find_and_classify, resolve_model
 
 WINDOW = "maskclf (q or Esc to quit)"
 FOURCC = "mp4v"
@@ -103,14 +103,14 @@ def annotate_frames(
     frames: Iterator[np.ndarray],
     model: Any,
     config: dict[str, Any],
-    detector: Detector,
+    finder: FaceFinder,
     threshold: float = 0.5,
 ) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
     """(annotated RGB frame with its FPS, faces) for each frame; FPS is a moving average."""
     fps = 0.0
     last = time.perf_counter()
     for frame in frames:
-        faces = classify_photo(model, config, frame, detect_faces(detector, frame), threshold)
+        faces = find_and_classify(model, config, finder, [frame], threshold)[0]
         now = time.perf_counter()
         current = 1.0 / max(now - last, 1e-6)
         fps = current if fps == 0.0 else 0.9 * fps + 0.1 * current
@@ -122,7 +122,7 @@ def process_video(
     source: str | int,
     model: Any,
     config: dict[str, Any],
-    detector: Detector,
+    finder: FaceFinder,
     *,
     out: str | Path | None = None,
     show: bool = True,
@@ -149,7 +149,7 @@ def process_video(
         with atomic_path(out, check=all_frames) if out is not None else nullcontext() as tmp:
             writer = None
             try:
-                for frame, faces in annotate_frames(read_frames(capture, max_frames), model, config, detector, threshold):
+                for frame, faces in annotate_frames(read_frames(capture, max_frames), model, config, finder, threshold):
                     n_frames += 1
                     n_faces += len(faces)
                     bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
@@ -217,8 +217,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         model, config = resolve_model(args.model, fast=True)
-        detector = make_detector(args.detector, args.min_face)
-        stats = process_video(args.source, model, config, detector, out=args.out, show=not args.no_show,
+        finder = make_face_finder(config, args.detector, args.min_face, verify=not args.no_verify)
+        stats = process_video(args.source, model, config, finder, out=args.out, show=not args.no_show,
                               threshold=args.threshold, max_frames=args.max_frames)
     except (RunFolderError, VideoError, DetectorModelError, OutputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

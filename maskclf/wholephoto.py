@@ -1,10 +1,12 @@
 """End to end on whole photos: does the detector find each annotated face, and is it then classified right?
 
-An annotated face counts as **detected** when a detection overlaps it with IoU >= 0.5,
-matched one-to-one greedily by IoU (best pair first); a detection matching no annotated
-face is a **false alarm** (some are real but unlabelled faces). A face is **detected and
-correct** when its matched detection, cropped and classified by the saved model, gets
-the face's binary label. `benchmarks/detector_recall.py` prints these tables; notebook
+A photo's faces are found by a FaceFinder (maskclf.detect): the detector's candidates and,
+for a run with a face verifier, its rule on each candidate's score and P(face), which the
+classifier's pass gives. An annotated face counts as **detected** when a kept detection
+overlaps it with IoU >= 0.5, matched one-to-one greedily by IoU (best pair first); a kept
+detection matching no annotated face is a **false alarm** (some are real but unlabelled
+faces). A face is **detected and correct** when its matched detection, cropped and
+classified by the saved model, gets the face's binary label. `benchmarks/detector_recall.py` prints these tables; notebook
 04 plots them for the validation photos.
 """
 
@@ -19,13 +21,15 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .detect import BoxXYXY, Detector, iou_matrix
+from .detect import BoxXYXY, FaceFinder, iou_matrix
 from .data import size_buckets
 from .images import load_rgb
 
 IOU_THRESHOLD = 0.5
-Classifier = Callable[[np.ndarray, Sequence[BoxXYXY]], list[str]]
-"""(RGB photo, boxes) -> one binary label per box."""
+Finder = Callable[[np.ndarray], tuple[Sequence[BoxXYXY], np.ndarray]]
+"""RGB photo -> candidate boxes and their detector scores (a FaceFinder)."""
+Classifier = Callable[[np.ndarray, Sequence[BoxXYXY], np.ndarray], list[str | None]]
+"""(RGB photo, boxes, scores) -> one binary label per box, None for a box the verifier finds no face in."""
 
 
 @dataclass
@@ -70,26 +74,29 @@ def photos_from_manifest(manifest: pd.DataFrame, images_dir: str | Path, folds: 
     return sorted(photos, key=lambda p: (len(p.name), p.name))
 
 
-def evaluate_photos(photos: Sequence[Photo], detector: Detector, classify: Classifier | None = None,
+def evaluate_photos(photos: Sequence[Photo], find: Finder, classify: Classifier | None = None,
                     threshold: float = IOU_THRESHOLD) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per annotated face and one per photo, from running the detector (and classifier) on each.
+    """One row per annotated face and one per photo, from finding (and classifying) the faces of each.
 
     Faces: photo, fold, face, size_bucket, label, original_label, iou, detected, predicted, correct.
-    Photos: photo, faces, detections, false_alarms, detect_ms, classify_ms, total_ms (load + detect + classify).
+    Photos: photo, faces, candidates, detections (kept), false_alarms, detect_ms, classify_ms (crop,
+    classify, verify), total_ms (load + detect + classify).
     """
     face_rows, photo_rows = [], []
     for photo in photos:
         start = time.perf_counter()
         image = np.asarray(load_rgb(photo.path))
         loaded = time.perf_counter()
-        found = np.asarray(detector(image), float).reshape(-1, 4)
+        boxes, scores = find(image)
+        found = np.asarray(boxes, float).reshape(-1, 4)
         detected = time.perf_counter()
-        predicted = classify(image, [tuple(map(int, b)) for b in found]) if classify else [None] * len(found)
+        predicted = classify(image, [tuple(map(int, b)) for b in found], scores) if classify else [None] * len(found)
+        kept = [i for i, label in enumerate(predicted) if label is not None or classify is None]
         done = time.perf_counter()
-        faces = photo_faces(photo, found, predicted, threshold)
+        faces = photo_faces(photo, found[kept], [predicted[i] for i in kept], threshold)
         face_rows.append(faces)
-        photo_rows.append({"photo": photo.name, "faces": len(faces), "detections": len(found),
-                           "false_alarms": len(found) - int(faces["detected"].sum()),
+        photo_rows.append({"photo": photo.name, "faces": len(faces), "candidates": len(found), "detections": len(kept),
+                           "false_alarms": len(kept) - int(faces["detected"].sum()),
                            "detect_ms": 1000 * (detected - loaded), "classify_ms": 1000 * (done - detected),
                            "total_ms": 1000 * (done - start)})
     return pd.concat(face_rows, ignore_index=True), pd.DataFrame(photo_rows)
@@ -137,36 +144,42 @@ def photo_stats(photos: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def model_classifier(model: Any, config: dict[str, Any], threshold: float = 0.5) -> Classifier:
-    """A Classifier from a loaded run folder's model: the binary label `predict` gives each box at `threshold`."""
-    from .answers import binary_labels, p_without_mask
+def model_classifier(model: Any, config: dict[str, Any], finder: FaceFinder, threshold: float = 0.5) -> Classifier:
+    """A Classifier from a loaded run folder's model: the binary label `predict` gives each box at `threshold`, and
+    None for a box that `finder`'s verifier rule drops."""
+    from .answers import binary_labels, face_probabilities, p_without_mask
     from .images import crop_faces
     from .model import predict_probabilities
 
-    def classify(image: np.ndarray, boxes: Sequence[BoxXYXY]) -> list[str]:
-        p = p_without_mask(predict_probabilities(model, crop_faces(image, boxes, config["image_size"])), config)
-        return binary_labels(p, threshold)
+    def classify(image: np.ndarray, boxes: Sequence[BoxXYXY], scores: np.ndarray) -> list[str | None]:
+        probs = predict_probabilities(model, crop_faces(image, boxes, config["image_size"]))
+        keep = finder.keep(scores, face_probabilities(probs, config))
+        return [label if k else None for label, k in zip(binary_labels(p_without_mask(probs, config), threshold), keep)]
 
     return classify
 
 
 def whole_photo_figures(model: Any, config: dict[str, Any], manifest: pd.DataFrame, images_dir: str | Path,
-                        folds: Iterable[int] = (0,), detector: str | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Recall table and photo statistics of the default (or named) detector and a loaded model on the photos of `folds`."""
-    from .detect import DEFAULT_DETECTOR, make_detector
+                        folds: Iterable[int] = (0,), detector: str | None = None,
+                        verify: bool = True) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Recall table and photo statistics of the default (or named) detector, with the run's verifier when it has
+    one and `verify`, and a loaded model on the photos of `folds`."""
+    from .detect import DEFAULT_DETECTOR, make_face_finder
 
     photos = photos_from_manifest(manifest, images_dir, folds)
-    faces, per_photo = evaluate_photos(photos, make_detector(detector or DEFAULT_DETECTOR), model_classifier(model, config))
+    finder = make_face_finder(config, detector or DEFAULT_DETECTOR, verify=verify)
+    faces, per_photo = evaluate_photos(photos, finder, model_classifier(model, config, finder))
     return recall_table(faces), photo_stats(per_photo)
 
 
 def cached_whole_photo_figures(model: Any, config: dict[str, Any], manifest: pd.DataFrame, images_dir: str | Path,
-                               folds: Iterable[int] = (0,), detector: str | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+                               folds: Iterable[int] = (0,), detector: str | None = None,
+                               verify: bool = True) -> tuple[pd.DataFrame, dict[str, float]]:
     """`whole_photo_figures`, from the result cache (maskclf.memo) when nothing it depends on changed.
 
-    The key: the model, the detector and the code of detection, classification and matching,
-    the photos' files and the annotated faces of `folds`. Times in the statistics are those
-    of the run that computed them.
+    The key: the model and its verifier's rule, the detector and the code of detection,
+    classification and matching, the photos' files and the annotated faces of `folds`. Times
+    in the statistics are those of the run that computed them.
     """
     from . import answers, detect, images, model as model_module
     from .detect import DEFAULT_DETECTOR
@@ -176,14 +189,14 @@ def cached_whole_photo_figures(model: Any, config: dict[str, Any], manifest: pd.
     chosen = manifest[manifest["fold"].isin(folds)]
     photos = photos_from_manifest(chosen, images_dir)
     key = {"model": model_fingerprint(model), "detector": detector or DEFAULT_DETECTOR,
+           "verifier": config.get("verifier") if verify else None,
            "code": source_fingerprint(answers, detect, images, model_module, sys.modules[__name__]),
            "photos": files_fingerprint(p.path for p in photos),
            "faces": pd.util.hash_pandas_object(chosen.reset_index(drop=True)).sum().item(), "folds": folds}
 
     def compute() -> dict[str, Any]:
-        table, stats = whole_photo_figures(model, config, chosen, images_dir, folds, detector)
+        table, stats = whole_photo_figures(model, config, chosen, images_dir, folds, detector, verify)
         return {"rows": table.reset_index().to_dict("records"), "stats": stats}
 
     stored = cached_json("whole-photos", key, compute)
     return pd.DataFrame(stored["rows"]).set_index(["group", "value"]), stored["stats"]
-

@@ -49,9 +49,9 @@ LABELS = {  # what the classifier says of each detection, in order
 def test_end_to_end_figures_on_a_hand_made_case(tmp_path):
     photos = hand_made_photos(tmp_path)
     which = lambda image: "a" if image.max() == 0 else "b"  # noqa: E731
-    detector = lambda image: DETECTIONS[which(image)]  # noqa: E731
-    classify = lambda image, boxes: LABELS[which(image)]  # noqa: E731
-    faces, per_photo = evaluate_photos(photos, detector, classify)
+    find = lambda image: (DETECTIONS[which(image)], np.ones(len(DETECTIONS[which(image)])))  # noqa: E731
+    classify = lambda image, boxes, scores: LABELS[which(image)]  # noqa: E731
+    faces, per_photo = evaluate_photos(photos, find, classify)
     assert faces["detected"].tolist() == [False, True, True, True, True]
     assert faces["correct"].tolist() == [False, False, True, True, True]
     table = recall_table(faces)
@@ -75,8 +75,16 @@ def test_end_to_end_figures_on_a_hand_made_case(tmp_path):
 
 def test_detection_only_leaves_correct_false(tmp_path):
     photos = hand_made_photos(tmp_path)[:1]
-    faces, _ = evaluate_photos(photos, lambda image: DETECTIONS["a"])
+    faces, _ = evaluate_photos(photos, lambda image: (DETECTIONS["a"], np.ones(3)))
     assert faces["detected"].sum() == 2 and not faces["correct"].any()
+
+
+def test_boxes_the_verifier_drops_are_neither_found_nor_false_alarms(tmp_path):
+    photos = hand_made_photos(tmp_path)[:1]
+    labels = ["with_mask", None, None]  # the verifier keeps the 40-px face only
+    faces, per_photo = evaluate_photos(photos, lambda image: (DETECTIONS["a"], np.ones(3)), lambda *_: labels)
+    assert faces["detected"].tolist() == [False, True, False]
+    assert per_photo.loc[0, ["candidates", "detections", "false_alarms"]].tolist() == [3, 1, 0]
 
 
 def test_photos_from_manifest_groups_faces_by_photo_and_filters_folds(tmp_path):
