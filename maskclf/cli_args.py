@@ -53,6 +53,7 @@ TRAIN_OPTIONS: dict[str, tuple[str, type]] = {
     "augment_views": ("cached augmented views per crop (1: a horizontal flip)", int),
     "jitter_views": ("cached re-cuts per face with a jittered box", int),
     "detector_views": ("1: a cached view cut with the default face detector's box, for the faces it finds", int),
+    "verifier": ("1: a face verifier on the detector's low-score boxes (whole photos), fitted on the training folds", int),
     "pooling": ("how backbone outputs are pooled", str),
     "head": ("adam (the study's) or lbfgs (logistic regression to convergence)", str),
     "head_c": ("inverse L2 strength of the lbfgs head", float),
