@@ -22,7 +22,8 @@ import numpy as np
 
 from .detect import Detector, DetectorModelError, detect_faces, make_detector
 from .fsutil import OutputError, atomic_path, output_file_problem, reads_back
-from .predict import annotate, classify_photo, counted, resolve_model
+from .predict import annotate, classify_photo, counted
+from .runtime import resolve_model
 
 WINDOW = "maskclf (q or Esc to quit)"
 FOURCC = "mp4v"
