@@ -25,6 +25,7 @@ from .network import end_to_end_model
 from .splits import early_stopping_split, train_val_indices
 from .trainconfig import config_identity
 
+
 @dataclass
 class TrainResult:
     """A trained model and what it measured on its validation fold."""

@@ -23,6 +23,7 @@ from .model import run_batched
 from .network import pooled_features, pooling_columns, split_at_block, stage_outputs
 from .trainconfig import TrainConfig
 
+
 @dataclass
 class FeatureSet:
     """The frozen parts of the backbone(s) and their cached outputs for every crop."""

@@ -16,6 +16,7 @@ from .logreg import LinearFit, Subset, fit_logistic, standardisation
 from .network import build_head, compile_model, with_merge
 from .trainconfig import TrainConfig
 
+
 def _dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: bool) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:

@@ -14,6 +14,7 @@ from .data import DataError
 from .evaluate import encode_labels
 from .trainconfig import TrainConfig
 
+
 def class_weights(y: Sequence[int], n_classes: int = 2) -> dict[int, float]:
     """Weights n / (n_classes * count) per class, so that every class weighs the same in the loss."""
     y = np.asarray(y)

@@ -47,6 +47,7 @@ from .paths import MODELS_DIR
 from .runs import save_run
 from .trainconfig import TrainConfig, config_label, default_run_name, run_id
 
+
 # --------------------------------------------------------------------------- one call for notebooks and the CLI
 
 
