@@ -12,7 +12,7 @@ and model loaded once; without --model it counts only load and detect.
 the first N photos (fold 0 when it is among the folds; the study's photos are ~400 px):
 detector and model loaded once, the faces of PHOTOS_PER_BATCH photos classified together,
 one warm-up photo untimed. It prints photos/s, the issue's throughput figure. The model
-runs as predict runs it: the run's fastest exported runtime when there is one (`predict.fastest_runtime`).
+runs as predict runs it: the run's fastest exported runtime when there is one (`runtime.fastest_runtime`).
 
     python benchmarks/detector_recall.py --data ../shared/datasets/face-mask-detection --model models/<run>
     python benchmarks/detector_recall.py --data ../shared/datasets/face-mask-detection --folds 0 --detectors centerface
@@ -67,7 +67,8 @@ def summary_row(name: str, subset: str, faces: pd.DataFrame, per_photo: pd.DataF
 
 def throughput(model, config, detector_name: str, min_face: int, paths: list[Path]) -> dict:
     """Photos per second of `predict_paths` (load, detect, classify in shared batches) over `paths`, after one warm-up photo."""
-    from maskclf.predict import PHOTOS_PER_BATCH, ExportedModel, predict_paths
+    from maskclf.predict import PHOTOS_PER_BATCH, predict_paths
+    from maskclf.runtime import ExportedModel
 
     detector = make_detector(detector_name, min_face)
     list(predict_paths(model, config, paths[:1], detector=detector))
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--throughput needs --model")
     classify = loaded = None
     if args.model:
-        from maskclf.predict import resolve_model
+        from maskclf.runtime import resolve_model
 
         loaded = resolve_model(args.model, fast=not args.keras)
         classify = model_classifier(*loaded)

@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from maskclf.detect import DETECTORS  # noqa: E402
-from maskclf.export import FORMATS, call_times_ms, load_runner  # noqa: E402
+from maskclf.export import FORMATS, call_times_ms  # noqa: E402
 from maskclf.runs import EXPORT_DIR, PARITY_FILE, export_path, latest_run, read_json  # noqa: E402
 from maskclf.paths import MODELS_DIR  # noqa: E402
-from maskclf.predict import resolve_model  # noqa: E402
+from maskclf.runtime import load_runner, resolve_model  # noqa: E402
 
 
 def latency_ms(fn: Callable[[np.ndarray], object], crop: np.ndarray, repeats: int) -> tuple[float, float]:

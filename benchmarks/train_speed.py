@@ -28,7 +28,7 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maskclf import train  # noqa: E402
+from maskclf import crossval, featureset, network, trainconfig  # noqa: E402
 from maskclf.data import read_manifest  # noqa: E402
 from maskclf.evaluate import encode_labels  # noqa: E402
 from maskclf.features import crop_dataset  # noqa: E402
@@ -41,26 +41,26 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_cached(manifest, faces: Path, config: train.TrainConfig, cache_dir: Path) -> tuple[float, float, bool]:
+def time_cached(manifest, faces: Path, config: trainconfig.TrainConfig, cache_dir: Path) -> tuple[float, float, bool]:
     """Seconds for features (cold or warm) and for the head on fold `config.val_fold`."""
     t0 = time.perf_counter()
-    fs = train.prepare_features(manifest, faces, config, cache_dir, verbose=0)
+    fs = featureset.prepare_features(manifest, faces, config, cache_dir, verbose=0)
     t1 = time.perf_counter()
-    train.train_fold(fs, manifest, config.val_fold)
+    crossval.train_fold(fs, manifest, config.val_fold)
     return t1 - t0, time.perf_counter() - t1, fs.cache_hit
 
 
-def time_naive(manifest, config: train.TrainConfig) -> float:
+def time_naive(manifest, config: trainconfig.TrainConfig) -> float:
     """Seconds to fit the frozen end-to-end image model for `config.epochs` epochs over the images."""
     from maskclf.backbones import build_backbone
 
-    train.set_determinism(config.train_seed)
+    featureset.set_determinism(config.train_seed)
     y = encode_labels(manifest["label"])
     train_idx, val_idx = train_val_indices(manifest["fold"], config.val_fold)
     backbone = build_backbone(config.backbone, config.weights, config.image_size)
     inputs = keras.Input((config.image_size, config.image_size, 3))
     x = keras.layers.GlobalAveragePooling2D()(backbone(inputs, training=False))
-    model = train.compile_model(keras.Model(inputs, train.build_head(x.shape[-1], config.dropout)(x)), config.learning_rate)
+    model = network.compile_model(keras.Model(inputs, network.build_head(x.shape[-1], config.dropout)(x)), config.learning_rate)
 
     def images(idx: np.ndarray) -> tf.data.Dataset:
         return tf.data.Dataset.zip(crop_dataset(list(manifest["crop_file"].iloc[idx]), config.image_size, config.batch_size),
@@ -85,7 +85,7 @@ def main() -> int:
     if args.limit:
         manifest = manifest.iloc[: args.limit].reset_index(drop=True)
     # epochs fixed for a like-for-like comparison: no early stopping
-    config = train.TrainConfig.from_params({"backbone": args.backbone, "weights": args.weights, "epochs": args.epochs,
+    config = trainconfig.TrainConfig.from_params({"backbone": args.backbone, "weights": args.weights, "epochs": args.epochs,
                                             "patience": args.epochs, "pooling": "avg", "head": "adam", "labels": "binary",
                                             "augment_views": 0, "jitter_views": 0, "fine_tune_blocks": 0})
     print(f"{len(manifest)} faces, backbone {config.backbone} (weights {args.weights}), {config.image_size} px, "

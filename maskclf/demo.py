@@ -58,8 +58,9 @@ from .data import TINY_FACE
 from .detect import DETECTORS, FaceFinder, make_face_finder
 from .images import WORK_SIDE, ImageError, ImageTooLarge, decode_rgb, open_image, working_image
 from .paths import DEFAULT_FACES_DIR
-from .predict import (COLOURS, LABEL_WORDS, classify_photo, face_answer, photo_summary, resolve_model, summary_caption,
+from .predict import (COLOURS, LABEL_WORDS, classify_photo, face_answer, photo_summary, summary_caption,
                       verified_faces)
+from .runtime import resolve_model
 
 MAX_PIXELS = 50_000_000
 """Largest upload decoded: the largest phone photos. Analysing one costs ~13 bytes a pixel at its

@@ -16,7 +16,7 @@ manifest gives the model's validation fold; a folder `DIR/<class_name>/*.png`; o
 set folder), else on fixed random crops: label agreement with the Keras model (target >= 99.5%)
 and the difference in ROC AUC (target <= 0.002). A format that misses the target is not kept:
 its figures go to `parity.json`, marked `"usable": false`, and its file is not written.
-`predict.fastest_runtime` classifies with the first of its runtimes that passed.
+`runtime.fastest_runtime` classifies with the first of its runtimes that passed.
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ from .model import run_batched
 from .answers import p_without_mask
 from .images import crop_faces
 from .model import predict_probabilities
-from .predict import resolve_model
 from .runs import EXPORT_FILES, PARITY_FILE, export_path, model_sha256, read_parity, write_parity
-from .splits import N_FOLDS
+from .runtime import Runner, load_runner, resolve_model
 
 FORMATS = tuple(EXPORT_FILES)
 INT8_FORMATS = ("tflite-int8", "onnx-int8")
@@ -55,8 +54,6 @@ FIXED_CROPS = 16
 """Seeded random crops that parity is measured on when no labelled check set is given."""
 QUANTISED_OPS = ("Conv", "Add", "Relu", "MaxPool")
 """Op types onnx-int8 quantises: the backbone's. Pooling, standardisation and head stay float."""
-
-Runner = Callable[[np.ndarray], np.ndarray]
 
 
 # --------------------------------------------------------------------------- export
@@ -141,49 +138,6 @@ def _first_conv(graph: Any) -> list[str]:
         return []
     after = [n.name for n in graph.node if n.op_type == "Relu" and n.input[0] in conv.output]
     return [conv.name, *after]
-
-
-def load_runner(path: str | Path, num_threads: int | None = None) -> Runner:
-    """A function `crops (N, S, S, 3) float32 -> probabilities (N, C)` for a .tflite or .onnx file.
-
-    `num_threads` None: the runtime's default (ONNX Runtime: one per core).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such exported model")
-    if path.suffix == ".onnx":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if num_threads:
-            options.intra_op_num_threads = num_threads
-        # idle threads sleep rather than spin: never slower here, and no cores burnt beside other work
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return lambda crops: session.run(None, {name: np.asarray(crops, np.float32)})[0]
-    return _tflite_runner(path, num_threads)
-
-
-def _tflite_runner(path: Path, num_threads: int | None) -> Runner:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-    inp = interpreter.get_input_details()[0]["index"]
-    out = interpreter.get_output_details()[0]["index"]
-    shape: list[tuple[int, ...]] = [()]
-
-    def run(crops: np.ndarray) -> np.ndarray:
-        crops = np.ascontiguousarray(crops, np.float32)
-        if crops.shape != shape[0]:
-            interpreter.resize_tensor_input(inp, crops.shape)
-            interpreter.allocate_tensors()
-            shape[0] = crops.shape
-        interpreter.set_tensor(inp, crops)
-        interpreter.invoke()
-        return interpreter.get_tensor(out).copy()
-
-    return run
 
 
 # --------------------------------------------------------------------------- parity

@@ -1,7 +1,7 @@
 """Classify faces: ready-made crops, or whole photos whose faces a detector (or VOC) boxes.
 
 The pure functions here (`crop_faces`, `classify_crops`, `classify_photo`, `annotate`)
-are what the notebooks, `video`, `demo` and `export` reuse; `predict_paths` runs them
+are what `video` and `demo` reuse (the model comes from maskclf.runtime); `predict_paths` runs them
 over files and folders, and the CLI only wires options to it.
 
 One JSON line per face:
@@ -39,7 +39,7 @@ from .fsutil import OutputError, atomic_path, output_file_problem, reads_back, w
 from .images import READ_FORMATS, ImageError, crop_faces, load_rgb, open_image, resize_crop
 from .model import predict_probabilities
 from .native_logs import show_progress
-from .paths import MODELS_DIR
+from .runtime import resolve_model
 
 COLOURS = {"with_mask": (0, 190, 0), "mask_incorrect": (235, 130, 0), "without_mask": (230, 20, 20)}
 """Box colour (RGB) per answer (`face_answer`)."""
@@ -58,83 +58,6 @@ PHOTOS_PER_BATCH = 8
 
 IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in READ_FORMATS)
 """File name endings taken from folders (a file named explicitly is always tried)."""
-
-
-# --------------------------------------------------------------------------- model
-
-
-def resolve_model(model_dir: str | Path | None = None, fast: bool = False) -> tuple[Any, dict[str, Any]]:
-    """Load a run folder (default: the latest under models/); RunFolderError if unusable.
-
-    `fast`: the model is the run's `fastest_runtime` (an exported file when there is a good one), for classifying
-    only. Says on stderr which run and which runtime answer (`model_line`).
-    """
-    from .runs import latest_run, load_run  # TensorFlow loads here
-
-    run_dir = Path(model_dir) if model_dir else latest_run(MODELS_DIR)
-    model, config = load_run(run_dir)
-    model = fastest_runtime(model, run_dir) if fast else model
-    print(model_line(model, run_dir), file=sys.stderr)
-    return model, config
-
-
-def model_line(model: Any, run_dir: Path) -> str:
-    """Which run and runtime classify, e.g. "model: resnet50-...-3f9a2c1d (Keras; `python -m maskclf export ...`
-    makes the faster ONNX int8 runtime)"."""
-    if isinstance(model, ExportedModel):
-        return f"model: {run_dir.name} ({model.path.name}, exported)"
-    return (f"model: {run_dir.name} (Keras; `python -m maskclf export --model {run_dir}` makes a faster exported "
-            "runtime, used from then on)")
-
-
-FAST_RUNTIMES = ("onnx-int8", "onnx", "tflite-fp32")
-"""Exported formats (`maskclf export`) used for classifying when present, fastest first: on the committed
-ResNet-50, ONNX int8 answers one face in 23 ms and 40 faces/s at batch 32, ONNX fp32 45 ms and 22 faces/s,
-Keras 80-135 ms and 20 faces/s (benchmarks/inference_speed.py, 2 threads); int8 agrees with Keras on 99.88%
-of the validation crops, the float formats on all. Keras is the fallback."""
-
-
-class ExportedModel:
-    """An exported model file behind the two Keras calls classification uses (`predict_on_batch`, `output_shape`)."""
-
-    def __init__(self, runner: Any, n_classes: int, path: Path):
-        self.runner, self.output_shape, self.path = runner, (None, n_classes), path
-
-    def predict_on_batch(self, crops: np.ndarray) -> np.ndarray:
-        return self.runner(np.asarray(crops, np.float32))
-
-
-def fastest_runtime(model: Any, run_dir: str | Path, threads: int | None = None) -> Any:
-    """The run's exported model in the first of FAST_RUNTIMES whose export passed its parity check
-    (`export/parity.json`) against this very model.keras (its SHA-256); `model` itself when there is none.
-
-    Exports made for another model.keras are never used; stderr says so.
-    """
-    from .export import load_runner
-    from .runs import RunFolderError, export_path, read_parity
-
-    report, stale = read_parity(run_dir)
-    if report is None:
-        if stale:
-            print(f"note: {stale}; classifying with Keras (run `maskclf export` again)", file=sys.stderr)
-        return model
-    for fmt in FAST_RUNTIMES:
-        path = export_path(run_dir, fmt)
-        if _parity_passed(report, fmt) and path.is_file():
-            try:
-                return ExportedModel(load_runner(path, threads), model.output_shape[-1], path)
-            except Exception as exc:  # onnxruntime and LiteRT raise their own types for a corrupt file
-                raise RunFolderError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc}); export the model "
-                                     f"again, or remove {path.parent} to classify with Keras") from exc
-    return model
-
-
-def _parity_passed(report: Any, fmt: str) -> bool:
-    """Whether `parity.json`'s entry for `fmt` says its parity check passed (False for anything malformed)."""
-    entry = report.get("formats") if isinstance(report, dict) else None
-    entry = entry.get(fmt) if isinstance(entry, dict) else None
-    entry = entry.get("parity") if isinstance(entry, dict) else None
-    return isinstance(entry, dict) and entry.get("passed") is True
 
 
 # --------------------------------------------------------------------------- pure functions

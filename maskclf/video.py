@@ -22,7 +22,8 @@ import numpy as np
 
 from .detect import DetectorModelError, FaceFinder, make_face_finder
 from .fsutil import OutputError, atomic_path, output_file_problem, reads_back
-from .predict import annotate, counted, find_and_classify, resolve_model
+from .predict import annotate, counted, find_and_classify
+from .runtime import resolve_model
 
 WINDOW = "maskclf (q or Esc to quit)"
 FOURCC = "mp4v"

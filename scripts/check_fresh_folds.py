@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from maskclf import train
+from maskclf import crossval, featureset, train, trainconfig
 from maskclf.data import read_manifest
 from maskclf.paths import DEFAULT_FACES_DIR
 from maskclf.config import load_params, parse_override
@@ -28,14 +28,14 @@ def main() -> int:
     args = parser.parse_args()
 
     params = load_params(overrides=dict(args.param))
-    config = train.TrainConfig.from_params(params)
+    config = trainconfig.TrainConfig.from_params(params)
     manifest = read_manifest(args.faces)
-    fs, manifest = train.restrict_faces(train.prepare_features(manifest, args.faces, config, verbose=0), manifest)
-    print(f"{train.config_label(config)}: {len(manifest)} faces, features {'cached' if fs.cache_hit else 'computed'}")
+    fs, manifest = featureset.restrict_faces(featureset.prepare_features(manifest, args.faces, config, verbose=0), manifest)
+    print(f"{trainconfig.config_label(config)}: {len(manifest)} faces, features {'cached' if fs.cache_hit else 'computed'}")
     print("fold seed | accuracy | ROC AUC | recall without_mask | incorrectly worn masks called without_mask")
     for seed in args.seeds:
         folds = assign_folds(manifest["label"], manifest["source_image"], seed=seed)
-        cv, _ = train.cached_cross_validate(fs, manifest.assign(fold=folds))
+        cv, _ = crossval.cached_cross_validate(fs, manifest.assign(fold=folds))
         mean, std = cv["mean"], cv["std"]
         incorrect = train.cv_row("", cv, manifest)["incorrect_mask_recall"]
         print(f"{seed} | " + " | ".join(f"{mean[k]:.4f} ± {std[k]:.4f}" for k in ("accuracy", "roc_auc", "recall_without_mask"))

@@ -24,7 +24,7 @@ from maskclf.detect import DEFAULT_DETECTOR, make_detector
 from maskclf.fsutil import atomic_path
 from maskclf.images import load_rgb, working_image
 from maskclf.paths import DEFAULT_FACES_DIR, REPORTS_DIR
-from maskclf.predict import resolve_model
+from maskclf.runtime import resolve_model
 
 CLIP_SIDE = 640
 """Longest side of the fake camera's clip."""

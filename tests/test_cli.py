@@ -60,7 +60,7 @@ def test_every_option_of_every_command_has_help_and_shows_its_default():
 
 def test_train_options_match_the_training_configuration():
     from maskclf.config import stage_defaults
-    from maskclf.train import TrainConfig
+    from maskclf.trainconfig import TrainConfig
 
     fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     assert set(cli_args.TRAIN_OPTIONS) == set(fields) - {"class_weight"}

@@ -8,7 +8,7 @@ import pytest
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from maskclf import cli_args, train
+from maskclf import cli_args, train, trainconfig
 from maskclf.config import load_params, resolve_params, stage_defaults
 from maskclf.paths import NOTEBOOKS_DIR
 from maskclf.report import declared_parameters
@@ -70,11 +70,11 @@ def test_a_default_changed_in_params_yaml_reaches_every_entry_point(tmp_path, mo
     changed = tmp_path / "params.yaml"
     changed.write_text(text)
     monkeypatch.setattr(config, "PARAMS_FILE", changed)
-    assert notebook_config()["head_c"] == cli_config([])["head_c"] == train.TrainConfig.from_params({}).head_c == 0.5
+    assert notebook_config()["head_c"] == cli_config([])["head_c"] == trainconfig.TrainConfig.from_params({}).head_c == 0.5
 
 
 def test_none_means_the_default_and_none_string_means_random_weights():
     assert resolve_params("02_train", {"epochs": None})["epochs"] == stage_defaults("02_train")["epochs"]
-    assert train.TrainConfig.from_params({"weights": "none"}).weights is None
+    assert trainconfig.TrainConfig.from_params({"weights": "none"}).weights is None
     with pytest.raises(ValueError, match="parameter 'pooling': 'sum' is not one of the choices"):
-        train.TrainConfig.from_params({"pooling": "sum"})
+        trainconfig.TrainConfig.from_params({"pooling": "sum"})

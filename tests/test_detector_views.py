@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskclf import detect, detector_views, memo, train
+from maskclf import crossval, detect, detector_views, featureset, memo, trainconfig
 from maskclf.data import read_manifest, source_photos_dir
 from maskclf.framing import manifest_boxes
 
@@ -69,17 +69,17 @@ def test_a_face_without_a_detector_view_is_kept_and_its_view_weighs_nothing(face
     manifest, missed, _, find = fake
     real = detector_views.detector_boxes
     monkeypatch.setattr(detector_views, "detector_boxes", lambda m, p: real(m, p, find))
-    config = train.TrainConfig.from_params(dict(backbone="efficientnet_lite0", weights="imagenet", image_size=32,
-                                                batch_size=16, pooling="avg", head="lbfgs", labels="original",
-                                                augment_views=0, jitter_views=0, detector_views=1))
-    fs = train.prepare_features(manifest, faces, config, cache_dir=tmp_path / "features", verbose=0)
+    config = trainconfig.TrainConfig.from_params(dict(backbone="efficientnet_lite0", weights="imagenet", image_size=32,
+                                                      batch_size=16, pooling="avg", head="lbfgs", labels="original",
+                                                      augment_views=0, jitter_views=0, detector_views=1))
+    fs = featureset.prepare_features(manifest, faces, config, cache_dir=tmp_path / "features", verbose=0)
     assert fs.views == ["none", detector_views.VIEW] and fs.pooled.shape[1] == len(manifest)
     weight = fs.available()
     assert weight[0].all(), "every face keeps its annotated view"
     assert weight[1, missed] == 0 and weight[1].sum() == len(manifest) - 1
-    assert "det" in train.config_label(config)
-    again = train.prepare_features(manifest, faces, config, cache_dir=tmp_path / "features", verbose=0)
+    assert "det" in trainconfig.config_label(config)
+    again = featureset.prepare_features(manifest, faces, config, cache_dir=tmp_path / "features", verbose=0)
     assert again.cache_hit
     np.testing.assert_array_equal(again.pooled, fs.pooled)
-    cv, kept = train.cross_validate(fs, manifest, 0)
+    cv, kept = crossval.cross_validate(fs, manifest, 0)
     assert kept is not None and not np.isnan(cv["oof_probability"]).any()

@@ -15,12 +15,12 @@ from tinymodel import solid
 from maskclf import export
 from maskclf.cli import main
 from maskclf.data import DataError, extract_faces, read_manifest
-from maskclf.predict import fastest_runtime
 from maskclf.export import (
     FORMATS, MAX_AUC_DIFF, MIN_AGREEMENT, calibration_crops, export_model, export_run, load_check_crops,
-    load_runner, parity, quantize_onnx,
+    parity, quantize_onnx,
 )
 from maskclf.runs import EXPORT_FILES, PARITY_FILE, load_run, read_json
+from maskclf.runtime import fastest_runtime, load_runner
 
 
 @pytest.fixture

@@ -265,7 +265,7 @@ def replaced_model(exported_run, tmp_path) -> Path:
 
 
 def test_a_stale_export_never_answers_for_a_replaced_model(replaced_model, tmp_path, capsys):
-    from maskclf.predict import ExportedModel, resolve_model
+    from maskclf.runtime import ExportedModel, resolve_model
 
     red = tmp_path / "red.png"
     Image.fromarray(np.full((40, 40, 3), (230, 20, 20), np.uint8)).save(red)
@@ -278,7 +278,7 @@ def test_a_stale_export_never_answers_for_a_replaced_model(replaced_model, tmp_p
 
 
 def test_an_export_keeps_the_formats_of_earlier_exports(exported_run, tmp_path, capsys):
-    from maskclf.predict import ExportedModel, resolve_model
+    from maskclf.runtime import ExportedModel, resolve_model
 
     run = Path(shutil.copytree(exported_run, tmp_path / "run"))
     status, _, err = _cli(capsys, "export", "--model", run, "--format", "tflite-fp32")

@@ -8,9 +8,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "maskclf"
 NOTEBOOKS = PACKAGE.parent / "notebooks"
-SERVING = {"predict", "video", "demo", "demo_browser", "export", "cli", "__main__"}
-"""Modules that use a trained model on new photos (the CLI's commands, the demo, export); everything else is the
-study: data, features, training, evaluation, reports, and what both layers share (detection, images, runs)."""
+SERVING = {"predict", "video", "demo", "demo_browser", "export", "runtime", "cli", "__main__"}
+"""Modules that use a trained model on new photos (the CLI's commands, the demo, export, and runtime, which loads a
+run for them); everything else is the study: data, features, training, evaluation, reports, and what both layers
+share (detection, images, runs)."""
 
 
 def imported_modules(source: str) -> set[str]:
@@ -30,6 +31,13 @@ def test_no_study_module_imports_a_serving_module():
     offending = {p.stem: sorted(imported_modules(p.read_text()) & SERVING) for p in study}
     assert not {k: v for k, v in offending.items() if v}, "study modules must not import serving modules"
     assert SERVING <= {p.stem for p in PACKAGE.glob("*.py")}, "a serving module was renamed: update SERVING"
+
+
+def test_predict_and_export_do_not_import_each_other():
+    """Both load a run through maskclf.runtime; neither reaches into the other."""
+    imports = {name: imported_modules((PACKAGE / f"{name}.py").read_text()) for name in ("predict", "export")}
+    assert "export" not in imports["predict"] and "predict" not in imports["export"]
+    assert "runtime" in imports["predict"] and "runtime" in imports["export"]
 
 
 def test_notebooks_import_only_study_modules():

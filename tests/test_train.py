@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import yaml
 
-from maskclf import backbones, train
+from maskclf import backbones, crossval, featureset, network, train, trainconfig
 from maskclf.answers import p_without_mask
 from maskclf.backbones import BackboneWeightsError, build_backbone
-from maskclf.data import extract_faces, read_manifest
+from maskclf.data import DataError, extract_faces, read_manifest
+from maskclf.evaluate import encode_labels
 from maskclf import runs
 from maskclf.images import load_crop
+from maskclf.labels import class_weights, output_classes, training_labels
 from maskclf.runs import load_run
 
 STUDY_HEAD = dict(pooling="avg", head="adam", labels="binary", augment_views=0, jitter_views=0, detector_views=0,
@@ -37,8 +39,8 @@ def cache(tmp_path):
 
 
 def _fs(faces, cache, **overrides):
-    config = train.TrainConfig.from_params({**TINY, **overrides})
-    return train.prepare_features(read_manifest(faces), faces, config, cache_dir=cache, verbose=0)
+    config = trainconfig.TrainConfig.from_params({**TINY, **overrides})
+    return featureset.prepare_features(read_manifest(faces), faces, config, cache_dir=cache, verbose=0)
 
 
 def test_feature_shapes(faces, cache):
@@ -79,8 +81,8 @@ def test_one_backbone_pass_feeds_every_pooling(faces, cache):
         assert fs.pooled.shape == (1, len(manifest), direct.shape[-1])
         np.testing.assert_allclose(fs.pooled[0], direct, rtol=1e-5, atol=1e-5)
     assert len(list(cache.glob("*.npz"))) == 1
-    assert list(train.pooling_columns([2, 3], "avg")) == [20, 21, 22]  # stage 1: avg 0-1, max 2-3, bands 4-19
-    assert list(train.pooling_columns([2, 3], "stages")) == [0, 1, 2, 3, 20, 21, 22, 23, 24, 25]
+    assert list(network.pooling_columns([2, 3], "avg")) == [20, 21, 22]  # stage 1: avg 0-1, max 2-3, bands 4-19
+    assert list(network.pooling_columns([2, 3], "stages")) == [0, 1, 2, 3, 20, 21, 22, 23, 24, 25]
 
 
 ENSEMBLE = dict(backbone="efficientnet_lite0+efficientnet_lite1", pooling="stages", head="lbfgs", labels="original")
@@ -92,26 +94,26 @@ ENSEMBLE = dict(backbone="efficientnet_lite0+efficientnet_lite1", pooling="stage
 def test_end_to_end_model_equals_head_on_cached_features(faces, cache, overrides):
     fs = _fs(faces, cache, **overrides)
     manifest = read_manifest(faces)
-    result = train.train_fold(fs, manifest, 0)
+    result = crossval.train_fold(fs, manifest, 0)
     crops = np.stack([load_crop(p, 32) for p in manifest["crop_file"].iloc[result.val_index]]).astype("float32")
-    labels = train.training_labels(manifest, fs.config.labels)
+    labels = training_labels(manifest, fs.config.labels)
     p = result.model.predict(crops, verbose=0)
     assert p.shape == (len(crops), len(labels.names))  # the trained classes: 3 with labels="original"
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(p_without_mask(p, train.output_classes(labels)), result.val_probabilities, atol=1e-4)
+    np.testing.assert_allclose(p_without_mask(p, output_classes(labels)), result.val_probabilities, atol=1e-4)
 
 
 def test_same_seed_same_metrics(faces, cache):
     manifest = read_manifest(faces)
-    runs = [train.train_fold(_fs(faces, cache, train_seed=7), manifest, 0) for _ in range(2)]
+    runs = [crossval.train_fold(_fs(faces, cache, train_seed=7), manifest, 0) for _ in range(2)]
     np.testing.assert_array_equal(runs[0].val_probabilities, runs[1].val_probabilities)
     assert runs[0].history == runs[1].history
-    other = train.train_fold(_fs(faces, cache, train_seed=8), manifest, 0)
+    other = crossval.train_fold(_fs(faces, cache, train_seed=8), manifest, 0)
     assert not np.array_equal(other.val_probabilities, runs[0].val_probabilities)
 
 
 def test_cross_validation_and_saved_run(faces, cache, tmp_path):
-    config = train.TrainConfig.from_params(TINY)
+    config = trainconfig.TrainConfig.from_params(TINY)
     study = train.run_study(config, faces, tmp_path, "run", cross_validate=True, cache_dir=cache)
     result, cv = study.result, study.cv
     assert study.run_dir == tmp_path / "run" and study.saved == "created"
@@ -143,7 +145,7 @@ def test_cli_train_runs_the_same_study_as_the_notebook(faces, tmp_path, monkeypa
     changed.write_text(yaml.safe_dump(params))
     monkeypatch.setattr(config_module, "PARAMS_FILE", changed)
     study_params = config_module.stage_defaults("02_train")
-    study = train.run_study(train.TrainConfig.from_params({}), faces, tmp_path, "notebook",
+    study = train.run_study(trainconfig.TrainConfig.from_params({}), faces, tmp_path, "notebook",
                             study_params["cross_validate"], study_params["compare"])
     assert main(["train", "--faces", str(faces), "--out", str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out
@@ -162,7 +164,7 @@ def test_cli_train_runs_the_same_study_as_the_notebook(faces, tmp_path, monkeypa
 def test_cross_validation_is_cached_by_what_it_depends_on(faces, cache, monkeypatch, head):
     manifest = read_manifest(faces)
     fs = _fs(faces, cache, head=head)
-    first, kept = train.cached_cross_validate(fs, manifest, keep_fold=0, cache_dir=cache)
+    first, kept = crossval.cached_cross_validate(fs, manifest, keep_fold=0, cache_dir=cache)
 
     def summaries() -> list:
         return [p for p in (cache / "cv").glob("*.json") if "-fold" not in p.name]
@@ -172,9 +174,9 @@ def test_cross_validation_is_cached_by_what_it_depends_on(faces, cache, monkeypa
     def no_training(*args, **kwargs):
         raise AssertionError("a warm rerun must train nothing")
 
-    monkeypatch.setattr(train, "cross_validate", no_training)
-    monkeypatch.setattr(train, "train_folds", no_training)
-    again, kept_again = train.cached_cross_validate(fs, manifest, keep_fold=0, cache_dir=cache)
+    monkeypatch.setattr(crossval, "cross_validate", no_training)
+    monkeypatch.setattr(crossval, "train_folds", no_training)
+    again, kept_again = crossval.cached_cross_validate(fs, manifest, keep_fold=0, cache_dir=cache)
     assert again == json.loads(json.dumps(first))
     np.testing.assert_array_equal(kept_again.val_probabilities, kept.val_probabilities)
     assert kept_again.history == json.loads(json.dumps(kept.history)) and kept_again.metrics == kept.metrics
@@ -182,16 +184,16 @@ def test_cross_validation_is_cached_by_what_it_depends_on(faces, cache, monkeypa
     np.testing.assert_array_equal(kept_again.model.predict(crops, verbose=0), kept.model.predict(crops, verbose=0))
     monkeypatch.undo()
     changed = _fs(faces, cache, head=head, dropout=0.3, head_c=0.5)  # a head parameter: same features, another result
-    train.cached_cross_validate(changed, manifest, cache_dir=cache)
+    crossval.cached_cross_validate(changed, manifest, cache_dir=cache)
     refolded = manifest.assign(fold=(manifest["fold"] + 1) % 5)
-    train.cached_cross_validate(fs, refolded, cache_dir=cache)
+    crossval.cached_cross_validate(fs, refolded, cache_dir=cache)
     assert len(summaries()) == 3
 
 
 def test_class_weights_balance_the_classes():
-    w = train.class_weights([0, 0, 0, 1])
+    w = class_weights([0, 0, 0, 1])
     assert w[0] * 3 == pytest.approx(w[1] * 1) and w[0] == pytest.approx(4 / 6)
-    w3 = train.class_weights([0, 0, 1, 2, 2, 2], n_classes=3)
+    w3 = class_weights([0, 0, 1, 2, 2, 2], n_classes=3)
     assert w3[0] * 2 == pytest.approx(w3[1]) == pytest.approx(w3[2] * 3)
 
 
@@ -208,9 +210,9 @@ def test_views_and_backbones_are_cached_separately(faces, cache):
 
 def test_stage_pooling_reads_every_residual_stage():
     base = backbones.get_backbone("efficientnet_lite0").build(None, 64)
-    assert train.stage_outputs(base) == ["block2b_add", "block3b_add", "block4c_add", "block5c_add", "block6d_add",
-                                         "top_activation"]
-    fs_dim = 2 * sum(base.get_layer(n).output.shape[-1] for n in train.stage_outputs(base))
+    assert network.stage_outputs(base) == ["block2b_add", "block3b_add", "block4c_add", "block5c_add", "block6d_add",
+                                           "top_activation"]
+    fs_dim = 2 * sum(base.get_layer(n).output.shape[-1] for n in network.stage_outputs(base))
     assert fs_dim == 2 * (24 + 40 + 80 + 112 + 192 + 1280)
 
 
@@ -218,20 +220,20 @@ def test_band_pooling_adds_the_bands_of_every_stage_below_the_top():
     spec = backbones.get_backbone("efficientnet_lite0")
     base = spec.build(None, 64)
     inputs = keras.Input((64, 64, 3))
-    features = train.pooled_features(spec.name, base, spec.preprocess("preprocess"), inputs, "bands", first=True)
+    features = network.pooled_features(spec.name, base, spec.preprocess("preprocess"), inputs, "bands", first=True)
     below_top = 24 + 40 + 80 + 112 + 192
-    assert features.shape[-1] == 2 * (below_top + 1280) + train.BANDS * 2 * below_top
+    assert features.shape[-1] == 2 * (below_top + 1280) + network.BANDS * 2 * below_top
 
 
 def test_training_on_the_original_classes_merges_them_at_the_output(faces):
     manifest = read_manifest(faces)
-    labels = train.training_labels(manifest, "original")
+    labels = training_labels(manifest, "original")
     assert labels.names == ["with_mask", "mask_weared_incorrect", "without_mask"]
     np.testing.assert_array_equal(labels.merge, [[1, 0], [0, 1], [0, 1]])
-    np.testing.assert_array_equal(labels.merge[labels.values].argmax(axis=1), train.encode_labels(manifest["label"]))
+    np.testing.assert_array_equal(labels.merge[labels.values].argmax(axis=1), encode_labels(manifest["label"]))
     clash = manifest.assign(original_label="with_mask")
-    with pytest.raises(train.DataError, match="more than one class"):
-        train.training_labels(clash, "original")
+    with pytest.raises(DataError, match="more than one class"):
+        training_labels(clash, "original")
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -242,26 +244,26 @@ def test_training_on_the_original_classes_merges_them_at_the_output(faces):
 ])
 def test_invalid_configurations(bad, match):
     with pytest.raises(ValueError, match=match):
-        train.TrainConfig.from_params(bad)
+        trainconfig.TrainConfig.from_params(bad)
 
 
 def test_config_from_notebook_parameters():
     params = {**STUDY_HEAD, "backbone": "efficientnet_lite0+efficientnet_lite2", "head": "lbfgs", "np": np}
-    config = train.TrainConfig.from_params(params)  # other notebook globals (np) are ignored
+    config = trainconfig.TrainConfig.from_params(params)  # other notebook globals (np) are ignored
     assert config.backbones == ["efficientnet_lite0", "efficientnet_lite2"] and config.image_size == 260
-    assert train.config_label(config) == "efficientnet_lite0+efficientnet_lite2-imagenet-lbfgs"
+    assert trainconfig.config_label(config) == "efficientnet_lite0+efficientnet_lite2-imagenet-lbfgs"
 
 
 def test_split_at_block_composes_to_the_whole_backbone():
     keras.utils.set_random_seed(0)
     base = backbones.get_backbone("resnet50").build(None, 64)
-    assert train.block_names(base)[-3:] == ["conv5_block1", "conv5_block2", "conv5_block3"]
-    lower, upper, first = train.split_at_block(base, 3)
+    assert network.block_names(base)[-3:] == ["conv5_block1", "conv5_block2", "conv5_block3"]
+    lower, upper, first = network.split_at_block(base, 3)
     assert first == "conv5_block1"
     x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
     np.testing.assert_allclose(upper.predict(lower.predict(x, verbose=0), verbose=0), base.predict(x, verbose=0), atol=1e-4)
     with pytest.raises(ValueError, match="blocks"):
-        train.split_at_block(base, 99)
+        network.split_at_block(base, 99)
 
 
 def test_resnet50_caffe_preprocessing_inside_the_model_does_not_touch_the_input():
@@ -306,24 +308,24 @@ def test_offline_imagenet_download_fails_with_a_way_out(tmp_path, monkeypatch):
 
 def test_unknown_backbone():
     with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
-        train.TrainConfig.from_params({"backbone": "vgg"})
+        trainconfig.TrainConfig.from_params({"backbone": "vgg"})
 
 
 def test_run_name():
-    config = train.TrainConfig.from_params({**TINY, "image_size": None, "fine_tune_blocks": 2, "augment_views": 1, "val_fold": 3})
-    name = train.default_run_name(config, "d" * 64)
-    assert name == f"efficientnet_lite0-imagenet-ft2-aug1-fold3-{train.run_id(config, 'd' * 64)}"
+    config = trainconfig.TrainConfig.from_params({**TINY, "image_size": None, "fine_tune_blocks": 2, "augment_views": 1, "val_fold": 3})
+    name = trainconfig.default_run_name(config, "d" * 64)
+    assert name == f"efficientnet_lite0-imagenet-ft2-aug1-fold3-{trainconfig.run_id(config, 'd' * 64)}"
     assert re.fullmatch(r"[0-9a-f]{8}", name.rsplit("-", 1)[1])
 
 
-TRAIN_FIELDS = [f.name for f in dataclasses.fields(train.TrainConfig)]
+TRAIN_FIELDS = [f.name for f in dataclasses.fields(trainconfig.TrainConfig)]
 
 
 @pytest.mark.parametrize("field", TRAIN_FIELDS)
 def test_every_training_parameter_gets_its_own_run_folder(field):
     """Changing any one parameter of a run, or the data, changes its folder's name: no experiment can write
     into the folder of another."""
-    base = train.TrainConfig.from_params(TINY)
+    base = trainconfig.TrainConfig.from_params(TINY)
     changed = {
         "backbone": "efficientnet_lite1", "weights": "none", "image_size": 48, "class_weight": not base.class_weight,
         "pooling": "bands" if base.pooling != "bands" else "avg", "head": "lbfgs" if base.head != "lbfgs" else "adam",
@@ -333,8 +335,8 @@ def test_every_training_parameter_gets_its_own_run_folder(field):
         value = getattr(base, field)
         changed = value + 1 if isinstance(value, int) else value * 2 + 0.001
     other = dataclasses.replace(base, **{field: changed})
-    assert train.default_run_name(other, "d" * 64) != train.default_run_name(base, "d" * 64)
-    assert train.default_run_name(base, "e" * 64) != train.default_run_name(base, "d" * 64)
+    assert trainconfig.default_run_name(other, "d" * 64) != trainconfig.default_run_name(base, "d" * 64)
+    assert trainconfig.default_run_name(base, "e" * 64) != trainconfig.default_run_name(base, "d" * 64)
 
 
 def test_a_new_option_at_its_neutral_value_keeps_the_cross_validation_cache_and_another_value_does_not(
@@ -342,12 +344,12 @@ def test_a_new_option_at_its_neutral_value_keeps_the_cross_validation_cache_and_
     """At its neutral value an option is left out of the key, so caches made before it existed stay valid."""
     manifest = read_manifest(faces)
     fs = _fs(faces, cache)
-    assert set(train.NEUTRAL) <= {f.name for f in dataclasses.fields(train.TrainConfig)}
+    assert set(crossval.NEUTRAL) <= {f.name for f in dataclasses.fields(trainconfig.TrainConfig)}
     hashed = []
-    monkeypatch.setattr(train, "cache_key", lambda **parts: hashed.append(parts["config"]) or str(len(hashed)))
-    train.cv_key(fs, manifest)
-    assert not set(train.NEUTRAL) & set(hashed[-1]), "no option at its neutral value enters the key"
-    for name, value in train.NEUTRAL.items():
+    monkeypatch.setattr(crossval, "cache_key", lambda **parts: hashed.append(parts["config"]) or str(len(hashed)))
+    crossval.cv_key(fs, manifest)
+    assert not set(crossval.NEUTRAL) & set(hashed[-1]), "no option at its neutral value enters the key"
+    for name, value in crossval.NEUTRAL.items():
         assert getattr(fs.config, name) == value
-        train.cv_key(dataclasses.replace(fs, config=dataclasses.replace(fs.config, **{name: value + 1})), manifest)
+        crossval.cv_key(dataclasses.replace(fs, config=dataclasses.replace(fs.config, **{name: value + 1})), manifest)
         assert hashed[-1][name] == value + 1, f"{name} at another value is part of the key"

@@ -138,8 +138,9 @@ def test_predict_classifies_with_a_good_export_and_falls_back_to_keras(tmp_path)
     from tinymodel import make_tiny_run
 
     from maskclf.export import export_model
-    from maskclf.predict import ExportedModel, fastest_runtime, predict_probabilities
+    from maskclf.model import predict_probabilities
     from maskclf.runs import PARITY_FILE, RunFolderError, export_path, load_run, model_sha256
+    from maskclf.runtime import ExportedModel, fastest_runtime
 
     run = make_tiny_run(tmp_path / "run")
     model, config = load_run(run)

@@ -1,0 +1,176 @@
+"""Training on grouped folds: one fold's model and metrics, 5-fold cross-validation, and its cache under
+`cache_dir/cv/` (the summary and the kept fold's head)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from .evaluate import binary_metrics, encode_labels, fold_metrics, summarize_folds
+from .features import FEATURES_DIR, cache_key
+from .featureset import FeatureSet, pool_upper
+from .fsutil import atomic_path, write_json_atomic
+from .heads import fine_tune, fit_heads
+from .labels import training_labels
+from .model import run_batched
+from .network import end_to_end_model
+from .splits import early_stopping_split, train_val_indices
+from .trainconfig import config_identity
+
+
+@dataclass
+class TrainResult:
+    """A trained model and what it measured on its validation fold."""
+
+    model: keras.Model  # end to end: raw crops in, probabilities out
+    head: keras.Model
+    upper: keras.Model | None
+    history: dict[str, dict[str, list[float]]]
+    metrics: dict[str, Any]
+    val_index: np.ndarray
+    val_probabilities: np.ndarray
+
+
+def train_folds(fs: FeatureSet, manifest: pd.DataFrame, val_folds: Sequence[int],
+                verbose: int = 0) -> list[TrainResult]:
+    """For each of `val_folds`, the head (and fine-tuning) with that fold held out; metrics on its faces.
+
+    Early stopping watches a grouped tenth of the training photos, never the held-out fold;
+    the "lbfgs" head does not stop early but also leaves that tenth out, so that both heads
+    learn from the same faces and their curves are comparable. The "lbfgs" folds share their
+    passes over the features, not their parameters: a fold trained with others reaches the
+    optimum it reaches alone, to rounding.
+    """
+    y = encode_labels(manifest["label"])
+    labels = training_labels(manifest, fs.config.labels)
+    held_out, splits = [], []
+    for k in val_folds:
+        train_idx, val_idx = train_val_indices(manifest["fold"], k)
+        held_out.append(val_idx)
+        splits.append(early_stopping_split(manifest["label"], manifest["source_image"], train_idx,
+                                           seed=fs.config.train_seed))
+    results = []
+    for val_idx, (fit_idx, stop_idx), (head, history) in zip(held_out, splits, fit_heads(fs, labels, y, splits, verbose)):
+        histories = {"head": history}
+        upper = None
+        if fs.upper is not None:
+            upper, histories["fine_tune"] = fine_tune(fs, head, y, fit_idx, stop_idx, verbose)
+        results.append(_fold_result(fs, head, upper, histories, y, val_idx))
+    return results
+
+
+def _fold_result(fs: FeatureSet, head: keras.Model, upper: keras.Model | None, history: dict[str, Any],
+                 y: np.ndarray, val_idx: np.ndarray) -> TrainResult:
+    """A trained fold's end-to-end model and its metrics on the held-out faces `val_idx`."""
+    p = predict_cached(fs, head, upper, val_idx)
+    with tf.distribute.get_strategy().scope():
+        model = end_to_end_model(fs, head, upper)
+    return TrainResult(model, head, upper, history, binary_metrics(y[val_idx], p), val_idx, p)
+
+
+def train_fold(fs: FeatureSet, manifest: pd.DataFrame, val_fold: int, verbose: int = 0) -> TrainResult:
+    """`train_folds` for one fold."""
+    return train_folds(fs, manifest, [val_fold], verbose)[0]
+
+
+def predict_cached(fs: FeatureSet, head: keras.Model, upper: keras.Model | None, idx: np.ndarray) -> np.ndarray:
+    """P(without_mask) for faces `idx` from cached outputs (original view)."""
+    if upper is None:
+        features = fs.pooled[0, idx]
+    else:
+        features = pool_upper(upper, fs.activations[:1, idx], fs.config.batch_size)[0]
+    return run_batched(lambda b: head(b, training=False), features)[:, 1]
+
+
+def cross_validate(
+    fs: FeatureSet, manifest: pd.DataFrame, keep_fold: int | None = None,
+) -> tuple[dict[str, Any], TrainResult | None]:
+    """One model per grouped fold: per-fold metrics, mean and spread, out-of-fold scores.
+
+    Returns the summary and the trained result of `keep_fold` (None if not asked for).
+    """
+    per_fold, oof, kept = [], np.full(len(manifest), np.nan), None
+    folds = [int(k) for k in sorted(manifest["fold"].unique())]
+    for k, result in zip(folds, train_folds(fs, manifest, folds)):
+        oof[result.val_index] = result.val_probabilities
+        kept = result if k == keep_fold else kept
+        per_fold.append({"fold": k, **fold_metrics(result.metrics),
+                         "epochs": sum(len(h["loss"]) for h in result.history.values())})
+    table = summarize_folds(per_fold)
+    summary = {"per_fold": per_fold, "mean": table.loc["mean"].to_dict(), "std": table.loc["std"].to_dict(),
+               "oof_probability": oof.tolist()}
+    return summary, kept
+
+
+CV_FORMAT = 2
+"""Bumped when cross-validation changes in a way its cached results cannot show (2: fold-batched L-BFGS)."""
+
+
+NEUTRAL = {"incorrect_weight": 1.0, "detector_views": 0}
+"""Options added after cross-validation caches were first made, at the value that computes what was computed
+before they existed: left out of the cache key at that value, so those caches stay valid."""
+
+
+def cv_key(fs: FeatureSet, manifest: pd.DataFrame) -> str:
+    """What a cross-validation result depends on: the configuration, the cached features and the folds."""
+    folds = hashlib.sha256(manifest[["crop_path", "fold"]].to_csv(index=False).encode()).hexdigest()
+    config = {name: value for name, value in config_identity(fs.config).items()
+              if name not in NEUTRAL or value != NEUTRAL[name]}
+    return cache_key(kind="cv", cv_format=CV_FORMAT, config=config, data_sha256=fs.data_sha256, views=fs.views,
+                     folds=folds, faces=len(manifest))
+
+
+def cached_cross_validate(
+    fs: FeatureSet, manifest: pd.DataFrame, keep_fold: int | None = None, cache_dir: str | Path = FEATURES_DIR,
+) -> tuple[dict[str, Any], TrainResult | None]:
+    """`cross_validate`, read from `cache_dir/cv/` when nothing it depends on changed.
+
+    The cache holds the summary and the head of `keep_fold` (and its history), so a rerun
+    trains nothing and gives the same model; with fine-tuning, the kept fold is trained
+    again (the same seed gives the same model).
+    """
+    path = Path(cache_dir) / "cv" / f"{cv_key(fs, manifest)}.json"
+    if path.is_file():
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        kept = None if keep_fold is None else _cached_fold(fs, manifest, keep_fold, path)
+        return summary, kept
+    summary, kept = cross_validate(fs, manifest, keep_fold)
+    if kept is not None and fs.upper is None:
+        _save_fold_head(kept, path, keep_fold)
+    write_json_atomic(path, summary)
+    return summary, kept
+
+
+def _fold_files(summary_path: Path, fold: int) -> tuple[Path, Path]:
+    stem = summary_path.with_suffix("")
+    return stem.with_name(f"{stem.name}-fold{fold}.keras"), stem.with_name(f"{stem.name}-fold{fold}-history.json")
+
+
+def _save_fold_head(result: TrainResult, summary_path: Path, fold: int) -> None:
+    head_file, history_file = _fold_files(summary_path, fold)
+    with atomic_path(head_file, suffix=".keras") as tmp:
+        result.head.save(tmp)
+    write_json_atomic(history_file, result.history)
+
+
+def _cached_fold(fs: FeatureSet, manifest: pd.DataFrame, fold: int, summary_path: Path) -> TrainResult:
+    """The kept fold's result from its cached head, or trained again if there is none."""
+    head_file, history_file = _fold_files(summary_path, fold)
+    if fs.upper is not None or not (head_file.is_file() and history_file.is_file()):
+        result = train_fold(fs, manifest, fold)
+        if fs.upper is None:
+            _save_fold_head(result, summary_path, fold)
+        return result
+    with tf.distribute.get_strategy().scope():
+        head = keras.models.load_model(head_file, compile=False)
+    _, val_idx = train_val_indices(manifest["fold"], fold)
+    history = json.loads(history_file.read_text(encoding="utf-8"))
+    return _fold_result(fs, head, None, history, encode_labels(manifest["label"]), val_idx)

@@ -1,0 +1,150 @@
+"""The feature set: the frozen backbone(s) built for a configuration and their cached outputs for every crop
+(the cache itself is maskclf.features)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from . import detector_views
+from .augment import view_names
+from .backbones import get_backbone, weights_id
+from .data import face_size, hash_extraction, source_photos_dir
+from .features import FEATURES_DIR, cached_outputs
+from .framing import jittered_loader
+from .model import run_batched
+from .network import pooled_features, pooling_columns, split_at_block, stage_outputs
+from .trainconfig import TrainConfig
+
+
+@dataclass
+class FeatureSet:
+    """The frozen parts of the backbone(s) and their cached outputs for every crop."""
+
+    config: TrainConfig
+    frozen: keras.Model  # raw 0-255 crop -> activations at the cut, or pooled features without fine-tuning
+    upper: keras.Model | None  # activations at the cut -> last feature map (None: no fine-tuning)
+    activations: np.ndarray  # (views, faces, ...) outputs of `frozen`
+    pooled: np.ndarray  # (views, faces, features): the head's input, globally pooled
+    data_sha256: str
+    cache_hit: bool
+    seconds: float
+    views: list[str] = field(default_factory=list)
+    view_weight: np.ndarray | None = None  # (views, faces) 1/0: whether a face has that view (None: every face)
+
+    def available(self) -> np.ndarray:
+        """(views, faces) 1.0 where the face has the view, 0.0 where it has none (a missed detector view)."""
+        return np.ones(self.pooled.shape[:2]) if self.view_weight is None else self.view_weight
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow and make TensorFlow ops deterministic."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def prepare_features(
+    manifest: pd.DataFrame,
+    faces_dir: str | Path,
+    config: TrainConfig,
+    cache_dir: str | Path = FEATURES_DIR,
+    verbose: int = 1,
+) -> FeatureSet:
+    """Build the frozen backbone and get its outputs for every crop, from the cache when possible."""
+    set_determinism(config.train_seed)  # random weights (weights=None) are then reproducible
+    t0 = time.perf_counter()
+    size = config.image_size
+    with tf.distribute.get_strategy().scope():
+        inputs = keras.Input((size, size, 3), name="crop_rgb_0_255")
+        branches, supersets, upper, first = [], [], None, None
+        for i, name in enumerate(config.backbones):
+            spec = get_backbone(name)
+            base = spec.build(config.weights, size)
+            base.trainable = False
+            preprocess = spec.preprocess("preprocess" if i == 0 else f"{name}_preprocess")
+            if config.fine_tune_blocks:
+                lower, upper, first = split_at_block(base, config.fine_tune_blocks)
+                branches.append(lower(preprocess(inputs), training=False))
+                supersets.append((None, None))  # the activations at the cut are cached as they are
+            else:
+                branches.append(pooled_features(name, base, preprocess, inputs, config.pooling, first=i == 0))
+                supersets.append(_superset_branch(name, base, inputs, config.pooling))
+        outputs = branches[0] if len(branches) == 1 else keras.layers.Concatenate(name="features")(branches)
+        frozen = keras.Model(inputs, outputs, name="frozen")
+    data_sha256 = hash_extraction(faces_dir)
+    views = view_names(config.augment_views)
+    jitter = [f"jitter{i}" for i in range(1, config.jitter_views + 1)]
+    photos = source_photos_dir(faces_dir) if jitter else None
+    loaders = {view: jittered_loader(manifest, photos, view, config.train_seed, size) for view in jitter}
+    views += jitter
+    recipes, view_weight = {}, None
+    if config.detector_views not in (0, 1):
+        raise ValueError(f"detector_views must be 0 or 1, got {config.detector_views!r}")
+    if config.detector_views:
+        photos = source_photos_dir(faces_dir)
+        boxes = detector_views.detector_boxes(manifest, photos)
+        loaders[detector_views.VIEW] = detector_views.detector_loader(manifest, photos, boxes, size)
+        recipes[detector_views.VIEW] = detector_views.recipe()
+        views.append(detector_views.VIEW)
+        view_weight = np.ones((len(views), len(manifest)))
+        view_weight[-1] = detector_views.available(boxes)
+    parts, hits = [], []
+    for name, branch, (superset, columns) in zip(config.backbones, branches, supersets):
+        stored = branch if superset is None else superset
+        key = {"backbone": name, "weights": weights_id(config.weights), "cut": first or "pooled",
+               "pooling": config.pooling if superset is None else "bands", "data_sha256": data_sha256,
+               "init_seed": config.train_seed if config.weights is None else None}
+        acts, hit = cached_outputs(keras.Model(inputs, stored), list(manifest["crop_file"]), size, key, cache_dir,
+                                   batch_size=config.batch_size, views=views, seed=config.train_seed, verbose=verbose,
+                                   loaders=loaders, recipes=recipes)
+        parts.append(acts if columns is None else np.ascontiguousarray(acts[..., columns]))
+        hits.append(hit)
+    acts = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+    pooled = acts if upper is None else pool_upper(upper, acts, config.batch_size)
+    return FeatureSet(config, frozen, upper, acts, pooled, data_sha256, all(hits), time.perf_counter() - t0, views,
+                      view_weight)
+
+
+def _superset_branch(name: str, base: keras.Model, inputs: keras.KerasTensor,
+                     pooling: str) -> tuple[keras.KerasTensor | None, np.ndarray | None]:
+    """What to cache for one backbone: its band-pooled features, of which every pooling is a column subset.
+
+    One backbone pass per view then serves "avg", "stages" and "bands" alike. Returns the
+    tensor to cache and the columns of `pooling` in it, or (None, None) when the pooled
+    branch itself is cached ("bands" already, or a backbone without residual stages).
+    """
+    if pooling == "bands":
+        return None, None
+    try:
+        channels = [base.get_layer(t).output.shape[-1] for t in stage_outputs(base)]
+    except ValueError:
+        return None, None
+    preprocess = get_backbone(name).preprocess(f"{name}_cache_preprocess")
+    return pooled_features(name, base, preprocess, inputs, "bands", first=True), pooling_columns(channels, pooling)
+
+
+def restrict_faces(fs: FeatureSet, manifest: pd.DataFrame) -> tuple[FeatureSet, pd.DataFrame]:
+    """Only the faces of at least `fs.config.min_face` pixels (short side), with their cached features.
+
+    Folds stay as assigned (grouped by photo), so a restricted run is validated on the same photos.
+    """
+    if not fs.config.min_face:
+        return fs, manifest
+    keep = np.flatnonzero(face_size(manifest) >= fs.config.min_face)
+    subset = dataclasses.replace(fs, activations=fs.activations[:, keep], pooled=fs.pooled[:, keep],
+                                 view_weight=None if fs.view_weight is None else fs.view_weight[:, keep])
+    return subset, manifest.iloc[keep].reset_index(drop=True)
+
+
+def pool_upper(upper: keras.Model, activations: np.ndarray, batch_size: int) -> np.ndarray:
+    """Globally pooled output of the (frozen) upper part for every view."""
+    pooled = keras.Sequential([upper, keras.layers.GlobalAveragePooling2D()])
+    # direct calls, not predict(): no tf.function retracing for every new model
+    return np.stack([run_batched(lambda b: pooled(b, training=False), a, batch_size) for a in activations])
