@@ -35,6 +35,11 @@ TARGETS = {
     "framing_loss": Target("worst framing re-cut, accuracy points lost", 1.0, higher_is_better=False),
     "incorrect_oof": Target("incorrectly worn masks called without_mask, out of fold", 0.85),
     "whole_photo": Target("fold 0, whole photos: faces found and classified right", 0.87),
+    "whole_photo_32": Target("fold 0, whole photos: faces of 32 px and more found and classified right", 0.95),
+    "found": Target("fold 0, whole photos: faces found", 0.90),
+    "found_32": Target("fold 0, whole photos: faces of 32 px and more found", 0.97),
+    "found_16": Target("fold 0, whole photos: faces under 16 px found", 0.75),
+    "false_alarms": Target("fold 0, whole photos: false alarms per photo", 0.5, higher_is_better=False),
 }
 """The study's targets, by the figure each is checked on."""
 
@@ -106,8 +111,11 @@ def evaluation(headline: Mapping[str, Any], framing: pd.DataFrame | None = None)
     return "\n".join(lines)
 
 
-def error_analysis(by_size: pd.DataFrame, by_class: pd.DataFrame, whole: pd.DataFrame | None = None) -> str:
-    """Where the out-of-fold errors are (size, annotated class) and, when measured, the whole-photo figure."""
+def error_analysis(by_size: pd.DataFrame, by_class: pd.DataFrame, whole: pd.DataFrame | None = None,
+                   false_alarms: float | None = None, alone: pd.DataFrame | None = None,
+                   alone_false_alarms: float | None = None) -> str:
+    """Where the out-of-fold errors are (size, annotated class) and, when measured, the whole-photo figures: `whole`
+    (wholephoto.recall_table of the default path) with its `false_alarms` per photo, against the detector `alone`."""
     worst_size = by_size["error_rate"].idxmax()
     lines = [f"**What this shows.** Out of fold, faces {worst_size} are wrong most often "
              f"({by_size.loc[worst_size, 'error_rate']:.1%} of {int(by_size.loc[worst_size, 'faces']):,})"]
@@ -116,13 +124,26 @@ def error_analysis(by_size: pd.DataFrame, by_class: pd.DataFrame, whole: pd.Data
         lines[0] += (f"; incorrectly worn masks are called without_mask {row['accuracy']:.1%} of the time "
                      f"({int(row['faces'])} faces)")
     lines[0] += "."
-    if whole is not None and ("all", "all") in whole.index:
+    measured = whole is not None and ("all", "all") in whole.index
+    if measured:
         found, right = whole.loc[("all", "all"), "recall"], whole.loc[("all", "all"), "detected_and_correct"]
-        lines[0] += (f" On whole photos of fold 0 the default detector finds {found:.1%} of the faces, and "
-                     f"{right:.1%} are found and classified right.")
+        lines[0] += (f" On whole photos of fold 0 the default path finds {found:.1%} of the faces, and "
+                     f"{right:.1%} are found and classified right")
+        if alone is not None and false_alarms is not None and alone_false_alarms is not None:
+            lines[0] += (f", with {false_alarms:.2f} false alarms per photo; the detector alone finds "
+                         f"{alone.loc[('all', 'all'), 'recall']:.1%} ({alone.loc[('all', 'all'), 'detected_and_correct']:.1%} "
+                         f"found and right) with {alone_false_alarms:.2f}")
+        lines[0] += "."
     lines.append("")
     if "mask_weared_incorrect" in by_class.index:
         lines.append(TARGETS["incorrect_oof"].line(by_class.loc["mask_weared_incorrect", "accuracy"]))
-    if whole is not None and ("all", "all") in whole.index:
-        lines.append(TARGETS["whole_photo"].line(whole.loc[("all", "all"), "detected_and_correct"]))
+    if measured:
+        for key, group, column in (("found", ("all", "all"), "recall"), ("found_32", ("min_size", ">=32 px"), "recall"),
+                                   ("found_16", ("size_bucket", "<16 px"), "recall"),
+                                   ("whole_photo", ("all", "all"), "detected_and_correct"),
+                                   ("whole_photo_32", ("min_size", ">=32 px"), "detected_and_correct")):
+            if group in whole.index:
+                lines.append(TARGETS[key].line(whole.loc[group, column]))
+        if false_alarms is not None:
+            lines.append(TARGETS["false_alarms"].line(false_alarms))
     return "\n".join(lines)

@@ -119,11 +119,15 @@ NEUTRAL = {"incorrect_weight": 1.0, "detector_views": 0}
 before they existed: left out of the cache key at that value, so those caches stay valid."""
 
 
+NOT_CROSS_VALIDATED = {"verifier"}
+"""Options that change the saved model but not the cross-validation of the mask head: never in its cache key."""
+
+
 def cv_key(fs: FeatureSet, manifest: pd.DataFrame) -> str:
     """What a cross-validation result depends on: the configuration, the cached features and the folds."""
     folds = hashlib.sha256(manifest[["crop_path", "fold"]].to_csv(index=False).encode()).hexdigest()
     config = {name: value for name, value in config_identity(fs.config).items()
-              if name not in NEUTRAL or value != NEUTRAL[name]}
+              if name not in NOT_CROSS_VALIDATED and (name not in NEUTRAL or value != NEUTRAL[name])}
     return cache_key(kind="cv", cv_format=CV_FORMAT, config=config, data_sha256=fs.data_sha256, views=fs.views,
                      folds=folds, faces=len(manifest))
 

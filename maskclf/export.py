@@ -38,7 +38,7 @@ from .fsutil import OutputError, atomic_path, output_file_problem, reads_back
 from .images import ImageError, load_crop, load_rgb
 from . import POSITIVE
 from .model import run_batched
-from .answers import p_without_mask
+from .answers import face_probabilities, p_without_mask
 from .images import crop_faces
 from .model import predict_probabilities
 from .runs import EXPORT_FILES, PARITY_FILE, export_path, model_sha256, read_parity, write_parity
@@ -150,8 +150,9 @@ def parity(
     labels: np.ndarray | None = None,
     threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """How closely `candidate` probabilities follow `reference` (both (N, C) softmax outputs over the run
-    config's `class_names`), in P(without_mask) and its label at `threshold`.
+    """How closely `candidate` probabilities follow `reference` (both (N, C) outputs of the run's model: its
+    `class_names`, and P(face) with a verifier), in P(without_mask) and its label at `threshold` (and P(face)
+    and its side of 0.5).
 
     `labels` (1 = without_mask) adds each model's ROC AUC and their difference.
     """
@@ -168,7 +169,12 @@ def parity(
         report["auc_reference"] = float(roc_auc_score(labels, ref))
         report["auc_candidate"] = float(roc_auc_score(labels, cand))
         report["auc_diff"] = abs(report["auc_reference"] - report["auc_candidate"])
-    report["passed"] = report["agreement"] >= MIN_AGREEMENT and report.get("auc_diff", 0.0) <= MAX_AUC_DIFF
+    ref_face, cand_face = face_probabilities(reference, config), face_probabilities(candidate, config)
+    if ref_face is not None:  # a verifier's P(face): the export must keep the same candidates
+        report["face_agreement"] = float(np.mean((ref_face >= 0.5) == (cand_face >= 0.5)))
+        report["face_max_abs_diff"] = float(np.max(np.abs(ref_face - cand_face), initial=0.0))
+    report["passed"] = (report["agreement"] >= MIN_AGREEMENT and report.get("auc_diff", 0.0) <= MAX_AUC_DIFF
+                        and report.get("face_agreement", 1.0) >= MIN_AGREEMENT)
     return report
 
 

@@ -332,7 +332,7 @@ def plot_whole_photo(table: pd.DataFrame, title: str = "Annotated faces found by
 
     `table` is `wholephoto.recall_table` (index (group, value); columns faces, recall, detected_and_correct).
     """
-    rows = table.drop(index="original_label", level="group", errors="ignore")
+    rows = table.drop(index=["original_label", "min_size"], level="group", errors="ignore")
     names = [f"{value}\n(n={n})" for (_, value), n in zip(rows.index, rows["faces"])]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(9, 3.8))

@@ -10,7 +10,9 @@ The flow, for one configuration (maskclf.trainconfig):
    every fold's in the same passes over the features;
 3. `heads.fine_tune` (optional) unfreezes the top blocks, BatchNorm kept in inference mode, and
    trains them with a low learning rate on the cached activations at the cut;
-4. `network.end_to_end_model` assembles raw crop in -> probabilities out, the model that is saved.
+4. `network.end_to_end_model` assembles raw crop in -> probabilities out, the model that is saved;
+5. with `verifier: 1`, `candidates` fits a face verifier on the detector's candidates in the
+   training folds' photos and adds its P(face) to the saved model as one more output.
 
 `crossval` runs 2-4 fold by fold and caches cross-validation; this module runs the whole study
 (`run_study`: features, folds, the end-to-end check, the comparison table, the run folder) and
@@ -35,9 +37,10 @@ import pandas as pd
 
 from .answers import INCORRECT, p_without_mask
 from .backbones import weights_id
+from .candidates import candidate_loader, face_probability, train_verifier, verifier_record, with_verifier
 from .config import stage_defaults
 from .crossval import TrainResult, cached_cross_validate, train_fold
-from .data import DataError, read_manifest
+from .data import DataError, read_manifest, source_photos_dir
 from .features import FEATURES_DIR
 from .featureset import FeatureSet, prepare_features, restrict_faces
 from .fsutil import OutputError
@@ -107,6 +110,10 @@ def run_study(
     if not gap < END_TO_END_TOLERANCE:
         raise RuntimeError(f"the end-to-end model differs from the cached pipeline by {gap:.2e} (over "
                            f"{END_TO_END_TOLERANCE:g}) on {len(check)} validation crops: their preprocessing disagrees")
+    if config.verifier not in (0, 1):
+        raise ValueError(f"verifier must be 0 or 1, got {config.verifier!r}")
+    if config.verifier:
+        result, classes["verifier"] = add_verifier(fs, result, faces_dir, cache_dir)
     variants = [c for c in compare if dataclasses.replace(config, **_overrides(c)) != config]
     rows = compare_configs(faces_dir, config, variants, cache_dir).reset_index().to_dict("records") if variants else []
     if cv:
@@ -114,6 +121,24 @@ def run_study(
     comparison = pd.DataFrame(rows).set_index("configuration") if rows else pd.DataFrame()
     saved = save_result(run_dir, result, fs, manifest, classes, cv, comparison)
     return Study(run_dir, saved, fs, manifest, result, cv, len(check), gap, comparison)
+
+
+def add_verifier(fs: FeatureSet, result: TrainResult, faces_dir: str | Path,
+                 cache_dir: str | Path) -> tuple[TrainResult, dict[str, Any]]:
+    """`result` whose model also outputs P(face), from the verifier fitted on the other folds' candidates
+    (maskclf.candidates), and the record config.json keeps of it; RuntimeError if the saved model's P(face)
+    differs from the cached pipeline's on held-out candidates."""
+    fold = fs.config.val_fold
+    verifier, table, features = train_verifier(fs, read_manifest(faces_dir), faces_dir, fold, cache_dir)
+    model = with_verifier(result.model, fs.frozen.output, verifier.fit)
+    check = np.flatnonzero((table["fold"] == fold).to_numpy())[:END_TO_END_CROPS]
+    load = candidate_loader(table, source_photos_dir(faces_dir), fs.config.image_size)
+    crops = np.stack([load(int(i)) for i in check]).astype("float32")
+    gap = float(np.abs(model.predict(crops, verbose=0)[:, -1] - face_probability(verifier.fit, features[check])).max(initial=0))
+    if not gap < END_TO_END_TOLERANCE:
+        raise RuntimeError(f"the saved model's P(face) differs from the cached pipeline's by {gap:.2e} (over "
+                           f"{END_TO_END_TOLERANCE:g}) on {len(check)} held-out candidates")
+    return dataclasses.replace(result, model=model), verifier_record(verifier)
 
 
 def save_result(

@@ -44,6 +44,7 @@ class TrainConfig:
     augment_views: int  # augmented views per crop, cached (1: a horizontal flip)
     jitter_views: int  # re-cuts per face from its photo with a jittered box, cached (maskclf.framing)
     detector_views: int  # 1: a view cut with the default detector's box, for the faces it finds (maskclf.detector_views)
+    verifier: int  # 1: a face verifier on the detector's low-score boxes, with the saved model (maskclf.candidates)
     pooling: str  # "avg": average of the last feature map; "stages": average and max of every stage's output;
     # "bands": "stages" plus average and max of BANDS horizontal bands of every stage output below the last
     head: str  # "adam": the study's training; "lbfgs": logistic regression fitted to convergence
@@ -101,6 +102,8 @@ def config_label(config: TrainConfig) -> str:
         parts.append("det")
     if config.min_face:
         parts.append(f"min{config.min_face}px")
+    if config.verifier:
+        parts.append("verified")
     if config.incorrect_weight != 1:
         parts.append(f"incorrect{config.incorrect_weight:g}")
     parts += [value for value, default in ((config.pooling, "avg"), (config.head, "adam"), (config.labels, "binary"))

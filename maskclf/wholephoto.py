@@ -118,10 +118,12 @@ def photo_faces(photo: Photo, found: np.ndarray, predicted: Sequence[str | None]
 
 
 def recall_table(faces: pd.DataFrame, classified: bool = True) -> pd.DataFrame:
-    """Faces, detection recall and (when `classified`) the share detected and correct: overall, by size, by class."""
+    """Faces, detection recall and (when `classified`) the share detected and correct: overall, by size, by class,
+    and for the faces of 32 px and more (group `min_size`)."""
     groups = [("all", "all", faces)]
     for column in ("size_bucket", "label", "original_label"):
         groups += [(column, str(value), g) for value, g in faces.groupby(column, observed=True)]
+    groups.append(("min_size", ">=32 px", faces[faces["size_bucket"].isin(["32-63 px", ">=64 px"])]))
     rows = []
     for column, value, g in groups:
         row = {"group": column, "value": value, "faces": len(g), "recall": g["detected"].mean()}
@@ -129,6 +131,17 @@ def recall_table(faces: pd.DataFrame, classified: bool = True) -> pd.DataFrame:
             row["detected_and_correct"] = g["correct"].mean()
         rows.append(row)
     return pd.DataFrame(rows).set_index(["group", "value"])
+
+
+def finder_table(named: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Side by side, per way of finding faces (name -> its `recall_table`): the annotated faces of each group, and
+    the share found and found and classified right."""
+    first = next(iter(named.values()))
+    columns = {("", "faces"): first["faces"]}
+    for name, table in named.items():
+        columns[(name, "found")] = table["recall"]
+        columns[(name, "found and right")] = table["detected_and_correct"]
+    return pd.DataFrame(columns)
 
 
 def photo_stats(photos: pd.DataFrame) -> dict[str, float]:

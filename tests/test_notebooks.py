@@ -74,7 +74,8 @@ def tiny_pipeline(tmp_path_factory, voc_master):
     params = {
         "data_dir": str(voc_master), "faces_dir": str(root / "faces"), "models_dir": str(root / "models"),
         "run_name": "tiny", "backbone": "efficientnet_lite0", "pooling": "avg", "head": "adam", "labels": "binary",
-        "augment_views": 0, "jitter_views": 0, "detector_views": 0, "incorrect_weight": 1.0, "image_size": 32, "epochs": 2,
+        "augment_views": 0, "jitter_views": 0, "detector_views": 0, "incorrect_weight": 1.0, "verifier": 0, "image_size": 32,
+        "epochs": 2,
         "fine_tune_blocks": 1, "fine_tune_epochs": 1,
         "batch_size": 16, "compare": [{"fine_tune_blocks": 0}], "train_seed": 1,
     }
@@ -106,7 +107,7 @@ def test_03_and_04_run_headless_and_export_readable_html(tiny_pipeline, tmp_path
         "03_evaluate": ["Confusion matrix", "ROC and precision-recall", "Moving the threshold", "Calibration",
                         "Accuracy by face size", "Framing", "Cross-validation summary", "Headline metrics"],
         "04_error_analysis": ["most confident first", "Grad-CAM", "By original class", "By photo", "Likely label errors",
-                              "On whole photos, with the default detector"],
+                              "On whole photos: the detector alone, and with the face verifier"],
     }
     for name, expected in sections.items():
         out = tmp_path / f"{name}.ipynb"

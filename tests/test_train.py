@@ -22,7 +22,7 @@ from maskclf.labels import class_weights, output_classes, training_labels
 from maskclf.runs import load_run
 
 STUDY_HEAD = dict(pooling="avg", head="adam", labels="binary", augment_views=0, jitter_views=0, detector_views=0,
-                  incorrect_weight=1.0, fine_tune_blocks=0)
+                  incorrect_weight=1.0, fine_tune_blocks=0, verifier=0)
 """The study's head on one backbone: what the tests train unless they say otherwise."""
 TINY = dict(backbone="efficientnet_lite0", weights="imagenet", image_size=32, epochs=3, fine_tune_epochs=2, batch_size=16,
             patience=2, **STUDY_HEAD)
