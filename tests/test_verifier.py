@@ -502,11 +502,11 @@ def test_a_model_whose_width_disagrees_with_the_verifier_record_is_refused(verif
     plain = Path(shutil.copytree(tiny_run, tmp_path / "plain"))
     config = json.loads((plain / "config.json").read_text())
     (plain / "config.json").write_text(json.dumps({**config, "verifier": VERIFIER}))
-    with pytest.raises(RunFolderError, match=r"config\.json: .*call for 4 scores, but the model outputs 3"):
+    with pytest.raises(RunFolderError, match=r"config\.json: 'class_names' and 'verifier' call for 4 scores .*, but the model outputs 3 scores"):
         load_run(plain)
     without = Path(shutil.copytree(verifier_run, tmp_path / "without"))
     config = json.loads((without / "config.json").read_text())
     del config["verifier"]
     (without / "config.json").write_text(json.dumps(config))
-    with pytest.raises(RunFolderError, match=r"config\.json: .*call for 3 scores, but the model outputs 4"):
+    with pytest.raises(RunFolderError, match=r"config\.json: 'class_names' has 3 names, but the model outputs 4 scores"):
         load_run(without)
