@@ -6,7 +6,10 @@ matching); sizes are the short side of the annotated box. Figures are given for 
 validation photos (fold 0 of the manifest) and for all photos; the computation is
 `maskclf.wholephoto`, this script only prints. "photos/s" is the throughput of
 predict's work on a photo (load, detect, classify every detection) with the detector
-and model loaded once; without --model it counts only load and detect.
+and model loaded once; without --model it counts only load and detect. Each detector runs alone
+(`--no-verify`'s way); when the --model run has a face verifier (config.json's `verifier`) and
+centerface is among the detectors, a row "centerface + verifier" follows: CenterFace at the run's
+candidate score with the verifier's rule (predict's default), on the same photos.
 
 `--throughput N` also times `predict_paths`, the code behind `python -m maskclf predict`, on
 the first N photos (fold 0 when it is among the folds; the study's photos are ~400 px):
@@ -32,7 +35,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from maskclf.data import read_manifest, resolve_data_dir  # noqa: E402
-from maskclf.detect import DETECTORS, MIN_FACE, make_detector  # noqa: E402
+from maskclf.detect import DETECTORS, MIN_FACE, FaceFinder, make_face_finder  # noqa: E402
 from maskclf.fsutil import write_json_atomic  # noqa: E402
 from maskclf.paths import DEFAULT_FACES_DIR  # noqa: E402
 from maskclf.wholephoto import (  # noqa: E402
@@ -46,11 +49,25 @@ GROUPS = {"all": "all", "<16 px": "size_bucket", "16-31 px": "size_bucket", "32-
 COLUMNS = list(GROUPS)
 
 
-def evaluate_detector(name: str, photos: list, min_face: int, classify=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-face and per-photo rows of one detector over `photos` (the first photo warms it up, untimed)."""
-    detector = make_detector(name, min_face)
-    evaluate_photos(photos[:1], detector, classify)
-    return evaluate_photos(photos, detector, classify)
+VERIFIED = "centerface + verifier"
+"""The row of CenterFace with the run's face verifier."""
+
+
+def face_finders(names: list[str], config: dict, min_face: int) -> dict[str, FaceFinder]:
+    """Row name -> FaceFinder: each detector of `names` alone, then, when the run (`config`, {} without one) has a
+    verifier and centerface is among `names`, "centerface + verifier"."""
+    finders = {name: make_face_finder(config, name, min_face, verify=False) for name in names}
+    if config.get("verifier") and "centerface" in names:
+        finders[VERIFIED] = make_face_finder(config, "centerface", min_face)
+    return finders
+
+
+def evaluate_detector(finder: FaceFinder, photos: list, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-face and per-photo rows of one FaceFinder over `photos` (the first photo warms it up, untimed), with the
+    loaded (model, config) classifying when given."""
+    classify = model_classifier(*loaded, finder) if loaded is not None else None
+    evaluate_photos(photos[:1], finder, classify)
+    return evaluate_photos(photos, finder, classify)
 
 
 def summary_row(name: str, subset: str, faces: pd.DataFrame, per_photo: pd.DataFrame, classified: bool) -> dict:
@@ -65,15 +82,15 @@ def summary_row(name: str, subset: str, faces: pd.DataFrame, per_photo: pd.DataF
     return row
 
 
-def throughput(model, config, detector_name: str, min_face: int, paths: list[Path]) -> dict:
-    """Photos per second of `predict_paths` (load, detect, classify in shared batches) over `paths`, after one warm-up photo."""
+def throughput(model, config, detector_name: str, finder: FaceFinder, paths: list[Path]) -> dict:
+    """Photos per second of `predict_paths` (load, detect, classify in shared batches, verify) over `paths` with
+    `finder` (`make_face_finder`, as predict makes it), after one warm-up photo."""
     from maskclf.predict import PHOTOS_PER_BATCH, predict_paths
     from maskclf.runtime import ExportedModel
 
-    detector = make_detector(detector_name, min_face)
-    list(predict_paths(model, config, paths[:1], detector=detector))
+    list(predict_paths(model, config, paths[:1], finder=finder))
     start = time.perf_counter()
-    faces = sum(len(r.faces) for r in predict_paths(model, config, paths, detector=detector))
+    faces = sum(len(r.faces) for r in predict_paths(model, config, paths, finder=finder))
     seconds = time.perf_counter() - start
     return {"detector": detector_name, "runtime": model.path.name if isinstance(model, ExportedModel) else "keras", "photos": len(paths), "faces found": faces,
             "photos_per_batch": PHOTOS_PER_BATCH, "photo_ms": 1000 * seconds / len(paths),
@@ -109,25 +126,26 @@ def main(argv: list[str] | None = None) -> int:
     photos = photos_from_manifest(read_manifest(args.faces), resolve_data_dir(args.data, download=False) / "images", folds)
     if args.throughput and not args.model:
         parser.error("--throughput needs --model")
-    classify = loaded = None
+    loaded = None
     if args.model:
         from maskclf.runtime import resolve_model
 
         loaded = resolve_model(args.model, fast=not args.keras)
-        classify = model_classifier(*loaded)
+    classified = loaded is not None
+    finders = face_finders(args.detectors.split(","), loaded[1] if loaded else {}, args.min_face)
     rows = []
-    for name in args.detectors.split(",") if not args.skip_recall else []:
-        faces, per_photo = evaluate_detector(name, photos, args.min_face, classify)
+    for name, finder in finders.items() if not args.skip_recall else []:
+        faces, per_photo = evaluate_detector(finder, photos, loaded)
         val = faces["fold"] == VALIDATION_FOLD
         val_photos = per_photo["photo"].isin(faces.loc[val, "photo"])
         if val.any():
-            rows.append(summary_row(name, f"fold {VALIDATION_FOLD}", faces[val], per_photo[val_photos], classify is not None))
+            rows.append(summary_row(name, f"fold {VALIDATION_FOLD}", faces[val], per_photo[val_photos], classified))
         if not val.all():
-            rows.append(summary_row(name, "all" if folds is None else f"folds {args.folds}", faces, per_photo, classify is not None))
+            rows.append(summary_row(name, "all" if folds is None else f"folds {args.folds}", faces, per_photo, classified))
         print(f"{name}: done", file=sys.stderr, flush=True)
     if args.throughput:
         val_first = sorted(photos, key=lambda p: p.fold != VALIDATION_FOLD)[: args.throughput]
-        timed = [throughput(*loaded, name, args.min_face, [p.path for p in val_first]) for name in args.detectors.split(",")]
+        timed = [throughput(*loaded, name, finder, [p.path for p in val_first]) for name, finder in finders.items()]
         print(f"Throughput of predict on whole photos (detector and model loaded once):\n\n"
               f"{markdown(timed, list(timed[0]))}\n")
     if args.out:
@@ -138,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     print("Detection recall, false alarms (detections matching no annotated face) per photo, speed:\n")
     print(markdown(rows, ["detector", "photos", "n_photos", "faces", *(f"recall {k}" for k in COLUMNS), "recall >=32 px",
                           "false_alarms_per_photo", "precision", "detect_ms", "photos_per_s"]))
-    if classify is not None:
+    if classified:
         print(f"\nDetected and classified correctly (binary label) by {args.model}; classify_ms per photo:\n")
         print(markdown(rows, ["detector", "photos", *(f"correct {k}" for k in COLUMNS), "classify_ms", "photos_per_s"]))
     return 0

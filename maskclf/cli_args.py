@@ -229,7 +229,8 @@ def model_options(parser: argparse.ArgumentParser) -> None:
                         help="label without_mask when P(without_mask) >= this")
     parser.add_argument("--no-verify", action="store_true",
                         help="the detector alone: skip the run's face verifier (which looks at the detector's "
-                             "low-score boxes too and keeps those it finds a face in)")
+                             "low-score boxes too and keeps those it finds a face in) "
+                             "(default: use it when the run has one)")
 
 
 def predict_options(parser: argparse.ArgumentParser) -> None:

@@ -302,8 +302,9 @@ def check_model_matches(path: Path, model: keras.Model, config: dict[str, Any]) 
     if (height, width) != (size, size) and (height, width) != (None, None):
         raise RunFolderError(f"{path}: 'image_size' is {size}, but the model takes {height}x{width} crops")
     if model.output_shape[-1] != n_classes:
-        raise RunFolderError(f"{path}: 'class_names' (and 'verifier') call for {n_classes} scores, but the model outputs "
-                             f"{model.output_shape[-1]} scores")
+        wanted = (f"'class_names' has {len(config['class_names'])} names" if not config.get("verifier") else
+                  f"'class_names' and 'verifier' call for {n_classes} scores (P(face) last)")
+        raise RunFolderError(f"{path}: {wanted}, but the model outputs {model.output_shape[-1]} scores")
 
 
 def load_run(run_dir: str | Path) -> tuple[keras.Model, dict[str, Any]]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from maskclf.demo import create_app, example_photos
 from maskclf.demo_browser import capture_example, capture_webcam, open_page, serve, write_y4m
-from maskclf.detect import DEFAULT_DETECTOR, make_detector
+from maskclf.detect import DEFAULT_DETECTOR, make_face_finder
 from maskclf.fsutil import atomic_path
 from maskclf.images import load_rgb, working_image
 from maskclf.paths import DEFAULT_FACES_DIR, REPORTS_DIR
@@ -49,8 +49,9 @@ def main() -> int:
         print(f"error: {args.faces}: fewer than 2 example photos (run `python -m maskclf extract` first)", file=sys.stderr)
         return 2
     model, config = resolve_model(args.model)
-    app = create_app(model, config, make_detector(DEFAULT_DETECTOR), large_detector=make_detector(DEFAULT_DETECTOR),
-                     make_detector=make_detector, examples=examples)
+    app = create_app(model, config, make_face_finder(config, DEFAULT_DETECTOR),
+                     large_detector=make_face_finder(config, DEFAULT_DETECTOR),
+                     make_detector=lambda name: make_face_finder(config, name), examples=examples)
     out = Path(args.out)
     with tempfile.TemporaryDirectory() as tmp, serve(app) as url:
         clip = write_y4m(clip_frames(examples[1]), Path(tmp) / "clip.y4m")

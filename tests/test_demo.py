@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from finders import unscored
 from synthetic import draw_face
 from tinymodel import make_tiny_binary_run, make_tiny_incorrect_model, make_tiny_run
 
@@ -46,15 +47,19 @@ def photo_array(blank: bool = False) -> np.ndarray:
     return image
 
 
-def fake_detector(image: np.ndarray) -> list[tuple[int, int, int, int]]:
+def fake_boxes(image: np.ndarray) -> list[tuple[int, int, int, int]]:
     """The known faces of `photo_png`; none on a uniform image; fails on a 13-px-wide one."""
     if image.shape[1] == 13:
         raise RuntimeError("boom")
     return BOXES if image.std(axis=(0, 1)).max() > 5 else []
 
 
+fake_detector = unscored(fake_boxes)
+"""`fake_boxes` as the app's FaceFinder."""
+
+
 class FakeDetectors:
-    """`make_detector` for the app: "haar" finds only the first face; "mtcnn" is not installed."""
+    """`make_detector` for the app (name -> FaceFinder): "haar" finds only the first face; "mtcnn" is not installed."""
 
     def __init__(self):
         self.made: list[str] = []
@@ -63,7 +68,7 @@ class FakeDetectors:
         self.made.append(name)
         if name == "mtcnn":
             raise ImportError("No module named 'mtcnn'")
-        return lambda image: fake_detector(image)[:1]
+        return unscored(lambda image: fake_boxes(image)[:1])
 
 
 # one data set photo per name: (fold, faces); by the rule the examples are p1 and p4 (count 2)

@@ -37,6 +37,7 @@ from maskclf.fsutil import atomic_dir
 from maskclf.torch_pickle import TorchPickleError, load_torch_state_dict
 from torchfiles import state_dict_pickle, write_legacy, write_zip
 from cli_run import run_cli as _cli
+from finders import unscored
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -597,10 +598,13 @@ class Blocker(Recorder):
 
 
 def _client(tiny, detector, **kwargs) -> TestClient:
+    """The demo of the tiny model with `detector` (and `large_detector`) as FaceFinders of detectors without scores."""
     from maskclf.demo import create_app
 
     model, config = tiny
-    return TestClient(create_app(model, config, detector, **kwargs), raise_server_exceptions=False)
+    if kwargs.get("large_detector") is not None:
+        kwargs["large_detector"] = unscored(kwargs["large_detector"])
+    return TestClient(create_app(model, config, unscored(detector), **kwargs), raise_server_exceptions=False)
 
 
 def _upload(client: TestClient, name: str, data: bytes):
@@ -698,7 +702,7 @@ def test_demo_stops_reading_a_chunked_upload_at_the_limit(tiny, chunked_200_mb):
 
     receive, pulled = chunked_200_mb
     model, config = tiny
-    app = create_app(model, config, Recorder(), max_bytes=1 << 20)
+    app = create_app(model, config, unscored(Recorder()), max_bytes=1 << 20)
     sent = []
 
     async def send(message: dict) -> None:
@@ -877,7 +881,7 @@ def test_predict_detects_faces_of_a_huge_photo_on_a_bounded_copy(photo_8000_px, 
     from maskclf import predict
 
     detector = Recorder()
-    monkeypatch.setattr(predict, "make_detector", lambda name, min_face: detector)
+    monkeypatch.setattr(predict, "make_face_finder", lambda *args, **kwargs: unscored(detector))
     status, out, err = _cli(capsys, "predict", photo_8000_px, "--model", tiny_run)
     assert status == 0, err
     assert max(max(shape[:2]) for shape in detector.shapes) <= WORK_SIDE
@@ -893,7 +897,7 @@ def test_video_frames_are_detected_on_a_bounded_copy(tiny):
     detector = Recorder()
     model, config = tiny
     frames = iter([np.full((2000, 3000, 3), 90, np.uint8)])
-    _, faces = next(annotate_frames(frames, model, config, detector))
+    _, faces = next(annotate_frames(frames, model, config, unscored(detector)))
     assert max(detector.shapes[0][:2]) <= WORK_SIDE and faces[0]["box"][2] == round(200 * 3000 / WORK_SIDE)
 
 

@@ -36,6 +36,7 @@ from maskclf import config as params_config
 from maskclf import data, evaluate, fsutil, report
 from maskclf.images import DECODE_BYTES_PER_PIXEL, TRANSPOSES, ImageError, load_rgb
 from cli_run import run_cli as _cli
+from finders import unscored
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +72,7 @@ def fixed_detector(monkeypatch):
     from maskclf import predict, video
 
     for module in (predict, video):
-        monkeypatch.setattr(module, "make_detector", lambda *args, **kwargs: fixed_box)
+        monkeypatch.setattr(module, "make_face_finder", lambda *args, **kwargs: unscored(fixed_box))
 
 
 @pytest.fixture
@@ -380,7 +381,7 @@ def test_predict_finds_and_draws_faces_on_the_upright_photo(tiny_run, tmp_path, 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "portrait.jpg").write_bytes(_as_stored(portrait, 6, "JPEG"))
     detector = Recorder()
-    monkeypatch.setattr(predict, "make_detector", lambda *args, **kwargs: detector)
+    monkeypatch.setattr(predict, "make_face_finder", lambda *args, **kwargs: unscored(detector))
     status, out, err = _cli(capsys, "predict", tmp_path / "in", "--model", tiny_run, "--draw", tmp_path / "drawn")
     assert status == 0, err
     assert detector.shapes == [(90, 60, 3)], "the detector sees the portrait upright"
@@ -393,7 +394,7 @@ def test_the_demo_analyses_the_upright_photo(tiny):
     from maskclf.demo import create_app
 
     detector = Recorder()
-    client = TestClient(create_app(*tiny, detector), raise_server_exceptions=False)
+    client = TestClient(create_app(*tiny, unscored(detector)), raise_server_exceptions=False)
     reply = client.post("/api/predict", files={"file": ("portrait.png", _as_stored(_upright(60, 90), 6), "image/png")})
     assert reply.status_code == 200 and (reply.json()["width"], reply.json()["height"]) == (60, 90)
     assert detector.shapes == [(90, 60, 3)]
@@ -666,7 +667,7 @@ def test_extract_skips_every_image_pillow_refuses(voc_dir, tmp_path, capsys):
 def test_the_demo_answers_every_bad_upload_with_a_4xx(tiny):
     from maskclf.demo import create_app
 
-    client = TestClient(create_app(*tiny, fixed_box), raise_server_exceptions=False)
+    client = TestClient(create_app(*tiny, unscored(fixed_box)), raise_server_exceptions=False)
     good = _png(np.full((60, 80, 3), 90, np.uint8))
     for name, raw in [*[(n, make()) for n, make in BROKEN.items()], *_mutants(60, seed=2)]:
         reply = client.post("/api/predict", files={"file": (name, raw, "image/png")})
@@ -729,7 +730,7 @@ def test_slow_clients_are_cut_off_and_never_hold_up_a_normal_request(tiny):
     from maskclf.demo import create_app
     from maskclf.demo_browser import serve
 
-    app = create_app(*tiny, fixed_box)
+    app = create_app(*tiny, unscored(fixed_box))
     with serve(app, request_timeout_s=1.0, max_connections=8) as url:
         address = ("127.0.0.1", int(url.rstrip("/").rsplit(":", 1)[1]))
         silent = socket.create_connection(address)

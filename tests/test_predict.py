@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import REAL_DATA
+from finders import unscored
 from synthetic import draw_face
 from tinymodel import make_tiny_binary_run, make_tiny_incorrect_model, make_tiny_run, solid
 
@@ -223,9 +224,9 @@ def test_predict_paths_with_a_detector_and_a_photo_without_faces(tiny, tmp_path)
     image, boxes, labels = photo_with_faces()
     Image.fromarray(image).save(tmp_path / "two.png")
     Image.fromarray(np.full((50, 50, 3), 100, np.uint8)).save(tmp_path / "none.png")
-    detector = lambda img: boxes if img.shape[1] == 200 else []  # noqa: E731
+    finder = unscored(lambda img: boxes if img.shape[1] == 200 else [])
     files, missing = expand_paths([tmp_path])
-    results = {r.path.name: r for r in predict_paths(model, config, files, detector=detector)}
+    results = {r.path.name: r for r in predict_paths(model, config, files, finder=finder)}
     assert not missing and set(results) == {"two.png", "none.png"}
     assert [f["label"] for f in results["two.png"].faces] == labels
     assert results["none.png"].faces == [] and results["none.png"].error is None
@@ -284,7 +285,8 @@ def test_cli_with_the_detector_photo_without_face(tiny_run, tmp_path, capsys, mo
     image, boxes, labels = photo_with_faces()
     Image.fromarray(image).save(tmp_path / "two.png")
     Image.fromarray(np.full((50, 50, 3), 100, np.uint8)).save(tmp_path / "blank.png")
-    monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: boxes if img.shape[1] == 200 else [])
+    finder = unscored(lambda img: boxes if img.shape[1] == 200 else [])
+    monkeypatch.setattr(predict, "make_face_finder", lambda *args, **kwargs: finder)
     status, lines, err = run_cli(capsys, tmp_path / "two.png", tmp_path / "blank.png", "--model", tiny_run)
     assert status == 0
     assert [line["label"] for line in lines] == labels
@@ -293,7 +295,7 @@ def test_cli_with_the_detector_photo_without_face(tiny_run, tmp_path, capsys, mo
 
 def test_cli_on_face_crops_without_crops_says_why_and_exits_2(tiny_run, tmp_path, capsys, monkeypatch):
     write_crops(tmp_path / "crops")
-    monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: [])  # a detector, on crops
+    monkeypatch.setattr(predict, "make_face_finder", lambda *args, **kwargs: unscored(lambda img: []))  # a detector, on crops
     status, lines, err = run_cli(capsys, tmp_path / "crops", "--model", tiny_run)
     assert status == 2 and lines == []
     assert "no face found in 5 files" in err and "look like face crops" in err and "--crops" in err
@@ -301,7 +303,7 @@ def test_cli_on_face_crops_without_crops_says_why_and_exits_2(tiny_run, tmp_path
 
 def test_cli_photos_without_faces_exit_2_without_the_crops_hint(tiny_run, tmp_path, capsys, monkeypatch):
     Image.fromarray(np.full((300, 400, 3), 100, np.uint8)).save(tmp_path / "empty_room.png")
-    monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: [])
+    monkeypatch.setattr(predict, "make_face_finder", lambda *args, **kwargs: unscored(lambda img: []))
     status, _, err = run_cli(capsys, tmp_path / "empty_room.png", "--model", tiny_run)
     assert status == 2 and "no face found in 1 file:" in err and "--crops" not in err
 
@@ -310,7 +312,8 @@ def test_cli_writes_a_photo_summary_after_each_photos_faces(tiny_run, tmp_path, 
     image, boxes, _ = photo_with_faces()
     Image.fromarray(image).save(tmp_path / "two.png")
     Image.fromarray(np.full((50, 50, 3), 100, np.uint8)).save(tmp_path / "blank.png")
-    monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: boxes if img.shape[1] == 200 else [])
+    finder = unscored(lambda img: boxes if img.shape[1] == 200 else [])
+    monkeypatch.setattr(predict, "make_face_finder", lambda *args, **kwargs: finder)
     status, lines, err = run_cli_all_lines(capsys, tmp_path / "two.png", tmp_path / "blank.png", "--model", tiny_run,
                                            "--draw", tmp_path / "drawn")
     assert status == 0 and "2 faces in 2 files" in err
@@ -346,7 +349,7 @@ def test_cli_answers_a_mask_worn_incorrectly_in_its_records_summary_and_drawing(
                                                                                  capsys, monkeypatch):
     image, boxes, _ = photo_with_faces()
     Image.fromarray(image).save(tmp_path / "two.jpg", quality=95)
-    monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: boxes)
+    monkeypatch.setattr(predict, "make_face_finder", lambda *args, **kwargs: unscored(lambda img: boxes))
     status, lines, err = run_cli_all_lines(capsys, tmp_path / "two.jpg", "--model", incorrect_run,
                                            "--draw", tmp_path / "drawn")
     assert status == 0, err
@@ -374,7 +377,7 @@ def test_cli_answers_a_mask_worn_incorrectly_in_its_records_summary_and_drawing(
 def test_cli_with_a_binary_model_answers_as_before(binary_run, tmp_path, capsys, monkeypatch):
     image, boxes, labels = photo_with_faces()
     Image.fromarray(image).save(tmp_path / "two.png")
-    monkeypatch.setattr(predict, "make_detector", lambda name, min_face: lambda img: boxes)
+    monkeypatch.setattr(predict, "make_face_finder", lambda *args, **kwargs: unscored(lambda img: boxes))
     status, lines, err = run_cli_all_lines(capsys, tmp_path / "two.png", "--model", binary_run,
                                            "--draw", tmp_path / "drawn")
     assert status == 0, err
