@@ -40,7 +40,9 @@ MAX_FALSE_ALARMS = 0.5
 VIEW = "candidates"
 """The candidates' name as a view in the feature cache."""
 RECIPE = 1
-"""Bumped when the candidates' features or the verifier's fit change in a way their cache keys cannot see."""
+"""Bumped when the candidates' cut changes in a way their features' cache key cannot see."""
+FIT_VERSION = 2
+"""Bumped when the verifier's fit changes in a way its cache key cannot see (2: only the training folds' rows)."""
 
 
 def photo_candidates(manifest: pd.DataFrame, photos_dir: str | Path,
@@ -49,13 +51,14 @@ def photo_candidates(manifest: pd.DataFrame, photos_dir: str | Path,
 
     `face_row` is the manifest row of the matched face (-1 for none). `find` (a photo's path
     -> boxes, scores) defaults to the default candidate finder on the photo; what it finds is
-    cached (maskclf.memo) by the finder's settings and the photos.
+    cached (maskclf.memo) by the finder's settings (a custom `find` by its name) and the photos.
     """
     from . import detect
     from .memo import cached_arrays, files_fingerprint
 
     names = sorted(manifest["source_image"].unique(), key=lambda n: (len(n), n))
-    key = {"finder": detect.candidate_settings(), "photos": files_fingerprint(Path(photos_dir) / n for n in names)}
+    finder = detect.candidate_settings() if find is None else {"custom": f"{find.__module__}.{find.__qualname__}"}
+    key = {"finder": finder, "photos": files_fingerprint(Path(photos_dir) / n for n in names)}
 
     def compute() -> dict[str, np.ndarray]:
         find_in = find or _default_finder()
@@ -159,25 +162,25 @@ def fit_verifier(features: np.ndarray, table: pd.DataFrame, val_fold: int, c: fl
     fold (the denominators of faces found and false alarms per photo).
     """
     folds = sorted(int(k) for k in photos_per_fold.index if k != val_fold)
+    train = np.flatnonzero(np.isin(table["fold"], folds))  # the held-out fold's rows are never read
+    table, features = table.iloc[train], np.asarray(features[train])
     example = table["role"].isin(["face", "negative"]).to_numpy()
     is_face = (table["role"] == "face").to_numpy()
-    inner = [np.isin(table["fold"], [k for k in folds if k != j]) for j in folds]
-    subsets = [Subset(balanced_weights(is_face, example & rows)[None]) for rows in [*inner, np.isin(table["fold"], folds)]]
+    inner = [(table["fold"] != j).to_numpy() for j in folds]
+    subsets = [Subset(balanced_weights(is_face, example & rows)[None]) for rows in [*inner, np.ones(len(table), bool)]]
     fits = fit_logistic(features, is_face.astype(int), 2, c, subsets)
     p_face = np.full(len(table), np.nan)
     for j, fit in zip(folds, fits):
         rows = (table["fold"] == j).to_numpy()
         p_face[rows] = face_probability(fit, features[rows])
-    train = np.isin(table["fold"], folds)
-    rule = fit_rule(table["score"].to_numpy()[train], p_face[train], is_face[train],
-                    int(photos_per_fold.loc[folds].sum()))
+    scores = table["score"].to_numpy()
     faces, photos = int(faces_per_fold.loc[folds].sum()), int(photos_per_fold.loc[folds].sum())
-    kept = keep_by_rule(table["score"].to_numpy()[train], p_face[train], rule)
-    alone = table["score"].to_numpy()[train] >= CENTERFACE_SCORE
-    figures = {"faces_found": float((kept & is_face[train]).sum() / faces),
-               "false_alarms_per_photo": float((kept & ~is_face[train]).sum() / photos),
-               "detector_faces_found": float((alone & is_face[train]).sum() / faces),
-               "detector_false_alarms_per_photo": float((alone & ~is_face[train]).sum() / photos)}
+    rule = fit_rule(scores, p_face, is_face, photos)
+    kept, alone = keep_by_rule(scores, p_face, rule), scores >= CENTERFACE_SCORE
+    figures = {"faces_found": float((kept & is_face).sum() / faces),
+               "false_alarms_per_photo": float((kept & ~is_face).sum() / photos),
+               "detector_faces_found": float((alone & is_face).sum() / faces),
+               "detector_false_alarms_per_photo": float((alone & ~is_face).sum() / photos)}
     return Verifier(fits[-1], rule, figures)
 
 
@@ -208,8 +211,12 @@ def fit_rule(scores: np.ndarray, p_face: np.ndarray, is_face: np.ndarray, n_phot
     false_alarms = np.cumsum(~is_face[order])
     allowed = np.flatnonzero(false_alarms <= MAX_FALSE_ALARMS * n_photos)
     last = int(allowed[-1]) if len(allowed) else -1
-    cut = z[order[last]] if last + 1 >= len(z) else (z[order[last]] + z[order[last + 1]]) / 2 if last >= 0 \
-        else z[order[0]] + 1.0
+    if last < 0:
+        cut = z[order[0]] + 1.0  # not even the best candidate
+    elif last + 1 >= len(z):
+        cut = z[order[last]] - 1.0  # every candidate
+    else:
+        cut = (z[order[last]] + z[order[last + 1]]) / 2
     return {"score": float(model.coef_[0][0]), "face": float(model.coef_[0][1]),
             "bias": float(model.intercept_[0] - cut)}
 
@@ -229,7 +236,7 @@ def train_verifier(fs: Any, manifest: pd.DataFrame, faces_dir: str | Path, val_f
     features = candidate_features(fs, table, photos_dir, cache_dir)
     faces_per_fold = manifest.groupby("fold").size()
     photos_per_fold = manifest.groupby("fold")["source_image"].nunique()
-    key = {"features": array_fingerprint(features), "recipe": RECIPE, "val_fold": val_fold, "c": fs.config.head_c,
+    key = {"features": array_fingerprint(features), "fit": FIT_VERSION, "val_fold": val_fold, "c": fs.config.head_c,
            "max_false_alarms": MAX_FALSE_ALARMS, "detector_score": CENTERFACE_SCORE,
            "table": pd.util.hash_pandas_object(table).sum().item(),
            "faces": faces_per_fold.to_dict(), "photos": photos_per_fold.to_dict()}

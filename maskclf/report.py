@@ -322,7 +322,7 @@ REPORT_SUMMARIES = {
     "03_evaluate": "the validation fold: confusion matrix, per-class metrics with 95% CIs by photo, ROC and PR "
                    "curves, thresholds, calibration, accuracy by face size, the framing check",
     "04_error_analysis": "the mistakes: every misclassified face beside its photo, Grad-CAM, error rates by size, "
-                         "photo and class, likely label errors, whole photos through the detector",
+                         "photo and class, likely label errors, whole photos through the detector and the face verifier",
 }
 """One line per report on the index page: what it shows."""
 

@@ -325,9 +325,6 @@ def test_the_verifier_fit_never_depends_on_the_held_out_fold():
     assert all(np.isfinite(v).all() for v in (first.fit.kernel, first.fit.bias, list(first.rule.values())))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="fit_verifier hands the held-out fold's rows to fit_logistic with weight 0, which multiplies "
-                   "them by 0 (NaN * 0 is NaN): NaN there reaches the inner fits' P(face) and fit_rule raises")
 def test_the_verifier_fit_never_reads_the_held_out_fold():
     nan = _fit_with_held_out(np.full((200, 2), np.nan))
     _same_verifier(nan, _fit_with_held_out(np.zeros((200, 2))))
