@@ -59,13 +59,14 @@ METRICS = ("accuracy", "roc_auc", "recall_without_mask")
 
 def load_saved(faces: str, cache_dir: str) -> tuple[Any, Any]:
     """The saved configuration's FeatureSet (every cached view) and the manifest, all from the cache."""
-    from maskclf import train
     from maskclf.config import load_params
+    from maskclf.featureset import prepare_features
+    from maskclf.trainconfig import TrainConfig
     from maskclf.data import read_manifest
 
-    config = train.TrainConfig.from_params(load_params())
+    config = TrainConfig.from_params(load_params())
     manifest = read_manifest(faces)
-    fs = train.prepare_features(manifest, faces, config, cache_dir=cache_dir, verbose=0)
+    fs = prepare_features(manifest, faces, config, cache_dir=cache_dir, verbose=0)
     if not fs.cache_hit:
         raise SystemExit("the saved configuration's features were not all cached")
     return fs, manifest
@@ -73,7 +74,7 @@ def load_saved(faces: str, cache_dir: str) -> tuple[Any, Any]:
 
 @dataclass
 class Folds:
-    """The outer folds as train.train_folds makes them: held-out faces, fitting faces, early-stopping faces."""
+    """The outer folds as crossval.train_folds makes them: held-out faces, fitting faces, early-stopping faces."""
 
     ids: list[int]
     val: list[np.ndarray]
@@ -82,7 +83,7 @@ class Folds:
 
 
 def outer_folds(manifest, seed: int) -> Folds:
-    """train.train_folds' splits: each fold held out, a grouped tenth of the rest kept for early stopping."""
+    """crossval.train_folds' splits: each fold held out, a grouped tenth of the rest kept for early stopping."""
     from maskclf.splits import early_stopping_split, train_val_indices
 
     ids = [int(k) for k in sorted(manifest["fold"].unique())]
@@ -96,7 +97,7 @@ def outer_folds(manifest, seed: int) -> Folds:
 
 def sample_weights(labels, config, fit_idx: np.ndarray, n_views: int, available: np.ndarray | None) -> np.ndarray:
     """(views, faces) L-BFGS sample weights of the faces `fit_idx`, as train's heads weigh them."""
-    from maskclf.train import head_class_weights
+    from maskclf.labels import head_class_weights
 
     weight = np.zeros((n_views, len(labels.values)))
     per_class = head_class_weights(labels.values[fit_idx], labels.names, config)
@@ -381,7 +382,7 @@ def fit_mlp(fs, labels, fit_idx: np.ndarray, stop_idx: np.ndarray) -> tuple[Any,
 
     Batches are gathered from the feature array as they are needed: no copy of the training rows."""
     import keras
-    from maskclf.train import head_class_weights
+    from maskclf.labels import head_class_weights
 
     keras.utils.set_random_seed(fs.config.train_seed)
     views, faces = np.nonzero(fs.available()[:, fit_idx] > 0)
@@ -463,7 +464,7 @@ def attempt_fine_tune(fs, manifest, labels, y: np.ndarray, folds: Folds, acts: n
                       epochs: int = FT_EPOCHS) -> list[dict[str, Any]]:
     """Fold 0: the frozen block's average-pooled L-BFGS head, then conv5_block3 and that head trained `epochs` epochs."""
     import keras
-    from maskclf.train import head_class_weights
+    from maskclf.labels import head_class_weights
 
     i = folds.ids.index(FT_FOLD)
     k, val, fit_idx = FT_FOLD, folds.val[i], np.sort(folds.fit[i])
