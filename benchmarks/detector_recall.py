@@ -57,7 +57,7 @@ def face_finders(names: list[str], config: dict, min_face: int) -> dict[str, Fac
     """Row name -> FaceFinder: each detector of `names` alone, then, when the run (`config`, {} without one) has a
     verifier and centerface is among `names`, "centerface + verifier"."""
     finders = {name: make_face_finder(config, name, min_face, verify=False) for name in names}
-    if config.get("verifier") and "centerface" in names:
+    if config.get("face_verifier") and "centerface" in names:
         finders[VERIFIED] = make_face_finder(config, "centerface", min_face)
     return finders
 

@@ -12,7 +12,7 @@ a mask worn incorrectly counts as `without_mask`. From those probabilities come:
   labelled `with_mask` at the threshold is `with_mask`; otherwise it is the likelier of
   `mask_incorrect` and `without_mask`.
 
-A run with a face verifier (`config.json`'s `verifier`) outputs one more column after the
+A run with a face verifier (`config.json`'s `face_verifier`) outputs one more column after the
 classes: P(face), that a candidate box holds a face at all. `keep_by_rule` decides from it and
 the detector's score which candidates are faces (maskclf.candidates fits the rule).
 
@@ -53,7 +53,7 @@ def check_reports_as(class_names: Sequence[str], mapping: Any) -> str | None:
 
 def output_width(config: Mapping[str, Any]) -> int:
     """How many columns a run's model outputs: one per class, and P(face) when it has a verifier."""
-    return len(config["class_names"]) + (1 if config.get("verifier") else 0)
+    return len(config["class_names"]) + (1 if config.get("face_verifier") else 0)
 
 
 def class_probabilities(probs: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
@@ -63,7 +63,7 @@ def class_probabilities(probs: np.ndarray, config: Mapping[str, Any]) -> np.ndar
 
 def face_probabilities(probs: np.ndarray, config: Mapping[str, Any]) -> np.ndarray | None:
     """(N,) P(face) of each candidate, or None for a run without a verifier."""
-    if not config.get("verifier"):
+    if not config.get("face_verifier"):
         return None
     return np.asarray(probs, dtype=np.float64)[:, len(config["class_names"])]
 
@@ -79,7 +79,7 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 
 RULE_KEYS = ("score", "face", "bias")
-"""The weights of a verifier's rule (config.json's `verifier.rule`), in `keep_by_rule`'s order."""
+"""The weights of a verifier's rule (config.json's `face_verifier.rule`), in `keep_by_rule`'s order."""
 
 
 def keep_by_rule(scores: np.ndarray, p_face: np.ndarray, rule: Mapping[str, float]) -> np.ndarray:

@@ -35,6 +35,8 @@ MATCH_IOU = 0.5
 """A candidate is a face from this IoU with an annotated face (one-to-one), as in the whole-photo evaluation."""
 NEGATIVE_MAX_SCORE = 0.5
 """Candidates scoring this or more that touch no annotated face are left out of the negatives: most are faces."""
+MIN_EXAMPLES = 10
+"""The fewest faces, and the fewest negatives, the verifier is fitted on."""
 MAX_FALSE_ALARMS = 0.5
 """The rule's cut-off: the most faces found on the training photos with at most this many false alarms per photo."""
 VIEW = "candidates"
@@ -166,6 +168,11 @@ def fit_verifier(features: np.ndarray, table: pd.DataFrame, val_fold: int, c: fl
     table, features = table.iloc[train], np.asarray(features[train])
     example = table["role"].isin(["face", "negative"]).to_numpy()
     is_face = (table["role"] == "face").to_numpy()
+    found = {"faces": int((example & is_face).sum()), "negatives": int((example & ~is_face).sum())}
+    if min(found.values()) < MIN_EXAMPLES:
+        raise ValueError(f"the face verifier needs at least {MIN_EXAMPLES} faces and {MIN_EXAMPLES} negatives among the "
+                         f"detector's candidates in the training folds' photos, found {found['faces']} and "
+                         f"{found['negatives']}: train without it (-p verifier=0)")
     inner = [(table["fold"] != j).to_numpy() for j in folds]
     subsets = [Subset(balanced_weights(is_face, example & rows)[None]) for rows in [*inner, np.ones(len(table), bool)]]
     fits = fit_logistic(features, is_face.astype(int), 2, c, subsets)

@@ -163,7 +163,7 @@ def make_detector(name: str = DEFAULT_DETECTOR, min_face: int = MIN_FACE) -> Det
 @dataclass(frozen=True)
 class FaceFinder:
     """How the faces of a photo are found: the detector's candidates, then, for a run with a face verifier
-    (config.json's `verifier`), its rule on each candidate's detector score and P(face)."""
+    (config.json's `face_verifier`), its rule on each candidate's detector score and P(face)."""
 
     find: CandidateFinder
     rule: Mapping[str, float] | None = None
@@ -183,7 +183,7 @@ def make_face_finder(config: Mapping[str, Any], name: str = DEFAULT_DETECTOR, mi
                      verify: bool = True) -> FaceFinder:
     """The FaceFinder of a run (its config.json): CenterFace at the run's candidate score with its verifier's rule
     when it has one and `verify`; otherwise the detector `name` alone (CenterFace at CENTERFACE_SCORE)."""
-    verifier = config.get("verifier") if verify and name == "centerface" else None
+    verifier = config.get("face_verifier") if verify and name == "centerface" else None
     if verifier:
         return FaceFinder(make_candidate_finder(verifier["candidate_score"], min_face), verifier["rule"])
     if name == "centerface":

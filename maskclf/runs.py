@@ -276,12 +276,12 @@ def check_config(path: Path, config: dict[str, Any]) -> None:
     problem = check_reports_as(names, reports_as(config))
     if problem:
         raise RunFolderError(f"{path}: {problem:.300}")
-    if (problem := check_verifier(config.get("verifier"))) is not None:
+    if (problem := check_verifier(config.get("face_verifier"))) is not None:
         raise RunFolderError(f"{path}: {problem:.300}")
 
 
 def check_verifier(verifier: Any) -> str | None:
-    """The problem with a run's `verifier` record, or None: absent, or a candidate score in (0, 1) and a rule of
+    """The problem with a run's `face_verifier` record, or None: absent, or a candidate score in (0, 1) and a rule of
     finite numbers (maskclf.detect.FaceFinder applies them)."""
     if verifier is None:
         return None
@@ -289,7 +289,7 @@ def check_verifier(verifier: Any) -> str | None:
     score = verifier.get("candidate_score") if isinstance(verifier, dict) else None
     numbers = [score, *(rule.get(k) for k in RULE_KEYS)] if isinstance(rule, dict) else [None]
     if not all(type(v) in (int, float) and math.isfinite(v) for v in numbers) or not 0 < score < 1:
-        return (f"'verifier' must hold a 'candidate_score' in (0, 1) and a 'rule' of finite numbers "
+        return (f"'face_verifier' must hold a 'candidate_score' in (0, 1) and a 'rule' of finite numbers "
                 f"{list(RULE_KEYS)}, got {verifier!r}")
     return None
 
@@ -302,8 +302,8 @@ def check_model_matches(path: Path, model: keras.Model, config: dict[str, Any]) 
     if (height, width) != (size, size) and (height, width) != (None, None):
         raise RunFolderError(f"{path}: 'image_size' is {size}, but the model takes {height}x{width} crops")
     if model.output_shape[-1] != n_classes:
-        wanted = (f"'class_names' has {len(config['class_names'])} names" if not config.get("verifier") else
-                  f"'class_names' and 'verifier' call for {n_classes} scores (P(face) last)")
+        wanted = (f"'class_names' has {len(config['class_names'])} names" if not config.get("face_verifier") else
+                  f"'class_names' and 'face_verifier' call for {n_classes} scores (P(face) last)")
         raise RunFolderError(f"{path}: {wanted}, but the model outputs {model.output_shape[-1]} scores")
 
 

@@ -113,7 +113,7 @@ def run_study(
     if config.verifier not in (0, 1):
         raise ValueError(f"verifier must be 0 or 1, got {config.verifier!r}")
     if config.verifier:
-        result, classes["verifier"] = add_verifier(fs, result, faces_dir, cache_dir)
+        result, classes["face_verifier"] = add_verifier(fs, result, faces_dir, cache_dir)
     variants = [c for c in compare if dataclasses.replace(config, **_overrides(c)) != config]
     rows = compare_configs(faces_dir, config, variants, cache_dir).reset_index().to_dict("records") if variants else []
     if cv:

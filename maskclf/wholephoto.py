@@ -202,7 +202,7 @@ def cached_whole_photo_figures(model: Any, config: dict[str, Any], manifest: pd.
     chosen = manifest[manifest["fold"].isin(folds)]
     photos = photos_from_manifest(chosen, images_dir)
     key = {"model": model_fingerprint(model), "detector": detector or DEFAULT_DETECTOR,
-           "verifier": config.get("verifier") if verify else None,
+           "verifier": config.get("face_verifier") if verify else None,
            "code": source_fingerprint(answers, detect, images, model_module, sys.modules[__name__]),
            "photos": files_fingerprint(p.path for p in photos),
            "faces": pd.util.hash_pandas_object(chosen.reset_index(drop=True)).sum().item(), "folds": folds}

@@ -353,3 +353,42 @@ def test_a_new_option_at_its_neutral_value_keeps_the_cross_validation_cache_and_
         assert getattr(fs.config, name) == value
         crossval.cv_key(dataclasses.replace(fs, config=dataclasses.replace(fs.config, **{name: value + 1})), manifest)
         assert hashed[-1][name] == value + 1, f"{name} at another value is part of the key"
+
+
+def test_a_run_with_the_face_verifier_outputs_p_face_and_records_its_rule(faces, cache, tmp_path, monkeypatch):
+    """verifier=1 end to end on the synthetic photos, with a fake candidate finder: every annotated face (score
+    0.9) and background boxes touching none (score 0.3), the negatives."""
+    from maskclf import candidates, memo
+    from maskclf.answers import RULE_KEYS, face_probabilities
+    from maskclf.detect import iou_matrix
+    from maskclf.framing import manifest_boxes
+
+    manifest = read_manifest(faces)
+
+    def find(path):
+        mine = manifest[manifest["source_image"] == path.name]
+        truth = np.array(manifest_boxes(mine), float)
+        w, h = int(mine["image_width"].iloc[0]), int(mine["image_height"].iloc[0])
+        corners = np.array([(0, 0, 12, 12), (w - 12, 0, w, 12), (0, h - 12, 12, h), (w - 12, h - 12, w, h)], float)
+        background = corners[~(iou_matrix(corners, truth) > 0).any(axis=1)]
+        boxes = np.concatenate([truth, background]).astype(int)
+        return [tuple(b) for b in boxes], np.r_[np.full(len(truth), 0.9), np.full(len(background), 0.3)].astype(np.float32)
+
+    find.__qualname__ = "test_train.find"
+    real = candidates.photo_candidates
+    monkeypatch.setattr(candidates, "photo_candidates", lambda m, p: real(m, p, find))
+    monkeypatch.setattr(memo, "FEATURES_DIR", cache)
+    config = trainconfig.TrainConfig.from_params({**TINY, "verifier": 1})
+    study = train.run_study(config, faces, tmp_path, "verified", cross_validate=False, cache_dir=cache)
+    model, run_config = load_run(study.run_dir)
+    record = run_config["face_verifier"]
+    assert run_config["verifier"] == 1 and set(record["rule"]) == set(RULE_KEYS)
+    assert all(np.isfinite(v) for v in record["rule"].values()) and 0 < record["candidate_score"] < 1
+    assert model.output_shape[-1] == len(run_config["class_names"]) + 1, "the classes, then P(face)"
+    crops = np.stack([load_crop(p, 32) for p in manifest["crop_file"].iloc[:8]]).astype("float32")
+    p_face = face_probabilities(model.predict(crops, verbose=0), run_config)
+    assert p_face.shape == (8,) and ((p_face >= 0) & (p_face <= 1)).all()
+    plain = trainconfig.TrainConfig.from_params(TINY)
+    assert trainconfig.run_id(plain, study.fs.data_sha256) != run_config["run_id"], "a verifier run has its own folder"
+    assert "face_verifier" not in runs.read_config(train.run_study(plain, faces, tmp_path, "plain", cross_validate=False,
+                                                                   cache_dir=cache).run_dir)

@@ -54,9 +54,9 @@ def test_logit_is_finite_at_zero_and_one():
 
 def test_face_and_class_probabilities_and_output_width_with_and_without_a_verifier():
     probs = np.array([[0.1, 0.2, 0.7, 0.9], [0.6, 0.3, 0.1, 0.05]])
-    with_verifier = {**THREE, "verifier": VERIFIER}
+    with_verifier = {**THREE, "face_verifier": VERIFIER}
     assert answers.output_width(THREE) == 3 and answers.output_width(with_verifier) == 4
-    assert answers.output_width({**BINARY, "verifier": VERIFIER}) == 3 and answers.output_width(BINARY) == 2
+    assert answers.output_width({**BINARY, "face_verifier": VERIFIER}) == 3 and answers.output_width(BINARY) == 2
     assert answers.face_probabilities(probs[:, :3], THREE) is None
     assert answers.face_probabilities(probs, with_verifier).tolist() == [0.9, 0.05]
     assert answers.class_probabilities(probs, with_verifier).tolist() == probs[:, :3].tolist()
@@ -67,13 +67,13 @@ def test_face_and_class_probabilities_and_output_width_with_and_without_a_verifi
 def test_binary_probabilities_ignore_the_face_column():
     probs = np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
     with_face = np.column_stack([probs, [0.99, 0.01]])
-    config = {**THREE, "verifier": VERIFIER}
+    config = {**THREE, "face_verifier": VERIFIER}
     expected = [[0.1, 0.9], [0.6, 0.4]]
     assert answers.binary_probabilities(probs, THREE) == pytest.approx(np.array(expected))
     assert answers.binary_probabilities(with_face, config) == pytest.approx(np.array(expected))
     assert answers.p_without_mask(with_face, config) == pytest.approx([0.9, 0.4])
     binary = np.array([[0.3, 0.7, 0.2]])
-    assert answers.p_without_mask(binary, {**BINARY, "verifier": VERIFIER}) == pytest.approx([0.7])
+    assert answers.p_without_mask(binary, {**BINARY, "face_verifier": VERIFIER}) == pytest.approx([0.7])
 
 
 # --------------------------------------------------------------------------- FaceFinder
@@ -121,7 +121,7 @@ def fake_candidate_finders(monkeypatch):
 
 
 def test_make_face_finder_uses_the_runs_candidate_score_and_rule(fake_candidate_finders):
-    config = {**THREE, "verifier": {**VERIFIER, "candidate_score": 0.25}}
+    config = {**THREE, "face_verifier": {**VERIFIER, "candidate_score": 0.25}}
     finder = make_face_finder(config, "centerface", 12)
     assert finder.rule == RULE and fake_candidate_finders == [("candidates", 0.25, 12)]
     assert finder(np.zeros((8, 8, 3), np.uint8))[1].tolist() == [0.25]
@@ -169,7 +169,7 @@ def test_candidates_over_the_detector_score_are_exactly_the_default_detectors_bo
     detected = detect_faces(make_detector(), image)
     assert len(boxes) == len(scores) > len(detected) > 0
     assert sorted(b for b, s in zip(boxes, scores) if s >= CENTERFACE_SCORE) == sorted(detected)
-    alone, alone_scores = make_face_finder({**THREE, "verifier": VERIFIER}, verify=False)(image)
+    alone, alone_scores = make_face_finder({**THREE, "face_verifier": VERIFIER}, verify=False)(image)
     assert sorted(alone) == sorted(detected) and (alone_scores >= CENTERFACE_SCORE).all()
 
 
@@ -402,7 +402,7 @@ def make_verifier_run(run_dir: Path, rule=RULE) -> Path:
     model = make_tiny_model()
     composed = candidates.with_verifier(model, model.get_layer("band_mean").output, FACE_FIT)
     config = {"image_size": 32, "class_names": TINY_CLASSES, "reports_as": REPORTS_AS, "run_id": "tiny-verifier",
-              "backbone": "tiny", "weights": None, "verifier": {**VERIFIER, "rule": rule}}
+              "backbone": "tiny", "weights": None, "face_verifier": {**VERIFIER, "rule": rule}}
     save_run(run_dir, composed, config)
     return run_dir
 
@@ -430,7 +430,7 @@ def test_predict_paths_keeps_the_faces_the_verifier_keeps(verifier_run, tmp_path
     image, boxes = face_and_patch()
     Image.fromarray(image).save(tmp_path / "photo.png")
     files, _ = expand_paths([tmp_path / "photo.png"])
-    ruled = scored(boxes, [0.5, 0.5], config["verifier"]["rule"])
+    ruled = scored(boxes, [0.5, 0.5], config["face_verifier"]["rule"])
     [result] = predict_paths(model, config, files, finder=ruled)
     assert [face["box"] for face in result.faces] == [list(boxes[0])], "the face is kept, the patch dropped"
     face = result.faces[0]
@@ -487,8 +487,8 @@ def test_a_malformed_verifier_record_is_refused_naming_config_json(verifier_run,
 
     run = Path(shutil.copytree(verifier_run, tmp_path / "run"))
     config = json.loads((run / "config.json").read_text())
-    (run / "config.json").write_text(json.dumps({**config, "verifier": verifier}))  # NaN is written as NaN
-    with pytest.raises(RunFolderError, match=r"config\.json: 'verifier' must hold"):
+    (run / "config.json").write_text(json.dumps({**config, "face_verifier": verifier}))  # NaN is written as NaN
+    with pytest.raises(RunFolderError, match=r"config\.json: 'face_verifier' must hold"):
         load_run(run)
 
 
@@ -498,12 +498,12 @@ def test_a_model_whose_width_disagrees_with_the_verifier_record_is_refused(verif
     assert load_run(verifier_run)[0].output_shape[-1] == 4
     plain = Path(shutil.copytree(tiny_run, tmp_path / "plain"))
     config = json.loads((plain / "config.json").read_text())
-    (plain / "config.json").write_text(json.dumps({**config, "verifier": VERIFIER}))
-    with pytest.raises(RunFolderError, match=r"config\.json: 'class_names' and 'verifier' call for 4 scores .*, but the model outputs 3 scores"):
+    (plain / "config.json").write_text(json.dumps({**config, "face_verifier": VERIFIER}))
+    with pytest.raises(RunFolderError, match=r"config\.json: 'class_names' and 'face_verifier' call for 4 scores .*, but the model outputs 3 scores"):
         load_run(plain)
     without = Path(shutil.copytree(verifier_run, tmp_path / "without"))
     config = json.loads((without / "config.json").read_text())
-    del config["verifier"]
+    del config["face_verifier"]
     (without / "config.json").write_text(json.dumps(config))
     with pytest.raises(RunFolderError, match=r"config\.json: 'class_names' has 3 names, but the model outputs 4 scores"):
         load_run(without)
