@@ -32,10 +32,11 @@ MAX_UPLOAD_LIMIT_MB = 200
 """The largest --max-mb: an upload is held in memory whole."""
 EXPORT_FORMATS = ("tflite-fp32", "tflite-fp16", "tflite-int8", "onnx", "onnx-int8")
 """The formats of maskclf.runs.EXPORT_FILES (a test keeps them equal; the options load no heavy module)."""
-DEFAULT_EXPORT_FORMATS = ("tflite-fp32", "tflite-fp16", "onnx", "onnx-int8")
-"""Exported when --format is not given: the formats that meet their parity target (onnx-int8 only
-with an extraction to calibrate on). TFLite's full-integer int8 moved too many faces across the
-threshold on the study's models; it is exported on request."""
+DEFAULT_EXPORT_FORMATS = ("onnx", "onnx-int8")
+"""Exported when --format is not given: the runtimes `predict`, `video` and the demo use (onnx-int8
+only with an extraction to calibrate on). The TFLite formats, for other deployments, on request: their
+converter and parity pass were most of an export's time and memory. TFLite's full-integer int8 moved
+too many faces across the threshold on the study's models."""
 
 TRAIN_OPTIONS: dict[str, tuple[str, type]] = {
     "backbone": ("one of maskclf.backbones.BACKBONES, or several joined by '+'", str),
@@ -81,7 +82,8 @@ on crops of the model's training folds; onnx-int8 quantises the backbone only (p
 weights), its first convolution, the pooling, standardisation and head stay float.
 
 Parity on labelled crops (--check; without it, on fixed random crops): label agreement with the
-Keras model >= 99.5% and ROC AUC within 0.002. A format that misses the target is not kept (its
+Keras model >= 99.5% and ROC AUC within 0.002 (with a face verifier, also P(face) on the same
+side of 0.5 for >= 99.5%). A format that misses the target is not kept (its
 figures stay in parity.json) and the exit status is 1."""
 
 
@@ -279,8 +281,8 @@ def export_options(parser: argparse.ArgumentParser) -> None:
                              "(default: the latest complete run under models/)")
     parser.add_argument("--format", type=export_formats,
                         help=f"comma-separated, from {', '.join(EXPORT_FORMATS)} (default: "
-                             f"{', '.join(DEFAULT_EXPORT_FORMATS)}: the formats that meet the parity target, "
-                             "onnx-int8 when --check is an extraction; tflite-int8 on request; int8 is "
+                             f"{', '.join(DEFAULT_EXPORT_FORMATS)}: the runtimes predict uses, "
+                             "onnx-int8 when --check is an extraction; the TFLite formats on request; int8 is "
                              "calibrated on --check's training folds)")
     parser.add_argument("--check", type=Path, metavar="DIR",
                         default=DEFAULT_FACES_DIR if DEFAULT_FACES_DIR.is_dir() else None,

@@ -172,6 +172,28 @@ def test_inference_uses_onnx_int8_when_it_passed(run_dir, faces_dir):
     assert p["agreement"] >= MIN_AGREEMENT and p["max_abs_diff"] < 0.05
 
 
+def test_onnx_and_onnx_int8_share_one_conversion(run_dir, faces_dir, monkeypatch):
+    model, config = held_out(run_dir)
+    conversions, quantised = [], []
+    real_export, real_quantize = model.export, export.quantize_onnx
+    monkeypatch.setattr(model, "export", lambda path, format, **kw: conversions.append(format) or real_export(path, format=format, **kw))
+    monkeypatch.setattr(export, "quantize_onnx", lambda src, dst, cal, **kw: quantised.append(src) or real_quantize(src, dst, cal, **kw))
+    report = export_run(run_dir, model, config, ["onnx", "onnx-int8"], faces_dir)
+    assert conversions == ["onnx"] and len(quantised) == 1 and not Path(quantised[0]).exists()  # a temporary file
+    assert all(entry["usable"] for entry in report["formats"].values())
+    assert load_runner(run_dir / "export" / EXPORT_FILES["onnx"])(np.zeros((1, 32, 32, 3), np.float32)).shape[0] == 1
+    assert [p.name for p in (run_dir / "export").iterdir() if p.name.startswith(".")] == []
+
+
+def test_report_shows_the_p_face_agreement_of_a_verifier_model():
+    entry = {"bytes": 1e6, "ms_per_face": 2.0, "usable": False,
+             "parity": {"agreement": 1.0, "max_abs_diff": 0.1, "face_agreement": 0.984, "passed": False}}
+    lines = export.format_report({"formats": {"onnx-int8": entry}, "keras_ms_per_face": 9.0}).splitlines()
+    assert "P(face) agr" in lines[0] and "0.9840" in lines[1] and lines[2].split() == ["keras", *["-"] * 7, "9.0"]
+    del entry["parity"]["face_agreement"]
+    assert "P(face)" not in export.format_report({"formats": {"onnx": entry}, "keras_ms_per_face": 9.0})
+
+
 def test_parity_without_a_check_set_is_on_fixed_crops(run_dir):
     model, config = load_run(run_dir)
     report = export_run(run_dir, model, config, ["tflite-fp32", "onnx"], None)
@@ -203,7 +225,7 @@ def test_cli_default_exports_the_formats_that_meet_parity_and_succeeds(run_dir, 
     out, err = capsys.readouterr()
     assert status == 0, err
     table = {line.split()[0] for line in out.splitlines()[2:]} - {"keras"}
-    assert table == {"tflite-fp32", "tflite-fp16", "onnx"} | ({"onnx-int8"} if extraction else set())
+    assert table == {"onnx"} | ({"onnx-int8"} if extraction else set())  # TFLite on request
     written = {p.name for p in (run_dir / "export").iterdir()}
     assert written == {EXPORT_FILES[fmt] for fmt in table} | {"parity.json"}
     assert set(read_json(run_dir, PARITY_FILE)["formats"]) == table
