@@ -13,6 +13,10 @@ maps each name to its factory:
   OpenCV 5 moved the cascades out of the main wheel). Fast, but misses most small and
   masked faces.
 
+`make_face_finder(config)` is what `predict`, `video`, the demo and the whole-photo figures use: CenterFace's
+candidates with their scores and, for a run with a face verifier, its rule on each candidate's score and
+P(face) (`FaceFinder.keep`; maskclf.candidates fits it).
+
 `min_face` is the smallest face (pixels of the original image) to look for. The study's
 photos are ~400 px wide and most faces are under 32 px, so the default is small.
 `benchmarks/detector_recall.py` measures recall, false alarms and speed.

@@ -9,7 +9,9 @@ One JSON line per face:
 (the study's binary answer: a mask worn incorrectly counts as `without_mask`), plus, for a model trained
 on the three annotated classes, `"three_way"` (`with_mask`, `mask_incorrect` or `without_mask`) and
 `"three_way_probabilities"`; `"annotation"` (the VOC class) when boxes come from `--boxes-from`, and
-`"small_face": true` with a `"warning"` when the face is under data.TINY_FACE px on a side; then, for a whole
+`"small_face": true` with a `"warning"` when the face is under data.TINY_FACE px on a side; on whole photos,
+`"detector_score"` (the detector's score, when it gives one) and, for a run with a face verifier, `"p_face"`
+(only the candidates its rule keeps are faces: `detect.FaceFinder`); then, for a whole
 photo (not for `--crops`), one summary line
 `{"type": "photo", "path", "faces", "with_mask", "without_mask", "everyone_masked"}` (binary counts;
 `everyone_masked` is null when no face was found), plus, for a three-class model, `"mask_incorrect"` and
