@@ -416,7 +416,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         if args.data:
-            overrides["data_dir"] = str(resolve_data_dir(args.data).resolve())
+            # absolute, but symlinks kept: a data set beside the project through a link shows as ../ in the reports
+            overrides["data_dir"] = os.path.abspath(resolve_data_dir(args.data))
         params = load_params(args.params, overrides)  # every value checked (params.schema.yaml) before anything runs
         runs = run_reports(params, reports_dir=args.reports_dir)
         if args.data and Path(args.reports_dir).resolve() == REPORTS_DIR.resolve():

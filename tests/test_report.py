@@ -210,3 +210,18 @@ def test_an_executed_notebook_keeps_no_run_noise():
     assert clean.cells[0].metadata["papermill"] == {"status": "completed"}
     assert clean.metadata["papermill"] == {"parameters": {"a": 1}}
     assert clean.cells[0].outputs[0]["data"]["text/plain"] == "<pandas.io.formats.style.Styler>"
+
+
+def test_a_data_set_reached_through_a_link_keeps_the_links_path(voc_master, tmp_path, monkeypatch):
+    """`reports --data` passes the notebooks an absolute path with symlinks kept, so that a data set linked beside
+    the project shows as ../ in the reports, not as the link's target."""
+    import argparse
+    import os
+
+    link = tmp_path / "shared"
+    link.symlink_to(voc_master, target_is_directory=True)
+    seen = {}
+    monkeypatch.setattr(report, "run_reports", lambda params, reports_dir: seen.update(params) or [])
+    args = argparse.Namespace(param=[], data=str(link), params=None, reports_dir=str(tmp_path / "reports"))
+    assert report.run(args) == 0
+    assert seen["data_dir"] == os.path.abspath(link) != str(Path(voc_master).resolve())
