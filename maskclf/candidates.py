@@ -116,7 +116,7 @@ def _default_finder() -> Callable[[Path], tuple[list[tuple[int, int, int, int]],
 
 def candidate_loader(table: pd.DataFrame, photos_dir: str | Path, image_size: int) -> Callable[[int], np.ndarray]:
     """index -> the candidate at that row of `table` cut from its photo, as the model sees it."""
-    boxes = list(zip(*(table[c].astype(int) for c in ("xmin", "ymin", "xmax", "ymax"))))
+    boxes = manifest_boxes(table)
     photos = [str(Path(photos_dir) / name) for name in table["source_image"]]
     return lambda i: cut_face(photos[i], boxes[i], image_size)
 

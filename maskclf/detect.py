@@ -220,12 +220,16 @@ def detect_faces(detector: Detector, image: np.ndarray, max_side: int = WORK_SID
     face becomes 12 px).
     """
     work, factor = working_image(image, max_side)
-    boxes = detector(work)
+    height, width = image.shape[:2]
+    return [box for box in in_photo(detector(work), factor, width, height) if box is not None]
+
+
+def in_photo(boxes: Sequence[BoxXYXY | None], factor: float, width: int, height: int) -> list[BoxXYXY | None]:
+    """Boxes found on a copy shrunk by `factor` (`working_image`) in the `width` x `height` photo's pixels, clipped
+    (None: nothing left, or none given)."""
     if factor == 1.0:
         return list(boxes)
-    height, width = image.shape[:2]
-    scaled = (clip_box(tuple(v / factor for v in box), width, height) for box in boxes)
-    return [box for box in scaled if box is not None]
+    return [None if box is None else clip_box(tuple(v / factor for v in box), width, height) for box in boxes]
 
 
 def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -450,9 +454,8 @@ def make_candidate_finder(min_score: float = CANDIDATE_SCORE, min_face: int = MI
         work, factor = working_image(image, max_side)
         boxes, scores = centerface_candidates(net, work, min_face, min_score)
         height, width = image.shape[:2]
-        clipped = [clip_box(box, work.shape[1], work.shape[0]) for box in boxes.tolist()]  # as make_detector,
-        if factor != 1.0:  # then detect_faces: the same rounding, so the same boxes
-            clipped = [None if b is None else clip_box(tuple(v / factor for v in b), width, height) for b in clipped]
+        clipped = [clip_box(box, work.shape[1], work.shape[0]) for box in boxes.tolist()]  # as make_detector, then
+        clipped = in_photo(clipped, factor, width, height)  # detect_faces: the same rounding, so the same boxes
         kept = [i for i, box in enumerate(clipped) if box is not None]
         return [clipped[i] for i in kept], np.asarray(scores, np.float32)[kept]
 

@@ -95,8 +95,8 @@ def run_study(
     (default: `default_run_name`, which names the configuration and the data by their hash;
     a folder of another configuration is never written into).
     """
-    manifest = read_manifest(faces_dir)
-    fs, manifest = restrict_faces(prepare_features(manifest, faces_dir, config, cache_dir, verbose), manifest)
+    every_face = read_manifest(faces_dir)
+    fs, manifest = restrict_faces(prepare_features(every_face, faces_dir, config, cache_dir, verbose), every_face)
     run_dir = Path(models_dir) / (run_name or default_run_name(config, fs.data_sha256))
     if cross_validate:
         cv, result = cached_cross_validate(fs, manifest, config.val_fold, cache_dir)
@@ -110,10 +110,8 @@ def run_study(
     if not gap < END_TO_END_TOLERANCE:
         raise RuntimeError(f"the end-to-end model differs from the cached pipeline by {gap:.2e} (over "
                            f"{END_TO_END_TOLERANCE:g}) on {len(check)} validation crops: their preprocessing disagrees")
-    if config.verifier not in (0, 1):
-        raise ValueError(f"verifier must be 0 or 1, got {config.verifier!r}")
     if config.verifier:
-        result, classes["face_verifier"] = add_verifier(fs, result, faces_dir, cache_dir)
+        result, classes["face_verifier"] = add_verifier(fs, result, every_face, faces_dir, cache_dir)
     variants = [c for c in compare if dataclasses.replace(config, **_overrides(c)) != config]
     rows = compare_configs(faces_dir, config, variants, cache_dir).reset_index().to_dict("records") if variants else []
     if cv:
@@ -123,13 +121,13 @@ def run_study(
     return Study(run_dir, saved, fs, manifest, result, cv, len(check), gap, comparison)
 
 
-def add_verifier(fs: FeatureSet, result: TrainResult, faces_dir: str | Path,
+def add_verifier(fs: FeatureSet, result: TrainResult, every_face: pd.DataFrame, faces_dir: str | Path,
                  cache_dir: str | Path) -> tuple[TrainResult, dict[str, Any]]:
     """`result` whose model also outputs P(face), from the verifier fitted on the other folds' candidates
-    (maskclf.candidates), and the record config.json keeps of it; RuntimeError if the saved model's P(face)
-    differs from the cached pipeline's on held-out candidates."""
+    (maskclf.candidates; `every_face`: the whole extraction's manifest), and the record config.json keeps of it;
+    RuntimeError if the saved model's P(face) differs from the cached pipeline's on held-out candidates."""
     fold = fs.config.val_fold
-    verifier, table, features = train_verifier(fs, read_manifest(faces_dir), faces_dir, fold, cache_dir)
+    verifier, table, features = train_verifier(fs, every_face, faces_dir, fold, cache_dir)
     model = with_verifier(result.model, fs.frozen.output, verifier.fit)
     check = np.flatnonzero((table["fold"] == fold).to_numpy())[:END_TO_END_CROPS]
     load = candidate_loader(table, source_photos_dir(faces_dir), fs.config.image_size)

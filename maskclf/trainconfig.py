@@ -56,6 +56,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         specs = [get_backbone(name) for name in self.backbones]
+        if self.verifier not in (0, 1):
+            raise ValueError(f"verifier must be 0 or 1, got {self.verifier!r}")
         self.image_size = self.image_size or max(spec.image_size for spec in specs)
         if str(self.weights).lower() == "none":
             self.weights = None
