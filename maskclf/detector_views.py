@@ -41,7 +41,7 @@ def detector_boxes(manifest: pd.DataFrame, photos_dir: str | Path,
                                                .reset_index(drop=True)).sum().item()}
 
     def compute() -> dict[str, np.ndarray]:
-        detect_photo = find or _default_finder()
+        detect_photo = find or _default_finder(manifest, photos_dir)
         boxes = np.full((len(manifest), 4), np.nan)
         rows = np.arange(len(manifest))
         for name in names:
@@ -56,13 +56,24 @@ def detector_boxes(manifest: pd.DataFrame, photos_dir: str | Path,
     return cached_arrays("detector-boxes", key, compute)["boxes"]
 
 
-def _default_finder() -> Callable[[Path], list[tuple[int, int, int, int]]]:
-    """A photo's path -> the default detector's boxes on it, as `predict` finds them."""
-    from .detect import detect_faces, make_detector
+def _default_finder(manifest: pd.DataFrame, photos_dir: str | Path) -> Callable[[Path], np.ndarray]:
+    """A photo's path -> the default detector's boxes on it, as `predict` finds them.
+
+    They are the default candidate finder's boxes scoring >= CENTERFACE_SCORE (maskclf.detect
+    makes them so, and a test checks it), so the verifier's cached candidates serve these views
+    too: one CenterFace pass per photo for both.
+    """
+    from .candidates import photo_candidates
+    from .detect import CENTERFACE_SCORE, DEFAULT_DETECTOR, detect_faces, make_detector
     from .images import load_rgb
 
-    detector = make_detector()
-    return lambda path: detect_faces(detector, np.asarray(load_rgb(path)))
+    if DEFAULT_DETECTOR != "centerface":
+        detector = make_detector()
+        return lambda path: np.asarray(detect_faces(detector, np.asarray(load_rgb(path))), float)
+    table = photo_candidates(manifest, photos_dir)
+    table = table[table["score"] >= CENTERFACE_SCORE]
+    found = {name: rows[["xmin", "ymin", "xmax", "ymax"]].to_numpy(float) for name, rows in table.groupby("source_image")}
+    return lambda path: found.get(Path(path).name, np.empty((0, 4)))
 
 
 def detector_loader(manifest: pd.DataFrame, photos_dir: str | Path, boxes: np.ndarray,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from maskclf import crossval, detect, detector_views, featureset, memo, trainconfig
 from maskclf.data import read_manifest, source_photos_dir
 from maskclf.framing import manifest_boxes
+
+from conftest import REAL_DATA
 
 
 @pytest.fixture
@@ -83,3 +86,17 @@ def test_a_face_without_a_detector_view_is_kept_and_its_view_weighs_nothing(face
     np.testing.assert_array_equal(again.pooled, fs.pooled)
     cv, kept = crossval.cross_validate(fs, manifest, 0)
     assert kept is not None and not np.isnan(cv["oof_probability"]).any()
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (REAL_DATA / "images" / "maksssksksss0.png").is_file(), reason=f"{REAL_DATA} not present")
+def test_the_default_views_boxes_come_from_the_cached_candidates_and_are_the_default_detectors(tmp_path, monkeypatch):
+    from maskclf.images import load_rgb
+
+    monkeypatch.setattr(memo, "FEATURES_DIR", tmp_path / "cache")
+    name = "maksssksksss0.png"
+    manifest = pd.DataFrame({"source_image": [name], "fold": [0], "xmin": [0], "ymin": [0], "xmax": [8], "ymax": [8]})
+    found = detector_views._default_finder(manifest, REAL_DATA / "images")(REAL_DATA / "images" / name)
+    detected = detect.detect_faces(detect.make_detector(), np.asarray(load_rgb(REAL_DATA / "images" / name)))
+    assert [tuple(box) for box in found.astype(int).tolist()] == detected and len(detected) > 0
+    assert list((tmp_path / "cache").rglob("candidates*")), "read from the verifier's candidate cache, one pass for both"
