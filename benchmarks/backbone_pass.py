@@ -1,8 +1,10 @@
 """How fast the backbone pass runs against what the CPU can do, in float32 and in bfloat16.
 
 Runs a saved model (backbone + head) over validation crops, once per numeric mode, each in a
-fresh process: "fp32", and "bf16" (oneDNN's automatic bfloat16 rewrite of the graph, which
-runs convolutions on AVX512-BF16 / AMX where the CPU has them). Prints images/s, the model's
+fresh process: "fp32" and "bf16" through TensorFlow ("bf16": oneDNN's automatic bfloat16 rewrite
+of the graph, which runs convolutions on AVX512-BF16 / AMX where the CPU has them), and
+"openvino-fp32" and "openvino-bf16" through OpenVINO (maskclf.fastpass, which computes the
+feature caches in bfloat16). Prints images/s, the model's
 GFLOPs per image and the share of the CPU's float32 peak (cores x clock x 64 FLOPs per cycle
 for two AVX-512 FMA units), and the bf16 outputs' agreement with fp32's.
 
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("fp32", "bf16")
+MODES = ("fp32", "bf16", "openvino-fp32", "openvino-bf16")
 
 
 def conv_flops(model) -> float:
@@ -74,10 +76,18 @@ def measure(mode: str, model_dir: str, faces_dir: str, n: int, out: str) -> None
     manifest = read_manifest(faces_dir)
     files = manifest.loc[manifest["fold"] == 0, "crop_file"].tolist()[:n]
     crops = np.stack([load_crop(f, config["image_size"]) for f in files]).astype("float32")
-    run = tf.function(lambda x: model(x, training=False))
+    if mode.startswith("openvino"):
+        from maskclf.fastpass import compile_openvino
+
+        run = compile_openvino(model, "bfloat16" if mode.endswith("bf16") else "float32")
+    else:
+        compiled = tf.function(lambda x: model(x, training=False))
+
+        def run(x):
+            return compiled(x).numpy()
     run(crops[:32])  # trace and warm up
     start = time.perf_counter()
-    outputs = np.concatenate([run(crops[i:i + 32]).numpy() for i in range(0, len(crops), 32)])
+    outputs = np.concatenate([run(crops[i:i + 32]) for i in range(0, len(crops), 32)])
     seconds = time.perf_counter() - start
     np.save(out, outputs)
     Path(out).with_suffix(".json").write_text(json.dumps({"seconds": seconds, "images": len(crops),
@@ -111,13 +121,13 @@ def main() -> int:
             results[mode] = (np.load(out), json.loads(Path(out).with_suffix(".json").read_text()))
     reference = results["fp32"][0]
     print(f"machine: {machine}; float32 peak {peak / 1e9:.0f} GFLOP/s")
-    print(f"{'mode':<6} {'images/s':>9} {'GFLOP/img':>10} {'GFLOP/s':>8} {'of fp32 peak':>13} {'max |dp|':>9} {'labels agree':>13}")
+    print(f"{'mode':<13} {'images/s':>9} {'GFLOP/img':>10} {'GFLOP/s':>8} {'of fp32 peak':>13} {'max |dp|':>9} {'labels agree':>13}")
     for mode, (outputs, timing) in results.items():
         rate = timing["images"] / timing["seconds"]
         gflops = timing["flops"] / 1e9
         diff = float(np.abs(outputs[:, 1] - reference[:, 1]).max())
         agree = float(((outputs[:, 1] >= 0.5) == (reference[:, 1] >= 0.5)).mean())
-        print(f"{mode:<6} {rate:9.1f} {gflops:10.2f} {rate * gflops:8.0f} {rate * gflops * 1e9 / peak:13.0%} "
+        print(f"{mode:<13} {rate:9.1f} {gflops:10.2f} {rate * gflops:8.0f} {rate * gflops * 1e9 / peak:13.0%} "
               f"{diff:9.4f} {agree:13.4f}")
     return 0
 

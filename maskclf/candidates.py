@@ -143,7 +143,7 @@ def candidate_features(fs: Any, table: pd.DataFrame, photos_dir: str | Path, cac
     outputs, _ = cached_outputs(fs.frozen, names, config.image_size, key, cache_dir, batch_size=config.batch_size,
                                 views=[VIEW], seed=config.train_seed, verbose=0,
                                 loaders={VIEW: candidate_loader(table, photos_dir, config.image_size)},
-                                recipes={VIEW: {"finder": candidate_settings(), "recipe": RECIPE}})
+                                recipes={VIEW: {"finder": candidate_settings(), "recipe": RECIPE}}, precision=fs.precision)
     return outputs[0]
 
 

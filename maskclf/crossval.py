@@ -15,6 +15,7 @@ import pandas as pd
 import tensorflow as tf
 
 from .evaluate import binary_metrics, encode_labels, fold_metrics, summarize_folds
+from .fastpass import precision_key
 from .features import FEATURES_DIR, cache_key
 from .featureset import FeatureSet, pool_upper
 from .fsutil import atomic_path, write_json_atomic
@@ -129,7 +130,7 @@ def cv_key(fs: FeatureSet, manifest: pd.DataFrame) -> str:
     config = {name: value for name, value in config_identity(fs.config).items()
               if name not in NOT_CROSS_VALIDATED and (name not in NEUTRAL or value != NEUTRAL[name])}
     return cache_key(kind="cv", cv_format=CV_FORMAT, config=config, data_sha256=fs.data_sha256, views=fs.views,
-                     folds=folds, faces=len(manifest))
+                     folds=folds, faces=len(manifest), **precision_key(fs.precision))
 
 
 def cached_cross_validate(

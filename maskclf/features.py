@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .fastpass import precision_key, run_pass
 from .fsutil import atomic_path, reads_back
 from .images import load_crop
 from .paths import PROCESSED_DIR
@@ -64,6 +65,7 @@ def cached_outputs(
     verbose: int = 1,
     loaders: Mapping[str, Callable[[int], np.ndarray]] | None = None,
     recipes: Mapping[str, object] | None = None,
+    precision: str = "float32",
 ) -> tuple[np.ndarray, bool]:
     """Outputs of `model` on every crop (and augmented view), from the cache when present.
 
@@ -72,7 +74,7 @@ def cached_outputs(
     `key_parts` must identify `model` (backbone, weights, cut, pooling...) and the data (hash).
     `loaders` reads the faces of views that are not made from the crop files (index -> uint8
     face, e.g. the jittered re-cuts of maskclf.framing); their recipe enters the key: `recipes[view]`, else
-    the jitter recipe's version.
+    the jitter recipe's version. `precision` is the pass's (maskclf.fastpass), in the key too.
     """
     from .framing import JITTER_VERSION
 
@@ -82,14 +84,15 @@ def cached_outputs(
     stacked, hits = None, []
     for v, view in enumerate(views):
         recipe = {"recipe": (recipes or {}).get(view, JITTER_VERSION)} if view in loaders else {}
-        key = cache_key(**key_parts, image_size=image_size, view=view, seed=seed + 10 * v, crops=crops, **recipe)
+        key = cache_key(**key_parts, image_size=image_size, view=view, seed=seed + 10 * v, crops=crops, **recipe,
+                        **precision_key(precision))
         cache_file = Path(cache_dir) / f"{key_parts.get('backbone', 'model')}-{image_size}-{view}-{key}.npz"
         stored = _read_cache(cache_file, names)
         hits.append(stored is not None)
         if stored is None and view in loaders:
-            stored = model.predict(face_dataset(loaders[view], len(paths), image_size, batch_size), verbose=verbose)
+            stored = run_pass(model, face_dataset(loaders[view], len(paths), image_size, batch_size), precision, verbose)
         elif stored is None:
-            stored = _compute_view(model, paths, image_size, batch_size, view, seed + 10 * v, verbose)
+            stored = _compute_view(model, paths, image_size, batch_size, view, seed + 10 * v, precision, verbose)
         if not hits[-1]:
             with atomic_path(cache_file, suffix=".npz", check=reads_back("npz")) as tmp:
                 with open(tmp, "wb") as f:
@@ -108,8 +111,8 @@ def _read_cache(cache_file: Path, names: list[str]) -> np.ndarray | None:
 
 
 def _compute_view(model: keras.Model, paths: Sequence[str], image_size: int, batch_size: int, view: str, seed: int,
-                  verbose: int) -> np.ndarray:
+                  precision: str, verbose: int) -> np.ndarray:
     from .augment import view_fn
 
     ds = crop_dataset(paths, image_size, batch_size).map(view_fn(view, seed=seed))
-    return model.predict(ds, verbose=verbose)
+    return run_pass(model, ds, precision, verbose)

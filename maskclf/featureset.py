@@ -17,6 +17,7 @@ from . import detector_views
 from .augment import view_names
 from .backbones import get_backbone, weights_id
 from .data import face_size, hash_extraction, source_photos_dir
+from .fastpass import feature_precision
 from .features import FEATURES_DIR, cached_outputs
 from .framing import jittered_loader
 from .model import run_batched
@@ -38,6 +39,7 @@ class FeatureSet:
     seconds: float
     views: list[str] = field(default_factory=list)
     view_weight: np.ndarray | None = None  # (views, faces) 1/0: whether a face has that view (None: every face)
+    precision: str = "float32"  # of the backbone pass (maskclf.fastpass)
 
     def available(self) -> np.ndarray:
         """(views, faces) 1.0 where the face has the view, 0.0 where it has none (a missed detector view)."""
@@ -95,7 +97,7 @@ def prepare_features(
         views.append(detector_views.VIEW)
         view_weight = np.ones((len(views), len(manifest)))
         view_weight[-1] = detector_views.available(boxes)
-    parts, hits = [], []
+    parts, hits, precision = [], [], feature_precision()
     for name, branch, (superset, columns) in zip(config.backbones, branches, supersets):
         stored = branch if superset is None else superset
         key = {"backbone": name, "weights": weights_id(config.weights), "cut": first or "pooled",
@@ -103,13 +105,13 @@ def prepare_features(
                "init_seed": config.train_seed if config.weights is None else None}
         acts, hit = cached_outputs(keras.Model(inputs, stored), list(manifest["crop_file"]), size, key, cache_dir,
                                    batch_size=config.batch_size, views=views, seed=config.train_seed, verbose=verbose,
-                                   loaders=loaders, recipes=recipes)
+                                   loaders=loaders, recipes=recipes, precision=precision)
         parts.append(acts if columns is None else np.ascontiguousarray(acts[..., columns]))
         hits.append(hit)
     acts = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
     pooled = acts if upper is None else pool_upper(upper, acts, config.batch_size)
     return FeatureSet(config, frozen, upper, acts, pooled, data_sha256, all(hits), time.perf_counter() - t0, views,
-                      view_weight)
+                      view_weight, precision)
 
 
 def _superset_branch(name: str, base: keras.Model, inputs: keras.KerasTensor,

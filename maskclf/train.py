@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -41,10 +42,9 @@ from .candidates import candidate_loader, face_probability, train_verifier, veri
 from .config import stage_defaults
 from .crossval import TrainResult, cached_cross_validate, train_fold
 from .data import DataError, read_manifest, source_photos_dir
-from .features import FEATURES_DIR
+from .features import FEATURES_DIR, crop_dataset
 from .featureset import FeatureSet, prepare_features, restrict_faces
 from .fsutil import OutputError
-from .images import load_crop
 from .labels import output_classes, training_labels
 from .paths import MODELS_DIR
 from .runs import save_run
@@ -68,12 +68,37 @@ class Study:
     end_to_end_crops: int
     end_to_end_gap: float
     """Largest |saved model - cached pipeline| in P(without_mask) over `end_to_end_crops` held-out crops."""
+    end_to_end_agreement: float
+    """The share of those crops that the saved model and the cached pipeline give the same label."""
     comparison: pd.DataFrame
+    seconds: dict[str, float]
+    """Wall time of each stage: features, cross-validation, check, verifier, comparison, save."""
 
 
 END_TO_END_CROPS = 64
 END_TO_END_TOLERANCE = 1e-4
-"""The saved model must give the cached pipeline's probabilities on held-out crops within this."""
+"""With float32 features, the saved model must give the cached pipeline's probabilities on END_TO_END_CROPS held-out
+crops within this."""
+BFLOAT16_TOLERANCE = 0.1
+BFLOAT16_AGREEMENT = 0.99
+"""With bfloat16 features (maskclf.fastpass), the float32 saved model is checked on every held-out crop (and
+END_TO_END_CROPS held-out verifier candidates): probabilities within BFLOAT16_TOLERANCE of the cached pipeline's,
+the same label for at least this share. A wrong preprocessing or cut fails both by far."""
+
+
+def check_end_to_end(saved: np.ndarray, cached: np.ndarray, precision: str, what: str) -> tuple[float, float]:
+    """The largest |saved - cached| probability and the share of equal labels (p >= 0.5); RuntimeError when they
+    are out of the bounds of `precision` (the backbone pass's)."""
+    gap = float(np.abs(saved - cached).max(initial=0))
+    agreement = float(((saved >= 0.5) == (cached >= 0.5)).mean()) if len(saved) else 1.0
+    if precision == "float32" and not gap < END_TO_END_TOLERANCE:
+        raise RuntimeError(f"the saved model's {what} differs from the cached pipeline's by {gap:.2e} (over "
+                           f"{END_TO_END_TOLERANCE:g}) on {len(saved)} held-out crops: their preprocessing disagrees")
+    if precision != "float32" and not (gap < BFLOAT16_TOLERANCE and agreement >= BFLOAT16_AGREEMENT):
+        raise RuntimeError(f"the float32 saved model's {what} differs from the {precision} cached pipeline's by "
+                           f"{gap:.3f} (bound {BFLOAT16_TOLERANCE:g}), labels agreeing on {agreement:.4f} (bound "
+                           f"{BFLOAT16_AGREEMENT:g}) of {len(saved)} held-out crops: their preprocessing disagrees")
+    return gap, agreement
 
 
 def run_study(
@@ -95,30 +120,47 @@ def run_study(
     (default: `default_run_name`, which names the configuration and the data by their hash;
     a folder of another configuration is never written into).
     """
+    clock = StageClock()
     every_face = read_manifest(faces_dir)
     fs, manifest = restrict_faces(prepare_features(every_face, faces_dir, config, cache_dir, verbose), every_face)
-    run_dir = Path(models_dir) / (run_name or default_run_name(config, fs.data_sha256))
+    run_dir = Path(models_dir) / (run_name or default_run_name(config, fs.data_sha256, fs.precision))
+    clock.lap("features")
     if cross_validate:
         cv, result = cached_cross_validate(fs, manifest, config.val_fold, cache_dir)
     else:
         cv, result = None, train_fold(fs, manifest, config.val_fold)
-    check = result.val_index[:END_TO_END_CROPS]
-    images = np.stack([load_crop(p, config.image_size) for p in manifest["crop_file"].iloc[check]]).astype("float32")
+    clock.lap("cross-validation")
+    check = result.val_index if fs.precision != "float32" else result.val_index[:END_TO_END_CROPS]
+    crops = crop_dataset(manifest["crop_file"].iloc[check], config.image_size, config.batch_size)
     classes = output_classes(training_labels(manifest, config.labels))
-    gap = float(np.abs(p_without_mask(result.model.predict(images, verbose=0), classes)
-                       - result.val_probabilities[:len(check)]).max())
-    if not gap < END_TO_END_TOLERANCE:
-        raise RuntimeError(f"the end-to-end model differs from the cached pipeline by {gap:.2e} (over "
-                           f"{END_TO_END_TOLERANCE:g}) on {len(check)} validation crops: their preprocessing disagrees")
+    gap, agreement = check_end_to_end(p_without_mask(result.model.predict(crops, verbose=0), classes),
+                                      result.val_probabilities[:len(check)], fs.precision, "P(without_mask)")
+    clock.lap("check")
     if config.verifier:
         result, classes["face_verifier"] = add_verifier(fs, result, every_face, faces_dir, cache_dir)
+        clock.lap("verifier")
     variants = [c for c in compare if dataclasses.replace(config, **_overrides(c)) != config]
     rows = compare_configs(faces_dir, config, variants, cache_dir).reset_index().to_dict("records") if variants else []
     if cv:
         rows.append(cv_row(f"this run: {config_label(config)}", cv, manifest))
     comparison = pd.DataFrame(rows).set_index("configuration") if rows else pd.DataFrame()
+    clock.lap("comparison")
     saved = save_result(run_dir, result, fs, manifest, classes, cv, comparison)
-    return Study(run_dir, saved, fs, manifest, result, cv, len(check), gap, comparison)
+    clock.lap("save")
+    return Study(run_dir, saved, fs, manifest, result, cv, len(check), gap, agreement, comparison, clock.seconds)
+
+
+class StageClock:
+    """Wall time of consecutive stages: `lap(name)` ends the stage running since the last lap."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._start
+        self._start = now
 
 
 def add_verifier(fs: FeatureSet, result: TrainResult, every_face: pd.DataFrame, faces_dir: str | Path,
@@ -132,10 +174,8 @@ def add_verifier(fs: FeatureSet, result: TrainResult, every_face: pd.DataFrame, 
     check = np.flatnonzero((table["fold"] == fold).to_numpy())[:END_TO_END_CROPS]
     load = candidate_loader(table, source_photos_dir(faces_dir), fs.config.image_size)
     crops = np.stack([load(int(i)) for i in check]).astype("float32")
-    gap = float(np.abs(model.predict(crops, verbose=0)[:, -1] - face_probability(verifier.fit, features[check])).max(initial=0))
-    if not gap < END_TO_END_TOLERANCE:
-        raise RuntimeError(f"the saved model's P(face) differs from the cached pipeline's by {gap:.2e} (over "
-                           f"{END_TO_END_TOLERANCE:g}) on {len(check)} held-out candidates")
+    check_end_to_end(model.predict(crops, verbose=0)[:, -1], face_probability(verifier.fit, features[check]),
+                     fs.precision, "P(face)")
     return dataclasses.replace(result, model=model), verifier_record(verifier)
 
 
@@ -153,7 +193,8 @@ def save_result(
     config = fs.config
     metrics = {**result.metrics, "val_fold": config.val_fold, "n_faces": len(manifest), "n_val": len(result.val_index),
                "data_sha256": fs.data_sha256}
-    run_config = {**config.to_dict(), **classes, "data_sha256": fs.data_sha256, "run_id": run_id(config, fs.data_sha256),
+    run_config = {**config.to_dict(), **classes, "data_sha256": fs.data_sha256, "feature_precision": fs.precision,
+                  "run_id": run_id(config, fs.data_sha256, fs.precision),
                   "weights_id": weights_id(config.weights),
                   "fine_tune_from": fs.upper.name if fs.upper is not None else None}
     oof = None
@@ -233,9 +274,10 @@ def run(args: argparse.Namespace) -> int:
     if cv:
         print("5-fold mean: " + ", ".join(f"{k} {v:.4f}" for k, v in cv["mean"].items()))
         print("5-fold std:  " + ", ".join(f"{k} {v:.4f}" for k, v in cv["std"].items()))
-    print(f"end-to-end model vs cached pipeline: max difference {study.end_to_end_gap:.2e} "
-          f"over {study.end_to_end_crops} validation crops")
+    print(f"end-to-end model vs cached pipeline ({fs.precision} features): max difference {study.end_to_end_gap:.2e}, "
+          f"same label on {study.end_to_end_agreement:.4f} of {study.end_to_end_crops} validation crops")
     if len(study.comparison):
         print(study.comparison.round(4).to_string())
     print(f"model: {study.run_dir} ({study.saved})")
+    print("seconds: " + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in study.seconds.items()))
     return 0

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from .backbones import Weights, get_backbone, weights_id
 from .config import PARAM_CHOICES, resolve_params
+from .fastpass import precision_key
 from .paths import project_path
 
 POOLINGS = PARAM_CHOICES["pooling"]
@@ -118,13 +119,13 @@ def config_identity(config: TrainConfig) -> dict[str, Any]:
     return {**config.to_dict(), "weights": weights_id(config.weights)}
 
 
-def run_id(config: TrainConfig, data_sha256: str) -> str:
+def run_id(config: TrainConfig, data_sha256: str, precision: str = "float32") -> str:
     """Short hash of everything that makes a run: every field of the configuration (a weights file by its
-    contents) and the extraction's hash. config.json records all of it."""
-    blob = {**config_identity(config), "data_sha256": data_sha256}
+    contents), the extraction's hash and the backbone pass's precision. config.json records all of it."""
+    blob = {**config_identity(config), "data_sha256": data_sha256, **precision_key(precision)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def default_run_name(config: TrainConfig, data_sha256: str) -> str:
+def default_run_name(config: TrainConfig, data_sha256: str, precision: str = "float32") -> str:
     """Run folder name: a readable label and the run's hash, e.g. `efficientnet_lite0-imagenet-ft2-aug1-fold0-3f9a2c1d`."""
-    return f"{config_label(config)}-fold{config.val_fold}-{run_id(config, data_sha256)}"
+    return f"{config_label(config)}-fold{config.val_fold}-{run_id(config, data_sha256, precision)}"

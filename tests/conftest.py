@@ -21,6 +21,9 @@ atexit.register(shutil.rmtree, WORK_ROOT, ignore_errors=True)
 os.environ["MASKCLF_WORK_ROOT"] = WORK_ROOT
 os.environ["MASKCLF_FEATURES_DIR"] = os.path.join(WORK_ROOT, "data", "processed", "features")
 os.environ["MASKCLF_DATA_LOCATION_FILE"] = os.path.join(WORK_ROOT, "data", ".data_dir")
+# The backbone pass in float32 on every CPU, so that the tests' figures do not depend on the machine's bfloat16;
+# tests/test_fastpass.py runs the bfloat16 pass (the main job's default where the CPU has it).
+os.environ["MASKCLF_PRECISION"] = "float32"
 
 from synthetic import make_voc_dataset  # noqa: E402
 

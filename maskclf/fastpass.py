@@ -1,0 +1,79 @@
+"""The frozen backbone's pass over many faces: bfloat16 through OpenVINO where the CPU computes bfloat16 natively
+(AMX or AVX512-BF16), float32 through Keras elsewhere.
+
+Only the cached features are computed this way. The saved model stays float32 Keras, and
+`train.run_study` checks on the whole validation fold that it gives the cached pipeline's
+labels (`train.BFLOAT16_AGREEMENT`). Each precision has its own feature caches, cross-validation
+caches and run folders. MASKCLF_PRECISION=float32 asks for the float32 pass on any CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+PRECISIONS = ("bfloat16", "float32")
+PRECISION_ENV = "MASKCLF_PRECISION"
+"""Environment variable naming the precision wanted (default bfloat16, where the CPU has it)."""
+
+
+@functools.cache
+def feature_precision() -> str:
+    """The precision of the backbone pass on this machine: "bfloat16" when wanted (PRECISION_ENV) and OpenVINO runs
+    it natively on this CPU, else "float32". A fallback from bfloat16 is said once on stderr."""
+    wanted = os.environ.get(PRECISION_ENV) or "bfloat16"
+    if wanted not in PRECISIONS:
+        raise ValueError(f"{PRECISION_ENV}={wanted!r}: choose one of {', '.join(PRECISIONS)}")
+    if wanted == "float32":
+        return "float32"
+    try:
+        import openvino
+    except ImportError:
+        return _fallback("OpenVINO is not installed (pip install -r requirements.txt)")
+    if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return _fallback("this CPU has neither AMX nor AVX512-BF16")
+    return "bfloat16"
+
+
+def _fallback(why: str) -> str:
+    print(f"maskclf: the backbone pass runs in float32: {why}", file=sys.stderr)
+    return "float32"
+
+
+def precision_key(precision: str) -> dict[str, str]:
+    """What a cache key or run id adds for `precision`: nothing for float32, so that float32 keys are as before."""
+    return {} if precision == "float32" else {"precision": precision}
+
+
+def run_pass(model: keras.Model, batches: tf.data.Dataset, precision: str, verbose: int = 0) -> np.ndarray:
+    """`model`'s outputs on every batch of raw 0-255 faces, in order, computed in `precision`."""
+    if precision == "float32":
+        return model.predict(batches, verbose=verbose)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    infer = compile_openvino(model, precision)
+    outputs = [infer(batch) for batch in batches.as_numpy_iterator()]
+    width = model.output.shape[1:]
+    return np.concatenate(outputs) if outputs else np.empty((0, *width), np.float32)
+
+
+def compile_openvino(model: keras.Model, precision: str):
+    """`model` (one image input, one output) compiled by OpenVINO for this CPU in `precision`: a function from a
+    float32 batch to its float32 outputs."""
+    import openvino as ov
+
+    spec = tf.TensorSpec([None, *model.input.shape[1:]], tf.float32)
+    graph = ov.convert_model(tf.function(lambda x: model(x, training=False)).get_concrete_function(spec))
+    hint = {"bfloat16": "bf16", "float32": "f32"}[precision]
+    compiled = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        return np.array(request.infer([np.ascontiguousarray(batch, np.float32)])[0], np.float32)
+
+    return infer

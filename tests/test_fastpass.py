@@ -1,0 +1,118 @@
+"""The backbone pass in bfloat16 (OpenVINO): close to float32, deterministic, in caches and run folders of its own,
+and checked against the float32 saved model."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from maskclf import fastpass, train, trainconfig
+from maskclf.data import read_manifest
+
+from test_train import TINY
+
+
+@pytest.fixture
+def precision(monkeypatch):
+    """Set MASKCLF_PRECISION for one test, with feature_precision's memory of it cleared before and after."""
+
+    def choose(value: str | None) -> str:
+        fastpass.feature_precision.cache_clear()
+        if value is None:
+            monkeypatch.delenv(fastpass.PRECISION_ENV, raising=False)
+        else:
+            monkeypatch.setenv(fastpass.PRECISION_ENV, value)
+        return fastpass.feature_precision()
+
+    yield choose
+    fastpass.feature_precision.cache_clear()
+
+
+def small_convnet() -> keras.Model:
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 127.5, -1)(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    x = keras.layers.Conv2D(32, 3, activation="relu")(x)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+
+
+def batches(n: int = 40) -> tf.data.Dataset:
+    images = np.random.default_rng(0).uniform(0, 255, (n, 32, 32, 3)).astype("float32")
+    return tf.data.Dataset.from_tensor_slices(images).batch(16)
+
+
+def test_the_bfloat16_pass_is_close_to_float32_in_order_and_deterministic():
+    keras.utils.set_random_seed(0)
+    model = small_convnet()
+    exact = fastpass.run_pass(model, batches(), "float32")
+    fast = fastpass.run_pass(model, batches(), "bfloat16")
+    assert fast.shape == exact.shape == (40, 32) and fast.dtype == np.float32
+    np.testing.assert_allclose(fast, exact, rtol=0.05, atol=0.02 * np.abs(exact).max())  # bfloat16: 8 bits of mantissa
+    np.testing.assert_array_equal(fastpass.run_pass(model, batches(), "bfloat16"), fast)
+    assert fastpass.run_pass(model, batches(0), "bfloat16").shape == (0, 32)
+    with pytest.raises(ValueError, match="float16"):
+        fastpass.run_pass(model, batches(), "float16")
+
+
+def test_the_precision_follows_the_environment_and_the_cpu(precision, monkeypatch, capsys):
+    import openvino
+
+    assert precision("float32") == "float32"
+    native = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert precision(None) == ("bfloat16" if native else "float32")
+    with pytest.raises(ValueError, match="MASKCLF_PRECISION='half'"):
+        precision("half")
+
+    class NoBfloat16:
+        def get_property(self, device, name):
+            return ["FP32", "INT8"]
+
+    monkeypatch.setattr(openvino, "Core", NoBfloat16)
+    capsys.readouterr()
+    assert precision("bfloat16") == "float32"
+    assert fastpass.feature_precision() == "float32"
+    assert capsys.readouterr().err.count("neither AMX nor AVX512-BF16") == 1, "said once"
+
+
+def test_each_precision_has_its_own_run_id_and_float32_keeps_the_former_one():
+    config = trainconfig.TrainConfig.from_params(TINY)
+    sha = "d" * 64
+    assert trainconfig.run_id(config, sha, "float32") == trainconfig.run_id(config, sha)
+    assert trainconfig.run_id(config, sha, "bfloat16") != trainconfig.run_id(config, sha)
+    assert fastpass.precision_key("float32") == {} and fastpass.precision_key("bfloat16") == {"precision": "bfloat16"}
+
+
+def test_the_end_to_end_check_is_strict_for_float32_and_bounded_for_bfloat16():
+    cached = np.array([0.1, 0.45, 0.55, 0.9] * 50)
+    assert train.check_end_to_end(cached + 5e-5, cached, "float32", "P") == pytest.approx((5e-5, 1.0))
+    with pytest.raises(RuntimeError, match="float32|preprocessing"):
+        train.check_end_to_end(cached + 0.01, cached, "float32", "P")
+    gap, agreement = train.check_end_to_end(cached + 0.01, cached, "bfloat16", "P")
+    assert gap == pytest.approx(0.01) and agreement == 1.0
+    one_flip = cached.copy()
+    one_flip[1] = 0.52  # 1 of 200 labels differs: within BFLOAT16_AGREEMENT
+    assert train.check_end_to_end(one_flip, cached, "bfloat16", "P")[1] == pytest.approx(0.995)
+    with pytest.raises(RuntimeError, match="bfloat16 cached pipeline"):
+        train.check_end_to_end(cached[::-1].copy(), cached, "bfloat16", "P(face)")
+
+
+def test_a_bfloat16_study_has_its_own_caches_and_folder_and_passes_the_check(extracted_faces, tmp_path, precision):
+    faces, cache = extracted_faces, tmp_path / "cache"
+    config = trainconfig.TrainConfig.from_params(TINY)
+    precision("float32")
+    exact = train.run_study(config, faces, tmp_path / "models", cross_validate=False, cache_dir=cache)
+    if precision("bfloat16") != "bfloat16":
+        pytest.skip("this CPU has no native bfloat16: the pass falls back to float32")
+    fast = train.run_study(config, faces, tmp_path / "models", cross_validate=False, cache_dir=cache)
+    assert fast.fs.precision == "bfloat16" and not fast.fs.cache_hit, "bfloat16 features are not float32's cache"
+    assert fast.run_dir != exact.run_dir and exact.run_dir.is_dir(), "its own run folder; the float32 one stays"
+    assert json.loads((fast.run_dir / "config.json").read_text())["feature_precision"] == "bfloat16"
+    assert fast.end_to_end_crops == len(fast.result.val_index), "every held-out crop is checked"
+    assert fast.end_to_end_agreement >= train.BFLOAT16_AGREEMENT and fast.end_to_end_gap < train.BFLOAT16_TOLERANCE
+    assert not np.array_equal(fast.fs.pooled, exact.fs.pooled)
+    assert np.abs(fast.fs.pooled - exact.fs.pooled).mean() < 0.01 * np.abs(exact.fs.pooled).max(), "close on the whole"
+    assert len(read_manifest(faces)) == fast.fs.pooled.shape[1]
