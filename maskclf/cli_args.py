@@ -30,13 +30,14 @@ MAX_UPLOAD_MB = 10
 """The web demo's largest upload."""
 MAX_UPLOAD_LIMIT_MB = 200
 """The largest --max-mb: an upload is held in memory whole."""
-EXPORT_FORMATS = ("tflite-fp32", "tflite-fp16", "tflite-int8", "onnx", "onnx-int8")
+EXPORT_FORMATS = ("tflite-fp32", "tflite-fp16", "tflite-int8", "onnx", "onnx-int8", "openvino")
 """The formats of maskclf.runs.EXPORT_FILES (a test keeps them equal; the options load no heavy module)."""
-DEFAULT_EXPORT_FORMATS = ("onnx", "onnx-int8")
-"""Exported when --format is not given: the runtimes `predict`, `video` and the demo use (onnx-int8
-only with an extraction to calibrate on). The TFLite formats, for other deployments, on request: their
-converter and parity pass were most of an export's time and memory. TFLite's full-integer int8 moved
-too many faces across the threshold on the study's models."""
+DEFAULT_EXPORT_FORMATS = ("openvino",)
+"""Exported when --format is not given: the runtime `predict`, `video` and the demo use, OpenVINO's IR of the float
+graph, run in bfloat16 where the CPU has AMX or AVX512-BF16. The others on request: `onnx` (its converter alone
+peaked at about 9 GiB on the study's model), `onnx-int8` (calibrated on an extraction; it moved P(face) of too
+many candidates across 0.5 on the verifier's run) and the TFLite formats (TFLite's full-integer int8 moved too
+many faces across the threshold on the study's models)."""
 
 TRAIN_OPTIONS: dict[str, tuple[str, type]] = {
     "backbone": ("one of maskclf.backbones.BACKBONES, or several joined by '+'", str),
@@ -68,8 +69,9 @@ TRAIN_OPTIONS: dict[str, tuple[str, type]] = {
 EXPORT_DESCRIPTION = """\
 Export a run's model for deployment and check that each export answers like the Keras model.
 
-Files go into the run folder, under <run>/export/: model_fp32.tflite, model_fp16.tflite,
-model_int8.tflite, model.onnx, model_int8.onnx, and parity.json (the figures printed here).
+Files go into the run folder, under <run>/export/: model_openvino.xml and .bin (OpenVINO IR,
+run in bfloat16 where the CPU has AMX or AVX512-BF16), model.onnx, model_int8.onnx,
+model_fp32.tflite, model_fp16.tflite, model_int8.tflite, and parity.json (the figures printed here).
 
 Every export keeps the run's contract. It takes a float32 batch (N, S, S, 3) of raw RGB face
 crops with values 0-255, S being the run's image_size (config.json; 224 for ResNet-50),
@@ -281,9 +283,9 @@ def export_options(parser: argparse.ArgumentParser) -> None:
                              "(default: the latest complete run under models/)")
     parser.add_argument("--format", type=export_formats,
                         help=f"comma-separated, from {', '.join(EXPORT_FORMATS)} (default: "
-                             f"{', '.join(DEFAULT_EXPORT_FORMATS)}: the runtimes predict uses, "
-                             "onnx-int8 when --check is an extraction; the TFLite formats on request; int8 is "
-                             "calibrated on --check's training folds)")
+                             f"{', '.join(DEFAULT_EXPORT_FORMATS)}: the runtime predict uses; the others on "
+                             "request; int8 is calibrated on --check's training folds, which must be an "
+                             "extraction)")
     parser.add_argument("--check", type=Path, metavar="DIR",
                         default=DEFAULT_FACES_DIR if DEFAULT_FACES_DIR.is_dir() else None,
                         help="labelled crops to measure parity on: an `extract` output (the model's validation "

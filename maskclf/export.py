@@ -1,11 +1,14 @@
 """Export a run's model for deployment and check that the export answers like the Keras model.
 
-    python -m maskclf export --model models/<run>            # onnx, onnx-int8
+    python -m maskclf export --model models/<run>            # onnx, openvino
     python -m maskclf export --model models/<run> --format tflite-fp32,tflite-fp16
 
 `python -m maskclf export --help` says what an export takes and gives. Files go to
-`<run>/export/` (`model_fp32.tflite`, `model_fp16.tflite`, `model_int8.tflite`, `model.onnx`,
-`model_int8.onnx`) with `parity.json`. Every export keeps the run's contract: float32 raw
+`<run>/export/` (`model_openvino.xml` with its weights `model_openvino.bin`, `model.onnx`,
+`model_int8.onnx`, `model_fp32.tflite`, `model_fp16.tflite`, `model_int8.tflite`) with `parity.json`.
+`openvino` is OpenVINO's IR of the float graph, converted in memory from TensorFlow; OpenVINO runs it in
+bfloat16 where the CPU has AMX or AVX512-BF16, in float32 elsewhere or where bfloat16 misses the parity
+target (parity.json's `precision` says which it passed in). Every export keeps the run's contract: float32 raw
 0-255 RGB crops in, softmax probabilities out. The int8 formats quantise weights and
 activations (float input/output), calibrated on crops of the model's training folds:
 `onnx-int8` with ONNX Runtime's static quantisation (QDQ, per-channel weights), the backbone
@@ -49,6 +52,8 @@ from .runtime import Runner, load_runner, resolve_model
 
 FORMATS = tuple(EXPORT_FILES)
 INT8_FORMATS = ("tflite-int8", "onnx-int8")
+WEIGHTS_SUFFIX = ".bin"
+"""The `openvino` export's second file: its weights, beside the `.xml`, written before it."""
 MIN_AGREEMENT = 0.995
 MAX_AUC_DIFF = 0.002
 CALIBRATION_CROPS = 300
@@ -69,7 +74,8 @@ def export_model(
 
     The int8 formats need `calibration`: float32 crops (N, S, S, 3), 0-255, like the inputs.
     `float_onnx`: the model already converted to ONNX (format `onnx`), which `onnx` copies and
-    `onnx-int8` quantises instead of converting the model again.
+    `onnx-int8` quantises instead of converting the model again. `openvino` writes the weights file
+    (WEIGHTS_SUFFIX) too, under the same name.
     """
     import tensorflow as tf
 
@@ -83,6 +89,8 @@ def export_model(
         with tempfile.TemporaryDirectory() as tmp:
             float_path = export_model(model, "onnx", Path(tmp) / "model.onnx")
             return quantize_onnx(float_path, path, calibration)
+    if fmt == "openvino":
+        return save_openvino(model, Path(path))
     if fmt == "onnx" and float_onnx is not None:
         with atomic_path(path, check=reads_back("onnx")) as tmp:
             shutil.copyfile(float_onnx, tmp)
@@ -100,6 +108,21 @@ def export_model(
         warnings.simplefilter("ignore", FutureWarning)  # tf2onnx probes np.object
         model.export(str(tmp), format="onnx" if fmt == "onnx" else "litert", verbose=False, **options)
     return Path(path)
+
+
+def save_openvino(model: Any, path: Path) -> Path:
+    """`model` as OpenVINO IR: the weights (`path` with WEIGHTS_SUFFIX), then `path` (.xml), each atomically."""
+    import openvino as ov
+
+    from .fastpass import openvino_graph
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".openvino-") as tmp:
+        staged = Path(tmp) / "model.xml"
+        ov.save_model(openvino_graph(model), str(staged), compress_to_fp16=False)
+        os.replace(staged.with_suffix(WEIGHTS_SUFFIX), path.with_suffix(WEIGHTS_SUFFIX))
+        os.replace(staged, path)
+    return path
 
 
 def quantize_onnx(
@@ -355,25 +378,45 @@ def _export_one(
     """Export one format, measure its parity and speed, and keep its file only if the parity passed."""
     path = export_path(run_dir, fmt)
     staged = path.with_name(f".staged-{path.name}")
+    files = [(staged, path)] + ([(staged.with_suffix(WEIGHTS_SUFFIX), path.with_suffix(WEIGHTS_SUFFIX))]
+                                if fmt == "openvino" else [])
     start = time.perf_counter()
     try:
         export_model(model, fmt, staged, calibration=calibration, float_onnx=float_onnx)
-        entry: dict[str, Any] = {"file": str(path), "check": check, "bytes": staged.stat().st_size,
+        entry: dict[str, Any] = {"file": str(path), "check": check, "bytes": sum(s.stat().st_size for s, _ in files),
                                  "export_seconds": round(time.perf_counter() - start, 1)}
-        runner = load_runner(staged)
-        candidate = run_batched(runner, crops, batch_size=32)
-        entry["parity"] = parity(reference, candidate, config, labels, threshold)
-        entry["ms_per_face"] = round(ms_per_face(runner, crops[:1]), 2)
-        del runner
+        for precision in openvino_precisions() if fmt == "openvino" else [None]:
+            runner = load_runner(staged, fmt=fmt, precision=precision)
+            candidate = run_batched(runner, crops, batch_size=32)
+            entry["parity"] = parity(reference, candidate, config, labels, threshold)
+            entry["ms_per_face"] = round(ms_per_face(runner, crops[:1]), 2)
+            del runner
+            if precision:
+                entry["precision"] = precision
+            if entry["parity"]["passed"]:
+                break
+            if precision:  # a precision that missed the target: its figures stay on record
+                entry.setdefault("missed", {})[precision] = {"parity": entry["parity"], "ms_per_face": entry["ms_per_face"]}
         entry["usable"] = entry["parity"]["passed"]
         if entry["usable"]:
-            os.replace(staged, path)
+            for done, final in reversed(files):  # the weights before the file that reads them
+                os.replace(done, final)
         else:
-            path.unlink(missing_ok=True)  # an earlier export of this format must not stay in use
+            for _, final in files:  # an earlier export of this format must not stay in use, the .xml first
+                final.unlink(missing_ok=True)
             entry["file"] = None
     finally:
-        staged.unlink(missing_ok=True)
+        for done, _ in files:
+            done.unlink(missing_ok=True)
     return entry
+
+
+def openvino_precisions() -> list[str]:
+    """The precisions the `openvino` export is checked in, in order, until one passes: the backbone pass's
+    (bfloat16 where the CPU has it), then float32."""
+    from .fastpass import feature_precision
+
+    return list(dict.fromkeys([feature_precision(), "float32"]))
 
 
 def check_outputs(run_dir: Path, formats: Sequence[str]) -> None:
@@ -395,19 +438,12 @@ def format_report(report: dict[str, Any]) -> str:
                  f"{p['auc_candidate']:>11.4f}" if "auc_candidate" in p else f"{'-':>11}",
                  f"{p['auc_diff']:>9.4f}" if "auc_diff" in p else f"{'-':>9}",
                  *([f"{p['face_agreement']:>11.4f}" if "face_agreement" in p else f"{'-':>11}"] if face else []),
-                 f"{entry['ms_per_face']:>8.1f}", " yes" if entry["usable"] else " NO (missed the target)"]
+                 f"{entry['ms_per_face']:>8.1f}", " yes" if entry["usable"] else " NO (missed the target)",
+                 *([f"({entry['precision']})"] if "precision" in entry else [])]
         lines.append(" ".join(cells))
     lines.append(f"{'keras':<12} {'-':>8} {'-':>10} {'-':>9} {'-':>10} {'-':>11} {'-':>9}"
                  + (f" {'-':>11}" if face else "") + f" {report['keras_ms_per_face']:>8.1f}")
     return "\n".join(lines)
-
-
-def default_formats(check: str | Path | None) -> list[str]:
-    """The formats `export` writes when none is asked for: onnx-int8 only where it can be calibrated."""
-    from .cli_args import DEFAULT_EXPORT_FORMATS
-
-    extraction = check is not None and (Path(check) / "faces.csv").is_file()
-    return [fmt for fmt in DEFAULT_EXPORT_FORMATS if extraction or fmt not in INT8_FORMATS]
 
 
 # --------------------------------------------------------------------------- CLI
@@ -415,10 +451,11 @@ def default_formats(check: str | Path | None) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run `export`: 0 if every format met its parity target, 1 if one missed it (not kept), 2 on an error."""
-    from .runs import RunFolderError, latest_run
+    from .cli_args import DEFAULT_EXPORT_FORMATS
     from .paths import MODELS_DIR
+    from .runs import RunFolderError, latest_run
 
-    formats = args.format or default_formats(args.check)
+    formats = args.format or list(DEFAULT_EXPORT_FORMATS)
     if any(fmt in INT8_FORMATS for fmt in formats) and args.check is None:
         print("error: int8 needs calibration crops: pass --check DIR (an `extract` output)", file=sys.stderr)
         return 2
@@ -433,6 +470,12 @@ def run(args: argparse.Namespace) -> int:
     n = report["formats"][formats[0]]["parity"]["n"]
     print(f"exported to {export_path(run_dir, PARITY_FILE).parent}; parity on {report['check']} ({n} crops)")
     print(format_report(report))
+    for fmt, entry in report["formats"].items():
+        for precision, tried in entry.get("missed", {}).items():
+            p = tried["parity"]
+            print(f"{fmt} in {precision} missed the target (agreement {p['agreement']:.4f}"
+                  + (f", P(face) agreement {p['face_agreement']:.4f}" if "face_agreement" in p else "")
+                  + (f"); kept in {entry['precision']}" if entry["usable"] else ")"))
     for problem in report["problems"]:
         print(f"skipped: {problem}", file=sys.stderr)
     missed = [fmt for fmt in formats if not report["formats"][fmt]["usable"]]

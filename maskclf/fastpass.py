@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 PRECISIONS = ("bfloat16", "float32")
+OPENVINO_PRECISION = {"bfloat16": "bf16", "float32": "f32"}
+"""OpenVINO's name (INFERENCE_PRECISION_HINT) for each precision."""
 PRECISION_ENV = "MASKCLF_PRECISION"
 """Environment variable naming the precision wanted (default bfloat16, where the CPU has it)."""
 
@@ -62,16 +64,28 @@ def run_pass(model: keras.Model, batches: tf.data.Dataset, precision: str, verbo
     return np.concatenate(outputs) if outputs else np.empty((0, *width), np.float32)
 
 
-def compile_openvino(model: keras.Model, precision: str):
-    """`model` (one image input, one output) compiled by OpenVINO for this CPU in `precision`: a function from a
-    float32 batch to its float32 outputs."""
+def openvino_graph(model: keras.Model):
+    """`model` (one image input of any batch size, one output) as an OpenVINO model, converted in memory from its
+    TensorFlow graph."""
     import openvino as ov
 
     spec = tf.TensorSpec([None, *model.input.shape[1:]], tf.float32)
-    graph = ov.convert_model(tf.function(lambda x: model(x, training=False)).get_concrete_function(spec))
-    hint = {"bfloat16": "bf16", "float32": "f32"}[precision]
-    compiled = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
-    request = compiled.create_infer_request()
+    return ov.convert_model(tf.function(lambda x: model(x, training=False)).get_concrete_function(spec))
+
+
+def compile_openvino(graph, precision: str, threads: int | None = None):
+    """A Keras model, an OpenVINO model or an OpenVINO IR file's path, compiled for this CPU in `precision`: a
+    function from a float32 batch to its float32 outputs. `threads` None: one per core."""
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    if isinstance(graph, keras.Model):
+        graph = openvino_graph(graph)
+    elif isinstance(graph, os.PathLike):
+        graph = str(graph)
+    request = ov.Core().compile_model(graph, "CPU", config).create_infer_request()
 
     def infer(batch: np.ndarray) -> np.ndarray:
         return np.array(request.infer([np.ascontiguousarray(batch, np.float32)])[0], np.float32)

@@ -46,6 +46,7 @@ EXPORT_FILES = {
     "tflite-int8": "model_int8.tflite",
     "onnx": "model.onnx",
     "onnx-int8": "model_int8.onnx",
+    "openvino": "model_openvino.xml",  # OpenVINO IR; its weights: the same name with `.bin` (WEIGHTS_SUFFIX)
 }
 """Export format -> its file under `export/`."""
 
@@ -56,7 +57,7 @@ RUN_FILES = {
     METRICS_FILE: "validation and cross-validation metrics (train)",
     CV_PREDICTIONS_FILE: "out-of-fold scores of every face (train)",
     COMPARISON_FILE: "the ablation table (train)",
-    f"{EXPORT_DIR}/": "TFLite and ONNX files with parity.json (export)",
+    f"{EXPORT_DIR}/": "OpenVINO, ONNX and TFLite files with parity.json (export)",
 }
 """Every file a run folder can hold, and what writes it. Evaluating a run never writes here: 03_evaluate writes
 EVALUATION_FILE and VAL_PREDICTIONS_FILE into an `evaluation_folder` of its own."""

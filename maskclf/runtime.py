@@ -42,7 +42,7 @@ def model_line(model: Any, run_dir: Path) -> str:
             "runtime, used from then on)")
 
 
-FAST_RUNTIMES = ("onnx-int8", "onnx", "tflite-fp32")
+FAST_RUNTIMES = ("openvino", "onnx-int8", "onnx", "tflite-fp32")
 """Exported formats (`maskclf export`) used for classifying when present, fastest first: on the committed
 ResNet-50, ONNX int8 answers one face in 23 ms and 40 faces/s at batch 32, ONNX fp32 45 ms and 22 faces/s,
 Keras 80-135 ms and 20 faces/s (benchmarks/inference_speed.py, 2 threads); int8 agrees with Keras on 99.88%
@@ -76,7 +76,8 @@ def fastest_runtime(model: Any, run_dir: str | Path, threads: int | None = None)
         path = export_path(run_dir, fmt)
         if _parity_passed(report, fmt) and path.is_file():
             try:
-                return ExportedModel(load_runner(path, threads), model.output_shape[-1], path)
+                precision = report["formats"][fmt].get("precision")
+                return ExportedModel(load_runner(path, threads, precision=precision), model.output_shape[-1], path)
             except Exception as exc:  # onnxruntime and LiteRT raise their own types for a corrupt file
                 raise RunFolderError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc}); export the model "
                                      f"again, or remove {path.parent} to classify with Keras") from exc
@@ -91,14 +92,24 @@ def _parity_passed(report: Any, fmt: str) -> bool:
     return isinstance(entry, dict) and entry.get("passed") is True
 
 
-def load_runner(path: str | Path, num_threads: int | None = None) -> Runner:
-    """A function `crops (N, S, S, 3) float32 -> probabilities (N, C)` for a .tflite or .onnx file.
+def load_runner(path: str | Path, num_threads: int | None = None, fmt: str | None = None,
+                precision: str | None = None) -> Runner:
+    """A function `crops (N, S, S, 3) float32 -> probabilities (N, C)` for an exported file: format `fmt`
+    (default: the one whose file name `path` has, else ONNX Runtime or LiteRT by the suffix). The `openvino`
+    export runs through OpenVINO in `precision` (None: `fastpass.feature_precision()`, bfloat16 where the CPU
+    has it), the other ONNX files through ONNX Runtime.
 
-    `num_threads` None: the runtime's default (ONNX Runtime: one per core).
+    `num_threads` None: the runtime's default (one per core).
     """
+    from .runs import EXPORT_FILES
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such exported model")
+    if (fmt or next((f for f, name in EXPORT_FILES.items() if name == path.name), None)) == "openvino":
+        from .fastpass import compile_openvino, feature_precision
+
+        return compile_openvino(path, precision or feature_precision(), num_threads)
     if path.suffix == ".onnx":
         import onnxruntime as ort
 

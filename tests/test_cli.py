@@ -98,7 +98,7 @@ def test_output_options_are_named_for_what_they_are_and_keep_the_old_name(argv, 
 def test_export_help_says_where_files_go_and_what_the_model_takes_and_gives():
     text = " ".join(_subparsers()["export"].format_help().split())
     for words in ("<run>/export/", "(N, S, S, 3)", "float32", "0-255", "(N, C)", "reports_as", "P(without_mask)",
-                  "(default: onnx,"):
+                  "(default: openvino:"):
         assert words in text, words
 
 

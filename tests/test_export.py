@@ -185,6 +185,49 @@ def test_onnx_and_onnx_int8_share_one_conversion(run_dir, faces_dir, monkeypatch
     assert [p.name for p in (run_dir / "export").iterdir() if p.name.startswith(".")] == []
 
 
+def test_openvino_is_ir_converted_without_onnx_run_by_openvino_and_used_first(run_dir, faces_dir, monkeypatch):
+    import onnxruntime
+
+    model, config = held_out(run_dir)
+    conversions = []
+    real_export = model.export
+    monkeypatch.setattr(model, "export", lambda path, format, **kw: conversions.append(format) or real_export(path, format=format, **kw))
+    report = export_run(run_dir, model, config, ["openvino"], faces_dir)
+    xml = run_dir / "export" / EXPORT_FILES["openvino"]
+    entry = report["formats"]["openvino"]
+    assert conversions == [] and entry["usable"] and entry["file"] == str(xml)
+    assert entry["bytes"] == xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["model_openvino.bin", "model_openvino.xml", "parity.json"]
+    monkeypatch.setattr(onnxruntime, "InferenceSession", None)  # OpenVINO runs it, not ONNX Runtime
+    runtime = fastest_runtime(model, run_dir)
+    assert runtime.path == xml
+    crops = load_check_crops(faces_dir, 32, folds=[0])[0]
+    for n in (1, 7):  # float32 here (tests/conftest.py): the Keras model's outputs
+        np.testing.assert_allclose(runtime.predict_on_batch(crops[:n]), model.predict_on_batch(crops[:n]), atol=1e-4)
+    monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)  # no export can meet it: neither file stays
+    assert not export_run(run_dir, model, config, ["openvino"], faces_dir)["formats"]["openvino"]["usable"]
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["parity.json"]
+
+
+def test_openvino_falls_back_to_float32_when_bfloat16_misses_the_target(run_dir, faces_dir, monkeypatch, capsys):
+    model, config = held_out(run_dir)
+    real_parity, seen = export.parity, []
+
+    def parity_missing_in_bfloat16(reference, candidate, *args, **kwargs):
+        report = real_parity(reference, candidate, *args, **kwargs)
+        seen.append(report)
+        return {**report, "passed": False} if len(seen) == 1 else report
+
+    monkeypatch.setattr(export, "openvino_precisions", lambda: ["bfloat16", "float32"])
+    monkeypatch.setattr(export, "parity", parity_missing_in_bfloat16)
+    assert main(["export", "--model", str(run_dir), "--check", str(faces_dir)]) == 0
+    out = capsys.readouterr().out
+    entry = read_json(run_dir, PARITY_FILE)["formats"]["openvino"]
+    assert entry["usable"] and entry["precision"] == "float32" and set(entry["missed"]) == {"bfloat16"}
+    assert "openvino in bfloat16 missed the target" in out and "kept in float32" in out and "(float32)" in out
+    assert fastest_runtime(model, run_dir).path == run_dir / "export" / EXPORT_FILES["openvino"]
+
+
 def test_report_shows_the_p_face_agreement_of_a_verifier_model():
     entry = {"bytes": 1e6, "ms_per_face": 2.0, "usable": False,
              "parity": {"agreement": 1.0, "max_abs_diff": 0.1, "face_agreement": 0.984, "passed": False}}
@@ -225,9 +268,9 @@ def test_cli_default_exports_the_formats_that_meet_parity_and_succeeds(run_dir, 
     out, err = capsys.readouterr()
     assert status == 0, err
     table = {line.split()[0] for line in out.splitlines()[2:]} - {"keras"}
-    assert table == {"onnx"} | ({"onnx-int8"} if extraction else set())  # TFLite on request
+    assert table == {"openvino"}  # ONNX, int8 and TFLite on request
     written = {p.name for p in (run_dir / "export").iterdir()}
-    assert written == {EXPORT_FILES[fmt] for fmt in table} | {"parity.json"}
+    assert written == {"model_openvino.xml", "model_openvino.bin", "parity.json"}
     assert set(read_json(run_dir, PARITY_FILE)["formats"]) == table
 
 
