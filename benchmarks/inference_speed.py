@@ -4,7 +4,8 @@ Single-face latency is one (1, S, S, 3) crop per call (median and 90th percentil
 `--repeats` calls after a warm-up); throughput is crops per second in batches of
 `--batch`, the median of `--rounds` timed rounds. Exports are those `export` kept in
 `<model>/export/` (run `python -m maskclf export` first), each with `--threads` threads
-(TFLite: XNNPACK); ONNX files also with ONNX Runtime's thread spinning off. Agreement and
+(TFLite: XNNPACK); ONNX files also with ONNX Runtime's thread spinning off; the OpenVINO IR in
+bfloat16 (where the CPU has it) and float32, whichever of the two `export` kept it in. Agreement and
 AUC are `export`'s parity figures (parity.json). Cold start is the wall time of a fresh
 `python -m maskclf predict PHOTO` process, per detector, including Python, TensorFlow and
 model loading (`--cold-runs 0` skips it).
@@ -110,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         path = export_path(model_dir, fmt)
         if not path.is_file():
             continue
-        if path.suffix == ".onnx":
+        if fmt == "openvino":
+            for precision in ("bfloat16", "float32"):
+                engines[f"{fmt} ({precision})"] = load_runner(path, args.threads, fmt, precision)
+        elif path.suffix == ".onnx":
             engines[f"{fmt} (ORT)"] = onnx_runner(path, args.threads, spinning=True)
             engines[f"{fmt} (ORT, no spinning)"] = onnx_runner(path, args.threads, spinning=False)
         else:
@@ -125,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     for name, fn in engines.items():
         median, p90 = latency_ms(fn, crop, args.repeats)
-        p = parity.get(name.split()[0], {}).get("parity", {})
+        entry = parity.get(name.split()[0], {})
+        p = entry.get("missed", {}).get(name.split("(")[-1].rstrip(")"), entry).get("parity", {})  # openvino by precision
         agreement = f"{p['agreement']:.4f}" if p else "-"
         auc = f"{p['auc_candidate']:.4f} ({p['auc_reference']:.4f})" if "auc_candidate" in p else "-"
         print(f"| {name} | {median:.1f} | {p90:.1f} | {throughput(fn, batch, args.rounds):.1f} | {agreement} | {auc} |",
