@@ -42,10 +42,11 @@ from .candidates import candidate_loader, face_probability, train_verifier, veri
 from .config import stage_defaults
 from .crossval import TrainResult, cached_cross_validate, train_fold
 from .data import DataError, read_manifest, source_photos_dir
-from .features import FEATURES_DIR, crop_dataset
+from .features import FEATURES_DIR
 from .featureset import FeatureSet, prepare_features, restrict_faces
 from .fsutil import OutputError
 from .labels import output_classes, training_labels
+from .model import cached_predict_crops
 from .paths import MODELS_DIR
 from .runs import save_run
 from .trainconfig import TrainConfig, config_label, default_run_name, run_id
@@ -72,7 +73,7 @@ class Study:
     """The share of those crops that the saved model and the cached pipeline give the same label."""
     comparison: pd.DataFrame
     seconds: dict[str, float]
-    """Wall time of each stage: features, cross-validation, check, verifier, comparison, save."""
+    """Wall time of each stage: features, cross-validation, verifier, check, comparison, save."""
 
 
 END_TO_END_CROPS = 64
@@ -114,8 +115,9 @@ def run_study(
     """The whole training study, for 02_train and `python -m maskclf train` alike.
 
     In order: features (cached), 5-fold cross-validation keeping the model of
-    `config.val_fold` (or that fold alone), the end-to-end check of the saved model against
-    the cached pipeline (RuntimeError if it fails, before anything is saved), the comparison
+    `config.val_fold` (or that fold alone), the face verifier (`verifier: 1`), the end-to-end
+    check of the saved model against the cached pipeline (its pass cached as 03 reads it;
+    RuntimeError if it fails, before anything is saved), the comparison
     of `config` with each variant of `compare`, then the run folder `models_dir/run_name`
     (default: `default_run_name`, which names the configuration and the data by their hash;
     a folder of another configuration is never written into).
@@ -130,15 +132,18 @@ def run_study(
     else:
         cv, result = None, train_fold(fs, manifest, config.val_fold)
     clock.lap("cross-validation")
-    check = result.val_index if fs.precision != "float32" else result.val_index[:END_TO_END_CROPS]
-    crops = crop_dataset(manifest["crop_file"].iloc[check], config.image_size, config.batch_size)
     classes = output_classes(training_labels(manifest, config.labels))
-    gap, agreement = check_end_to_end(p_without_mask(result.model.predict(crops, verbose=0), classes),
-                                      result.val_probabilities[:len(check)], fs.precision, "P(without_mask)")
-    clock.lap("check")
     if config.verifier:
         result, classes["face_verifier"] = add_verifier(fs, result, every_face, faces_dir, cache_dir)
         clock.lap("verifier")
+    check = result.val_index if fs.precision != "float32" else result.val_index[:END_TO_END_CROPS]
+    paths = manifest["crop_file"].iloc[check].tolist()
+    seen, probs = cached_predict_crops(result.model, paths, config.image_size)  # 03 reads the same cache
+    if seen != paths:
+        raise RuntimeError("the end-to-end check's pass did not keep the crops' order")
+    gap, agreement = check_end_to_end(p_without_mask(probs, classes), result.val_probabilities[:len(check)],
+                                      fs.precision, "P(without_mask)")
+    clock.lap("check")
     variants = [c for c in compare if dataclasses.replace(config, **_overrides(c)) != config]
     rows = compare_configs(faces_dir, config, variants, cache_dir).reset_index().to_dict("records") if variants else []
     if cv:
