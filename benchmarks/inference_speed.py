@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if fmt == "openvino":
             for precision in ("bfloat16", "float32"):
-                engines[f"{fmt} ({precision})"] = load_runner(path, args.threads, fmt, precision)
+                engines[f"{fmt} ({precision})"] = load_runner(path, args.threads, precision)
         elif path.suffix == ".onnx":
             engines[f"{fmt} (ORT)"] = onnx_runner(path, args.threads, spinning=True)
             engines[f"{fmt} (ORT, no spinning)"] = onnx_runner(path, args.threads, spinning=False)

@@ -1,6 +1,6 @@
 """Export a run's model for deployment and check that the export answers like the Keras model.
 
-    python -m maskclf export --model models/<run>            # onnx, openvino
+    python -m maskclf export --model models/<run>            # openvino
     python -m maskclf export --model models/<run> --format tflite-fp32,tflite-fp16
 
 `python -m maskclf export --help` says what an export takes and gives. Files go to
@@ -386,7 +386,7 @@ def _export_one(
         entry: dict[str, Any] = {"file": str(path), "check": check, "bytes": sum(s.stat().st_size for s, _ in files),
                                  "export_seconds": round(time.perf_counter() - start, 1)}
         for precision in openvino_precisions() if fmt == "openvino" else [None]:
-            runner = load_runner(staged, fmt=fmt, precision=precision)
+            runner = load_runner(staged, precision=precision)
             candidate = run_batched(runner, crops, batch_size=32)
             entry["parity"] = parity(reference, candidate, config, labels, threshold)
             entry["ms_per_face"] = round(ms_per_face(runner, crops[:1]), 2)

@@ -91,21 +91,17 @@ def _parity_passed(report: Any, fmt: str) -> bool:
     return isinstance(entry, dict) and entry.get("passed") is True
 
 
-def load_runner(path: str | Path, num_threads: int | None = None, fmt: str | None = None,
-                precision: str | None = None) -> Runner:
-    """A function `crops (N, S, S, 3) float32 -> probabilities (N, C)` for an exported file: format `fmt`
-    (default: the one whose file name `path` has, else ONNX Runtime or LiteRT by the suffix). The `openvino`
-    export runs through OpenVINO in `precision` (None: `fastpass.feature_precision()`, bfloat16 where the CPU
-    has it), the other ONNX files through ONNX Runtime.
+def load_runner(path: str | Path, num_threads: int | None = None, precision: str | None = None) -> Runner:
+    """A function `crops (N, S, S, 3) float32 -> probabilities (N, C)` for an exported file, by its suffix: an
+    OpenVINO IR (.xml, the `openvino` export) through OpenVINO in `precision` (None: `fastpass.feature_precision()`,
+    bfloat16 where the CPU has it), a .onnx file through ONNX Runtime, a .tflite file through LiteRT.
 
     `num_threads` None: the runtime's default (one per core).
     """
-    from .runs import EXPORT_FILES
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such exported model")
-    if (fmt or next((f for f, name in EXPORT_FILES.items() if name == path.name), None)) == "openvino":
+    if path.suffix == ".xml":
         from .fastpass import compile_openvino, feature_precision
 
         return compile_openvino(path, precision or feature_precision(), num_threads)
