@@ -3,7 +3,8 @@
 Cold means no crops, feature cache, cross-validation cache, models or reports: they all go
 to a fresh work folder (so the checkout's own caches are neither used nor touched). Warm is
 the same command again with nothing changed. For each run it prints the wall time, the peak
-memory of the whole process tree (papermill and its kernels, sampled every 0.2 s), the time
+memory of the whole process tree (papermill and its kernels, sampled every 0.2 s) and of each of
+its processes (one kernel per notebook, in order), the time
 of each notebook, and the slowest cells of each notebook (the stages: backbone passes,
 fits, comparison, evaluation...).
 
@@ -44,28 +45,39 @@ def cpu_name() -> str:
     return f"{name}, {len(os.sched_getaffinity(0))} cores"
 
 
-def tree_rss(process: psutil.Process) -> int:
-    """Resident memory of a process and all its descendants, in bytes."""
-    total = 0
-    for p in [process, *process.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
+def process_label(p: psutil.Process) -> str:
+    """A short name for a process of the job: its program and the module or script it runs."""
+    try:
+        cmd = p.cmdline()
+    except psutil.Error:
+        return "?"
+    words = [Path(w).name for w in cmd[:3] if not w.startswith("-") or w == "-m"]
+    return " ".join(w for w in words if w != "-m") or p.name()
 
 
-def run_measured(command: list[str], env: dict[str, str]) -> tuple[float, int, int]:
-    """Run `command`; its wall time, the peak RSS of its process tree and its exit status."""
+def run_measured(command: list[str], env: dict[str, str]) -> tuple[float, int, int, list[tuple[str, int]]]:
+    """Run `command`; its wall time, the peak RSS of its process tree (the sum over its processes at one sample),
+    its exit status, and each process's own peak RSS in the order they started (papermill runs one kernel per
+    notebook, in order)."""
     start = time.perf_counter()
     proc = subprocess.Popen(command, cwd=ROOT, env=env)
     peak, watched = 0, psutil.Process(proc.pid)
+    own: dict[int, tuple[float, str, int]] = {}  # pid -> (start time, label, peak RSS)
     stop = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not stop.is_set():
-            peak = max(peak, tree_rss(watched))
+            total = 0
+            for p in [watched, *watched.children(recursive=True)]:
+                try:
+                    rss = p.memory_info().rss
+                    created, label, top = own.get(p.pid) or (p.create_time(), process_label(p), 0)
+                except psutil.Error:
+                    continue
+                own[p.pid] = created, label, max(top, rss)
+                total += rss
+            peak = max(peak, total)
             stop.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -73,7 +85,8 @@ def run_measured(command: list[str], env: dict[str, str]) -> tuple[float, int, i
     status = proc.wait()
     stop.set()
     sampler.join()
-    return time.perf_counter() - start, peak, status
+    processes = [(label, top) for _, label, top in sorted(own.values())]
+    return time.perf_counter() - start, peak, status, processes
 
 
 def notebook_times(reports: Path, slowest: int) -> list[tuple[str, float, list[tuple[float, str]]]]:
@@ -119,8 +132,10 @@ def main() -> int:
     results = []
     for run in args.runs:
         print(f"--- {run} run", flush=True)
-        seconds, peak, status = run_measured(command, env)
+        seconds, peak, status, processes = run_measured(command, env)
         results.append((run, seconds, peak, status, [] if status else notebook_times(reports, args.slowest)))
+        print("peak RSS of each process over 256 MiB, in the order they started: " + ", ".join(
+            f"{label} {top / 2**30:.2f} GiB" for label, top in processes if top > 2**28), flush=True)
         if status:
             print(f"{run} run failed with exit status {status}", file=sys.stderr)
             break

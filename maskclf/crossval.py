@@ -19,7 +19,7 @@ from .fastpass import precision_key
 from .features import FEATURES_DIR, cache_key
 from .featureset import FeatureSet, pool_upper
 from .fsutil import atomic_path, write_json_atomic
-from .heads import fine_tune, fit_heads
+from .heads import fine_tune, fit_heads_together
 from .labels import training_labels
 from .model import run_batched
 from .network import end_to_end_model
@@ -50,21 +50,32 @@ def train_folds(fs: FeatureSet, manifest: pd.DataFrame, val_folds: Sequence[int]
     passes over the features, not their parameters: a fold trained with others reaches the
     optimum it reaches alone, to rounding.
     """
-    y = encode_labels(manifest["label"])
-    labels = training_labels(manifest, fs.config.labels)
-    held_out, splits = [], []
-    for k in val_folds:
-        train_idx, val_idx = train_val_indices(manifest["fold"], k)
-        held_out.append(val_idx)
-        splits.append(early_stopping_split(manifest["label"], manifest["source_image"], train_idx,
-                                           seed=fs.config.train_seed))
+    return train_folds_together([(fs, manifest, val_folds)], verbose)[0]
+
+
+def train_folds_together(studies: Sequence[tuple[FeatureSet, pd.DataFrame, Sequence[int]]],
+                         verbose: int = 0) -> list[list[TrainResult]]:
+    """`train_folds` of several (feature set, faces, folds); the "lbfgs" folds of feature sets that are the first
+    views of one array share their passes over it (heads.fit_heads_together)."""
+    tasks, held_out = [], []
+    for fs, manifest, val_folds in studies:
+        splits, validation = [], []
+        for k in val_folds:
+            train_idx, val_idx = train_val_indices(manifest["fold"], k)
+            validation.append(val_idx)
+            splits.append(early_stopping_split(manifest["label"], manifest["source_image"], train_idx,
+                                               seed=fs.config.train_seed))
+        tasks.append((fs, training_labels(manifest, fs.config.labels), encode_labels(manifest["label"]), splits))
+        held_out.append(validation)
     results = []
-    for val_idx, (fit_idx, stop_idx), (head, history) in zip(held_out, splits, fit_heads(fs, labels, y, splits, verbose)):
-        histories = {"head": history}
-        upper = None
-        if fs.upper is not None:
-            upper, histories["fine_tune"] = fine_tune(fs, head, y, fit_idx, stop_idx, verbose)
-        results.append(_fold_result(fs, head, upper, histories, y, val_idx))
+    for (fs, _, y, splits), validation, heads in zip(tasks, held_out, fit_heads_together(tasks, verbose)):
+        results.append([])
+        for val_idx, (fit_idx, stop_idx), (head, history) in zip(validation, splits, heads):
+            histories = {"head": history}
+            upper = None
+            if fs.upper is not None:
+                upper, histories["fine_tune"] = fine_tune(fs, head, y, fit_idx, stop_idx, verbose)
+            results[-1].append(_fold_result(fs, head, upper, histories, y, val_idx))
     return results
 
 
@@ -98,9 +109,24 @@ def cross_validate(
 
     Returns the summary and the trained result of `keep_fold` (None if not asked for).
     """
+    return cross_validate_together([(fs, manifest, keep_fold)])[0]
+
+
+def cross_validate_together(
+    studies: Sequence[tuple[FeatureSet, pd.DataFrame, int | None]],
+) -> list[tuple[dict[str, Any], TrainResult | None]]:
+    """`cross_validate` of several (feature set, faces, kept fold), their "lbfgs" folds sharing passes where they
+    can (train_folds_together)."""
+    folds = [[int(k) for k in sorted(manifest["fold"].unique())] for _, manifest, _ in studies]
+    trained = train_folds_together([(fs, manifest, k) for (fs, manifest, _), k in zip(studies, folds)])
+    return [_summary(manifest, keep_fold, k, results)
+            for (_, manifest, keep_fold), k, results in zip(studies, folds, trained)]
+
+
+def _summary(manifest: pd.DataFrame, keep_fold: int | None, folds: list[int],
+             results: list[TrainResult]) -> tuple[dict[str, Any], TrainResult | None]:
     per_fold, oof, kept = [], np.full(len(manifest), np.nan), None
-    folds = [int(k) for k in sorted(manifest["fold"].unique())]
-    for k, result in zip(folds, train_folds(fs, manifest, folds)):
+    for k, result in zip(folds, results):
         oof[result.val_index] = result.val_probabilities
         kept = result if k == keep_fold else kept
         per_fold.append({"fold": k, **fold_metrics(result.metrics),
@@ -111,8 +137,9 @@ def cross_validate(
     return summary, kept
 
 
-CV_FORMAT = 2
-"""Bumped when cross-validation changes in a way its cached results cannot show (2: fold-batched L-BFGS)."""
+CV_FORMAT = 3
+"""Bumped when cross-validation changes in a way its cached results cannot show (2: fold-batched L-BFGS; 3: L-BFGS
+keeps 50 correction pairs)."""
 
 
 NEUTRAL = {"incorrect_weight": 1.0, "detector_views": 0}
@@ -142,16 +169,29 @@ def cached_cross_validate(
     trains nothing and gives the same model; with fine-tuning, the kept fold is trained
     again (the same seed gives the same model).
     """
-    path = Path(cache_dir) / "cv" / f"{cv_key(fs, manifest)}.json"
-    if path.is_file():
-        summary = json.loads(path.read_text(encoding="utf-8"))
-        kept = None if keep_fold is None else _cached_fold(fs, manifest, keep_fold, path)
-        return summary, kept
-    summary, kept = cross_validate(fs, manifest, keep_fold)
-    if kept is not None and fs.upper is None:
-        _save_fold_head(kept, path, keep_fold)
-    write_json_atomic(path, summary)
-    return summary, kept
+    return cached_cross_validate_together([(fs, manifest, keep_fold)], cache_dir)[0]
+
+
+def cached_cross_validate_together(
+    studies: Sequence[tuple[FeatureSet, pd.DataFrame, int | None]], cache_dir: str | Path = FEATURES_DIR,
+) -> list[tuple[dict[str, Any], TrainResult | None]]:
+    """`cached_cross_validate` of several (feature set, faces, kept fold): those not cached are cross-validated
+    together (`cross_validate_together`), each cached on its own."""
+    paths = [Path(cache_dir) / "cv" / f"{cv_key(fs, manifest)}.json" for fs, manifest, _ in studies]
+    done: list[tuple[dict[str, Any], TrainResult | None] | None] = [None] * len(studies)
+    for i, ((fs, manifest, keep_fold), path) in enumerate(zip(studies, paths)):
+        if path.is_file():
+            summary = json.loads(path.read_text(encoding="utf-8"))
+            done[i] = summary, None if keep_fold is None else _cached_fold(fs, manifest, keep_fold, path)
+    missing = [i for i, result in enumerate(done) if result is None]
+    fresh = cross_validate_together([studies[i] for i in missing]) if missing else []
+    for i, (summary, kept) in zip(missing, fresh):
+        fs, _, keep_fold = studies[i]
+        if kept is not None and fs.upper is None:
+            _save_fold_head(kept, paths[i], keep_fold)
+        write_json_atomic(paths[i], summary)
+        done[i] = summary, kept
+    return done
 
 
 def _fold_files(summary_path: Path, fold: int) -> tuple[Path, Path]:

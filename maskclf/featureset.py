@@ -81,20 +81,16 @@ def prepare_features(
         outputs = branches[0] if len(branches) == 1 else keras.layers.Concatenate(name="features")(branches)
         frozen = keras.Model(inputs, outputs, name="frozen")
     data_sha256 = hash_extraction(faces_dir)
-    views = view_names(config.augment_views)
-    jitter = [f"jitter{i}" for i in range(1, config.jitter_views + 1)]
+    views = config_views(config)
+    jitter = [view for view in views if view.startswith("jitter")]
     photos = source_photos_dir(faces_dir) if jitter else None
     loaders = {view: jittered_loader(manifest, photos, view, config.train_seed, size) for view in jitter}
-    views += jitter
     recipes, view_weight = {}, None
-    if config.detector_views not in (0, 1):
-        raise ValueError(f"detector_views must be 0 or 1, got {config.detector_views!r}")
     if config.detector_views:
         photos = source_photos_dir(faces_dir)
         boxes = detector_views.detector_boxes(manifest, photos)
         loaders[detector_views.VIEW] = detector_views.detector_loader(manifest, photos, boxes, size)
         recipes[detector_views.VIEW] = detector_views.recipe()
-        views.append(detector_views.VIEW)
         view_weight = np.ones((len(views), len(manifest)))
         view_weight[-1] = detector_views.available(boxes)
     parts, hits, precision = [], [], feature_precision()
@@ -112,6 +108,35 @@ def prepare_features(
     pooled = acts if upper is None else pool_upper(upper, acts, config.batch_size)
     return FeatureSet(config, frozen, upper, acts, pooled, data_sha256, all(hits), time.perf_counter() - t0, views,
                       view_weight, precision)
+
+
+def config_views(config: TrainConfig) -> list[str]:
+    """The views `config` caches for every crop, in their order: the original, the augmented views, the jittered
+    re-cuts, the detector's view."""
+    if config.detector_views not in (0, 1):
+        raise ValueError(f"detector_views must be 0 or 1, got {config.detector_views!r}")
+    return (view_names(config.augment_views) + [f"jitter{i}" for i in range(1, config.jitter_views + 1)]
+            + [detector_views.VIEW] * config.detector_views)
+
+
+SAME_PASS = ("backbone", "weights", "image_size", "pooling", "train_seed", "fine_tune_blocks")
+"""The options that decide a cached view's features: configurations equal on these share the views they both have
+(a view's seed is its place in `config_views`)."""
+
+
+def derived_features(base: FeatureSet, config: TrainConfig) -> FeatureSet | None:
+    """`config`'s feature set as a slice of `base`'s arrays (no backbone pass, no read, no copy), when its views are
+    the first of `base`'s and its backbone pass is the same (SAME_PASS, no fine-tuning); else None.
+
+    `base` must hold every face of the extraction (not `restrict_faces`'d)."""
+    same = all(getattr(config, name) == getattr(base.config, name) for name in SAME_PASS)
+    views = config_views(config)
+    if not same or base.upper is not None or views != base.views[:len(views)]:
+        return None
+    k = len(views)
+    weight = None if base.view_weight is None or detector_views.VIEW not in views else base.view_weight[:k]
+    return dataclasses.replace(base, config=config, activations=base.activations[:k], pooled=base.pooled[:k],
+                               cache_hit=True, seconds=0.0, views=views, view_weight=weight)
 
 
 def _superset_branch(name: str, base: keras.Model, inputs: keras.KerasTensor,

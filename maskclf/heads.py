@@ -43,7 +43,11 @@ def _fit(model: keras.Model, x, y, xv, yv, config: TrainConfig, epochs: int, ver
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
-def fit_heads(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]],
+Split = tuple[np.ndarray, np.ndarray]
+"""(training faces, recorded faces) of one head."""
+
+
+def fit_heads(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray, splits: Sequence[Split],
               verbose: int = 0) -> list[tuple[keras.Model, dict[str, list[float]]]]:
     """One head per (training faces, recorded faces) split, on pooled features (all views); they report CLASS_NAMES.
 
@@ -51,22 +55,54 @@ def fit_heads(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray, splits: Seq
     decide early stopping ("adam") or are only recorded per iteration ("lbfgs"). The "lbfgs"
     heads of all splits are fitted together, in shared passes over the features (maskclf.logreg).
     """
-    if fs.config.head == "lbfgs":
-        return [_logistic_head(fit, labels) for fit in _fit_logistic_heads(fs, labels, y, splits)]
-    return [_adam_head(fs, labels, train_idx, val_idx, verbose) for train_idx, val_idx in splits]
+    return fit_heads_together([(fs, labels, y, splits)], verbose)[0]
 
 
-def _fit_logistic_heads(fs: FeatureSet, labels: TrainingLabels, y: np.ndarray,
-                        splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[LinearFit]:
-    n_classes = len(labels.names)
+def fit_heads_together(tasks: Sequence[tuple[FeatureSet, TrainingLabels, np.ndarray, Sequence[Split]]],
+                       verbose: int = 0) -> list[list[tuple[keras.Model, dict[str, list[float]]]]]:
+    """`fit_heads` of several (feature set, labels, y, splits): the "lbfgs" heads of feature sets that are the
+    first views of one array, with the same faces, classes and C, are all fitted in the same passes over it."""
+    heads: list[list | None] = [None] * len(tasks)
+    groups: dict[tuple, list[int]] = {}
+    for i, (fs, labels, y, splits) in enumerate(tasks):
+        if fs.config.head != "lbfgs":
+            heads[i] = [_adam_head(fs, labels, train_idx, val_idx, verbose) for train_idx, val_idx in splits]
+            continue
+        key = (id(_whole_array(fs.pooled)), fs.config.head_c, tuple(labels.names), labels.values.tobytes(),
+               labels.merge.tobytes(), y.tobytes())
+        groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        fits = iter(_fit_logistic_heads([tasks[i] for i in members]))
+        for i in members:
+            labels = tasks[i][1]
+            heads[i] = [_logistic_head(next(fits), labels) for _ in tasks[i][3]]
+    return heads
+
+
+def _whole_array(a: np.ndarray) -> np.ndarray:
+    """The array that `a` is the first views of (`a` itself when it owns its data)."""
+    whole = a.base if isinstance(a.base, np.ndarray) else a
+    same_start = whole.__array_interface__["data"][0] == a.__array_interface__["data"][0]
+    return whole if same_start and whole.shape[1:] == a.shape[1:] and whole.flags.c_contiguous else a
+
+
+def _fit_logistic_heads(tasks: Sequence[tuple[FeatureSet, TrainingLabels, np.ndarray, Sequence[Split]]]
+                        ) -> list[LinearFit]:
+    """The "lbfgs" heads of every split of `tasks` (first views of one array, same labels and C), in order."""
+    fs, labels, y, _ = tasks[0]
+    x = _whole_array(fs.pooled)
     subsets = []
-    for train_idx, val_idx in splits:
-        weight = np.zeros(fs.pooled.shape[:2])
-        per_class = head_class_weights(labels.values[train_idx], labels.names, fs.config)
-        weight[:, train_idx] = 1.0 if per_class is None else np.array(list(per_class.values()))[labels.values[train_idx]]
-        weight *= fs.available()
-        subsets.append(Subset(weight, val_idx))
-    return fit_logistic(fs.pooled, labels.values, n_classes, fs.config.head_c, subsets, val_labels=y, merge=labels.merge)
+    for task_fs, task_labels, _, splits in tasks:
+        n_views = task_fs.pooled.shape[0]
+        for train_idx, val_idx in splits:
+            weight = np.zeros(x.shape[:2])
+            per_class = head_class_weights(task_labels.values[train_idx], task_labels.names, task_fs.config)
+            weight[:n_views, train_idx] = 1.0 if per_class is None else \
+                np.array(list(per_class.values()))[task_labels.values[train_idx]]
+            weight[:n_views] *= task_fs.available()
+            subsets.append(Subset(weight, val_idx))
+    return fit_logistic(x, labels.values, len(labels.names), fs.config.head_c, subsets, val_labels=y,
+                        merge=labels.merge)
 
 
 def _logistic_head(fit: LinearFit, labels: TrainingLabels) -> tuple[keras.Model, dict[str, list[float]]]:

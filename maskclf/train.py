@@ -40,12 +40,13 @@ from .answers import INCORRECT, p_without_mask
 from .backbones import weights_id
 from .candidates import candidate_loader, face_probability, train_verifier, verifier_record, with_verifier
 from .config import stage_defaults
-from .crossval import TrainResult, cached_cross_validate, train_fold
+from .crossval import TrainResult, cached_cross_validate_together, train_fold
 from .data import DataError, read_manifest, source_photos_dir
 from .features import FEATURES_DIR
-from .featureset import FeatureSet, prepare_features, restrict_faces
+from .featureset import FeatureSet, derived_features, prepare_features, restrict_faces
 from .fsutil import OutputError
 from .labels import output_classes, training_labels
+from .logreg import solver_identity
 from .model import cached_predict_crops
 from .paths import MODELS_DIR
 from .runs import save_run
@@ -73,7 +74,7 @@ class Study:
     """The share of those crops that the saved model and the cached pipeline give the same label."""
     comparison: pd.DataFrame
     seconds: dict[str, float]
-    """Wall time of each stage: features, cross-validation, verifier, check, comparison, save."""
+    """Wall time of each stage: features, cross-validation (the run's and the comparison's), verifier, check, save."""
 
 
 END_TO_END_CROPS = 64
@@ -115,22 +116,24 @@ def run_study(
     """The whole training study, for 02_train and `python -m maskclf train` alike.
 
     In order: features (cached), 5-fold cross-validation keeping the model of
-    `config.val_fold` (or that fold alone), the face verifier (`verifier: 1`), the end-to-end
-    check of the saved model against the cached pipeline (its pass cached as 03 reads it;
-    RuntimeError if it fails, before anything is saved), the comparison
-    of `config` with each variant of `compare`, then the run folder `models_dir/run_name`
+    `config.val_fold` (or that fold alone) and of each variant of `compare` (the comparison
+    table), the face verifier (`verifier: 1`), the end-to-end check of the saved model against
+    the cached pipeline (its pass cached as 03 reads it; RuntimeError if it fails, before
+    anything is saved), then the run folder `models_dir/run_name`
     (default: `default_run_name`, which names the configuration and the data by their hash;
     a folder of another configuration is never written into).
     """
     clock = StageClock()
     every_face = read_manifest(faces_dir)
-    fs, manifest = restrict_faces(prepare_features(every_face, faces_dir, config, cache_dir, verbose), every_face)
+    every_feature = prepare_features(every_face, faces_dir, config, cache_dir, verbose)
+    fs, manifest = restrict_faces(every_feature, every_face)
     run_dir = Path(models_dir) / (run_name or default_run_name(config, fs.data_sha256, fs.precision))
     clock.lap("features")
-    if cross_validate:
-        cv, result = cached_cross_validate(fs, manifest, config.val_fold, cache_dir)
-    else:
-        cv, result = None, train_fold(fs, manifest, config.val_fold)
+    variants = variant_features(faces_dir, config, [c for c in compare if _config(config, c) != config], cache_dir,
+                                every_feature)
+    studied = [(fs, manifest, config.val_fold)] if cross_validate else []
+    cvs = cached_cross_validate_together(studied + [(v, faces, None) for _, v, faces in variants], cache_dir)
+    cv, result = cvs.pop(0) if cross_validate else (None, train_fold(fs, manifest, config.val_fold))
     clock.lap("cross-validation")
     classes = output_classes(training_labels(manifest, config.labels))
     if config.verifier:
@@ -144,12 +147,10 @@ def run_study(
     gap, agreement = check_end_to_end(p_without_mask(probs, classes), result.val_probabilities[:len(check)],
                                       fs.precision, "P(without_mask)")
     clock.lap("check")
-    variants = [c for c in compare if dataclasses.replace(config, **_overrides(c)) != config]
-    rows = compare_configs(faces_dir, config, variants, cache_dir).reset_index().to_dict("records") if variants else []
+    rows = [cv_row(label, variant_cv, faces) for (label, _, faces), (variant_cv, _) in zip(variants, cvs)]
     if cv:
         rows.append(cv_row(f"this run: {config_label(config)}", cv, manifest))
     comparison = pd.DataFrame(rows).set_index("configuration") if rows else pd.DataFrame()
-    clock.lap("comparison")
     saved = save_result(run_dir, result, fs, manifest, classes, cv, comparison)
     clock.lap("save")
     return Study(run_dir, saved, fs, manifest, result, cv, len(check), gap, agreement, comparison, clock.seconds)
@@ -198,7 +199,8 @@ def save_result(
     config = fs.config
     metrics = {**result.metrics, "val_fold": config.val_fold, "n_faces": len(manifest), "n_val": len(result.val_index),
                "data_sha256": fs.data_sha256}
-    run_config = {**config.to_dict(), **classes, "data_sha256": fs.data_sha256, "feature_precision": fs.precision,
+    run_config = {**config.to_dict(), **classes, **solver_identity(config.head), "data_sha256": fs.data_sha256,
+                  "feature_precision": fs.precision,
                   "run_id": run_id(config, fs.data_sha256, fs.precision),
                   "weights_id": weights_id(config.weights),
                   "fine_tune_from": fs.upper.name if fs.upper is not None else None}
@@ -223,25 +225,37 @@ def cv_row(name: str, cv: dict[str, Any], manifest: pd.DataFrame) -> dict[str, A
     return row
 
 
-def compare_configs(
+def variant_features(
     faces_dir: str | Path,
     base: TrainConfig,
     variants: Sequence[dict[str, Any]],
     cache_dir: str | Path = FEATURES_DIR,
-) -> pd.DataFrame:
-    """5-fold CV of `base` updated with each dict of `variants`: one table row per configuration, named by the
-    variant's `label` when it has one."""
+    base_features: FeatureSet | None = None,
+) -> list[tuple[str, FeatureSet, pd.DataFrame]]:
+    """(name, feature set, faces) of `base` updated with each dict of `variants`, named by the variant's `label`
+    when it has one: the comparison table's configurations, to be cross-validated.
+
+    A variant whose features are some of `base_features`' views (every face, `base`'s) is cut from them
+    (`featureset.derived_features`): no second read of the same caches, no second copy in memory, and its
+    L-BFGS folds share their passes with the run's (`crossval.cached_cross_validate_together`).
+    """
     manifest = read_manifest(faces_dir)
-    rows = []
+    sets = []
     for variant in variants:
-        overrides = _overrides(variant)
-        if "backbone" in overrides:  # another backbone brings its own native input size
-            overrides = {"image_size": None, **overrides}
-        config = dataclasses.replace(base, **overrides)
-        fs, faces = restrict_faces(prepare_features(manifest, faces_dir, config, cache_dir, verbose=0), manifest)
-        cv, _ = cached_cross_validate(fs, faces, None, cache_dir)
-        rows.append(cv_row(variant.get("label") or config_label(config), cv, faces))
-    return pd.DataFrame(rows).set_index("configuration")
+        config = _config(base, variant)
+        derived = derived_features(base_features, config) if base_features is not None else None
+        fs, faces = restrict_faces(derived or prepare_features(manifest, faces_dir, config, cache_dir, verbose=0),
+                                   manifest)
+        sets.append((variant.get("label") or config_label(config), fs, faces))
+    return sets
+
+
+def _config(base: TrainConfig, variant: Mapping[str, Any]) -> TrainConfig:
+    """`base` with a comparison variant's changes (another backbone brings its own native input size)."""
+    overrides = _overrides(variant)
+    if "backbone" in overrides:
+        overrides = {"image_size": None, **overrides}
+    return dataclasses.replace(base, **overrides)
 
 
 def _overrides(variant: Mapping[str, Any]) -> dict[str, Any]:

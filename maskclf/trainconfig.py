@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from .backbones import Weights, get_backbone, weights_id
 from .config import PARAM_CHOICES, resolve_params
 from .fastpass import precision_key
+from .logreg import solver_identity
 from .paths import project_path
 
 POOLINGS = PARAM_CHOICES["pooling"]
@@ -121,8 +122,10 @@ def config_identity(config: TrainConfig) -> dict[str, Any]:
 
 def run_id(config: TrainConfig, data_sha256: str, precision: str = "float32") -> str:
     """Short hash of everything that makes a run: every field of the configuration (a weights file by its
-    contents), the extraction's hash and the backbone pass's precision. config.json records all of it."""
-    blob = {**config_identity(config), "data_sha256": data_sha256, **precision_key(precision)}
+    contents), the extraction's hash, the backbone pass's precision and the head solver's memory. config.json
+    records all of it."""
+    blob = {**config_identity(config), "data_sha256": data_sha256, **precision_key(precision),
+            **solver_identity(config.head)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

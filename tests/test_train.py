@@ -174,8 +174,8 @@ def test_cross_validation_is_cached_by_what_it_depends_on(faces, cache, monkeypa
     def no_training(*args, **kwargs):
         raise AssertionError("a warm rerun must train nothing")
 
-    monkeypatch.setattr(crossval, "cross_validate", no_training)
-    monkeypatch.setattr(crossval, "train_folds", no_training)
+    monkeypatch.setattr(crossval, "cross_validate_together", no_training)
+    monkeypatch.setattr(crossval, "train_folds_together", no_training)
     again, kept_again = crossval.cached_cross_validate(fs, manifest, keep_fold=0, cache_dir=cache)
     assert again == json.loads(json.dumps(first))
     np.testing.assert_array_equal(kept_again.val_probabilities, kept.val_probabilities)
@@ -206,6 +206,50 @@ def test_views_and_backbones_are_cached_separately(faces, cache):
     both = _fs(faces, cache, backbone="efficientnet_lite0+efficientnet_lite1", pooling="stages")
     assert len(list(cache.glob("*.npz"))) == 3, "only efficientnet_lite1 is new"
     np.testing.assert_array_equal(both.pooled[0, :, : single.pooled.shape[-1]], single.pooled[0])
+
+
+def test_a_variant_with_the_first_views_of_the_run_is_cut_from_its_features_and_equals_them_read_again(
+        faces, cache, monkeypatch):
+    base = _fs(faces, cache, pooling="stages", augment_views=2, head="lbfgs")
+    fewer = trainconfig.TrainConfig.from_params({**TINY, "pooling": "stages", "augment_views": 1, "head": "adam"})
+    derived = featureset.derived_features(base, fewer)
+    assert derived.views == ["none", "flip"] and derived.config == fewer
+    assert np.shares_memory(derived.pooled, base.pooled), "a slice, not a copy"
+    read = featureset.prepare_features(read_manifest(faces), faces, fewer, cache_dir=cache, verbose=0)
+    np.testing.assert_array_equal(derived.pooled, read.pooled)
+    for other in ({"pooling": "bands"}, {"augment_views": 3}, {"train_seed": 7}, {"fine_tune_blocks": 1, "pooling": "avg"}):
+        config = trainconfig.TrainConfig.from_params({**TINY, "pooling": "stages", **other})
+        assert featureset.derived_features(base, config) is None, other
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("a derivable variant must not read the feature caches again")
+
+    monkeypatch.setattr(train, "prepare_features", no_read)
+    [(name, variant, faces_kept)] = train.variant_features(faces, base.config, [{"label": "one flip", "augment_views": 1}],
+                                                           cache, base)
+    assert name == "one flip" and variant.views == ["none", "flip"] and np.shares_memory(variant.pooled, base.pooled)
+    assert len(faces_kept) == base.pooled.shape[1]
+
+
+def test_the_comparison_folds_fitted_with_the_run_s_in_the_same_passes_reach_the_optimum_they_reach_alone(
+        faces, cache, monkeypatch):
+    from maskclf import heads
+
+    manifest = read_manifest(faces)
+    base = _fs(faces, cache, pooling="stages", augment_views=1, head="lbfgs", labels="original", incorrect_weight=3.0)
+    fewer = featureset.derived_features(base, dataclasses.replace(base.config, augment_views=0, incorrect_weight=1.0))
+    alone = [crossval.cross_validate(fs, manifest, 0) for fs in (base, fewer)]
+    passes = []
+    fit = heads.fit_logistic
+    monkeypatch.setattr(heads, "fit_logistic", lambda x, *a, **k: passes.append(x.shape) or fit(x, *a, **k))
+    together = crossval.cross_validate_together([(base, manifest, 0), (fewer, manifest, 0)])
+    assert passes == [base.pooled.shape], "one lockstep over the run's array serves both"
+    for (summary, kept), (summary_alone, kept_alone) in zip(together, alone):
+        np.testing.assert_allclose(summary["oof_probability"], summary_alone["oof_probability"], atol=1e-4)
+        assert [f["accuracy"] for f in summary["per_fold"]] == [f["accuracy"] for f in summary_alone["per_fold"]]
+        np.testing.assert_allclose(kept.val_probabilities, kept_alone.val_probabilities, atol=1e-4)
+    assert not np.allclose(together[0][0]["oof_probability"], together[1][0]["oof_probability"], atol=1e-3), \
+        "the two configurations are fitted as themselves"
 
 
 def test_stage_pooling_reads_every_residual_stage():
@@ -319,6 +363,17 @@ def test_run_name():
 
 
 TRAIN_FIELDS = [f.name for f in dataclasses.fields(trainconfig.TrainConfig)]
+
+
+def test_the_l_bfgs_memory_enters_the_run_id_of_an_lbfgs_run_only(monkeypatch):
+    from maskclf import logreg
+
+    lbfgs = trainconfig.TrainConfig.from_params({**TINY, "head": "lbfgs"})
+    adam = trainconfig.TrainConfig.from_params(TINY)
+    before = trainconfig.run_id(lbfgs, "d" * 64), trainconfig.run_id(adam, "d" * 64)
+    monkeypatch.setattr(logreg, "MEMORY", logreg.MEMORY + 1)
+    assert trainconfig.run_id(lbfgs, "d" * 64) != before[0], "a run fitted with another memory has its own folder"
+    assert trainconfig.run_id(adam, "d" * 64) == before[1]
 
 
 @pytest.mark.parametrize("field", TRAIN_FIELDS)
