@@ -16,6 +16,8 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	# a venv made before OpenVINO moved to requirements-nodeps.txt still has its telemetry (see there)
+	$(PY) -m pip uninstall -q -y openvino-telemetry 2>/dev/null || true
 	$(PY) -m pip install -q --no-deps -e .
 	$(VENV)/bin/nbdime config-git --enable
 	# nbdime writes bare command names; point git at the venv's drivers so diffs work from any shell

@@ -116,3 +116,23 @@ def test_a_bfloat16_study_has_its_own_caches_and_folder_and_passes_the_check(ext
     assert not np.array_equal(fast.fs.pooled, exact.fs.pooled)
     assert np.abs(fast.fs.pooled - exact.fs.pooled).mean() < 0.01 * np.abs(exact.fs.pooled).max(), "close on the whole"
     assert len(read_manifest(faces)) == fast.fs.pooled.shape[1]
+
+
+def test_converting_a_model_for_openvino_sends_nothing_and_forks_no_process(monkeypatch):
+    """OpenVINO's converter, with its telemetry package installed, forks the process (its whole memory) to send
+    usage events on every conversion; maskclf installs OpenVINO without it (requirements-nodeps.txt)."""
+    import os
+    import time
+
+    for ci in ("CI", "TF_BUILD", "JENKINS_URL"):  # telemetry stays silent in CI; the test must not depend on it
+        monkeypatch.delenv(ci, raising=False)
+    forks = []
+
+    def no_fork() -> int:
+        forks.append(1)
+        raise OSError("no process may be forked here")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    fastpass.openvino_graph(small_convnet())
+    time.sleep(1.0)  # the telemetry sends from a thread pool
+    assert forks == []
