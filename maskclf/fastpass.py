@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import weakref
 
 import keras
 import numpy as np
@@ -58,10 +59,22 @@ def run_pass(model: keras.Model, batches: tf.data.Dataset, precision: str, verbo
         return model.predict(batches, verbose=verbose)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    infer = compile_openvino(model, precision)
+    infer = _compiled(model, precision)
     outputs = [infer(batch) for batch in batches.as_numpy_iterator()]
     width = model.output.shape[1:]
     return np.concatenate(outputs) if outputs else np.empty((0, *width), np.float32)
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled(model: keras.Model, precision: str):
+    """`compile_openvino(model, precision)`, converted and compiled once per model and precision: the views of one
+    feature cache share it, and it goes with the model."""
+    per_model = _COMPILED.setdefault(model, {})
+    if precision not in per_model:
+        per_model[precision] = compile_openvino(model, precision)
+    return per_model[precision]
 
 
 def openvino_graph(model: keras.Model):

@@ -136,3 +136,16 @@ def test_converting_a_model_for_openvino_sends_nothing_and_forks_no_process(monk
     fastpass.openvino_graph(small_convnet())
     time.sleep(1.0)  # the telemetry sends from a thread pool
     assert forks == []
+
+
+def test_the_views_of_one_model_share_one_conversion(monkeypatch):
+    model, calls = small_convnet(), []
+    convert = fastpass.openvino_graph
+    monkeypatch.setattr(fastpass, "openvino_graph", lambda m: calls.append(m) or convert(m))
+    faces = tf.data.Dataset.from_tensor_slices(np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3))
+                                               .astype("float32")).batch(4)
+    first = fastpass.run_pass(model, faces, "bfloat16")
+    again = fastpass.run_pass(model, faces.map(lambda x: 255 - x), "bfloat16")
+    assert len(calls) == 1 and first.shape == again.shape == (8, 32) and not np.allclose(first, again)
+    fastpass.run_pass(small_convnet(), faces, "bfloat16")
+    assert len(calls) == 2, "another model is converted on its own"
