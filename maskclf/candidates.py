@@ -28,7 +28,7 @@ import pandas as pd
 from .answers import RULE_KEYS, keep_by_rule, logit
 from .detect import CENTERFACE_SCORE
 from .framing import cut_face, manifest_boxes
-from .logreg import LinearFit, Subset, fit_logistic
+from .logreg import LinearFit, Subset, fit_logistic, solver_identity
 
 ROLES = ("face", "negative", "ambiguous")
 MATCH_IOU = 0.5
@@ -243,7 +243,8 @@ def train_verifier(fs: Any, manifest: pd.DataFrame, faces_dir: str | Path, val_f
     features = candidate_features(fs, table, photos_dir, cache_dir)
     faces_per_fold = manifest.groupby("fold").size()
     photos_per_fold = manifest.groupby("fold")["source_image"].nunique()
-    key = {"features": array_fingerprint(features), "fit": FIT_VERSION, "val_fold": val_fold, "c": fs.config.head_c,
+    key = {"features": array_fingerprint(features), "fit": FIT_VERSION, **solver_identity("lbfgs"),
+           "val_fold": val_fold, "c": fs.config.head_c,
            "max_false_alarms": MAX_FALSE_ALARMS, "detector_score": CENTERFACE_SCORE,
            "table": pd.util.hash_pandas_object(table).sum().item(),
            "faces": faces_per_fold.to_dict(), "photos": photos_per_fold.to_dict()}

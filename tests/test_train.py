@@ -447,3 +447,12 @@ def test_a_run_with_the_face_verifier_outputs_p_face_and_records_its_rule(faces,
     assert trainconfig.run_id(plain, study.fs.data_sha256) != run_config["run_id"], "a verifier run has its own folder"
     assert "face_verifier" not in runs.read_config(train.run_study(plain, faces, tmp_path, "plain", cross_validate=False,
                                                                    cache_dir=cache).run_dir)
+    from maskclf import logreg
+
+    def verifiers() -> list:
+        return sorted((cache / "results").glob("verifier-*"))
+
+    assert len(verifiers()) == 1
+    monkeypatch.setattr(logreg, "MEMORY", logreg.MEMORY + 1)
+    candidates.train_verifier(study.fs, manifest, faces, config.val_fold, cache)
+    assert len(verifiers()) == 2, "a verifier fitted with another L-BFGS memory is never read from the cache"
