@@ -16,18 +16,20 @@ Prints, per fit, the passes over the features, the wall time and the 5-fold mean
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from maskclf import crossval, logreg  # noqa: E402
 from maskclf.config import stage_defaults  # noqa: E402
 from maskclf.data import read_manifest  # noqa: E402
-from maskclf.featureset import derived_features, prepare_features  # noqa: E402
+from maskclf.featureset import prepare_features  # noqa: E402
 from maskclf.paths import DEFAULT_FACES_DIR  # noqa: E402
+from maskclf.train import variant_features  # noqa: E402
 from maskclf.trainconfig import TrainConfig  # noqa: E402
 
 from main_job import cpu_name  # noqa: E402
@@ -74,9 +76,8 @@ def main() -> int:
         [(summary, _)], passes, seconds = timed(counter, [(fs, manifest, None)])
         print(f"memory {memory:>3}: {passes} passes, {seconds:.1f} s; {means(summary)}", flush=True)
     if args.together:
-        variants = [dataclasses.replace(config, **{k: v for k, v in c.items() if k != "label"})
-                    for c in stage_defaults("02_train")["compare"]]
-        shared = [v for v in (derived_features(fs, c) for c in variants) if v is not None and v.config.head == "lbfgs"]
+        variants = variant_features(args.faces, config, stage_defaults("02_train")["compare"], base_features=fs)
+        shared = [v for _, v, _ in variants if v.config.head == "lbfgs" and np.shares_memory(v.pooled, fs.pooled)]
         studies = [(f, manifest, None) for f in [fs, *shared]]
         _, passes, seconds = timed(counter, studies)
         print(f"memory {logreg.MEMORY}, the run and {len(shared)} variants together: {passes} passes, {seconds:.1f} s",

@@ -29,14 +29,14 @@ CHUNK_ROWS = 1024
 MEMORY = 50
 """L-BFGS correction pairs kept. On the study's 22,016 band-pooled features, 50 took 98 passes over them where
 scipy's default of 10 took 219, to the same tolerance (5-fold CV, docs/performance.md)."""
+LINE_SEARCH_TRIES = 20
+"""Evaluations one line search may take."""
+
+
 def solver_identity(head: str) -> dict[str, int]:
     """What the head's solver adds to a run's identity: the L-BFGS memory (the fit stops within tolerance of the
     optimum at a point that depends on it, so a run fitted with another has its own folder); nothing for Adam."""
     return {"lbfgs_memory": MEMORY} if head == "lbfgs" else {}
-
-
-LINE_SEARCH_TRIES = 20
-"""Evaluations one line search may take."""
 
 
 @dataclass

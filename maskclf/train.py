@@ -129,8 +129,7 @@ def run_study(
     fs, manifest = restrict_faces(every_feature, every_face)
     run_dir = Path(models_dir) / (run_name or default_run_name(config, fs.data_sha256, fs.precision))
     clock.lap("features")
-    variants = variant_features(faces_dir, config, [c for c in compare if _config(config, c) != config], cache_dir,
-                                every_feature)
+    variants = variant_features(faces_dir, config, compare, cache_dir, every_feature)
     studied = [(fs, manifest, config.val_fold)] if cross_validate else []
     cvs = cached_cross_validate_together(studied + [(v, faces, None) for _, v, faces in variants], cache_dir)
     cv, result = cvs.pop(0) if cross_validate else (None, train_fold(fs, manifest, config.val_fold))
@@ -233,7 +232,8 @@ def variant_features(
     base_features: FeatureSet | None = None,
 ) -> list[tuple[str, FeatureSet, pd.DataFrame]]:
     """(name, feature set, faces) of `base` updated with each dict of `variants`, named by the variant's `label`
-    when it has one: the comparison table's configurations, to be cross-validated.
+    when it has one: the comparison table's configurations, to be cross-validated. A variant that changes
+    nothing is left out (the run's own row stands for it).
 
     A variant whose features are some of `base_features`' views (every face, `base`'s) is cut from them
     (`featureset.derived_features`): no second read of the same caches, no second copy in memory, and its
@@ -243,6 +243,8 @@ def variant_features(
     sets = []
     for variant in variants:
         config = _config(base, variant)
+        if config == base:
+            continue
         derived = derived_features(base_features, config) if base_features is not None else None
         fs, faces = restrict_faces(derived or prepare_features(manifest, faces_dir, config, cache_dir, verbose=0),
                                    manifest)
