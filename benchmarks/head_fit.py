@@ -29,7 +29,7 @@ from maskclf.config import stage_defaults  # noqa: E402
 from maskclf.data import read_manifest  # noqa: E402
 from maskclf.featureset import prepare_features  # noqa: E402
 from maskclf.paths import DEFAULT_FACES_DIR  # noqa: E402
-from maskclf.train import variant_features  # noqa: E402
+from maskclf.train import comparison_variants  # noqa: E402
 from maskclf.trainconfig import TrainConfig  # noqa: E402
 
 from main_job import cpu_name  # noqa: E402
@@ -76,8 +76,9 @@ def main() -> int:
         [(summary, _)], passes, seconds = timed(counter, [(fs, manifest, None)])
         print(f"memory {memory:>3}: {passes} passes, {seconds:.1f} s; {means(summary)}", flush=True)
     if args.together:
-        variants = variant_features(args.faces, config, stage_defaults("02_train")["compare"], base_features=fs)
-        shared = [v for _, v, _ in variants if v.config.head == "lbfgs" and np.shares_memory(v.pooled, fs.pooled)]
+        variants = comparison_variants(args.faces, config, stage_defaults("02_train")["compare"], base_features=fs,
+                                       cached=False)
+        shared = [v.fs for v in variants if v.fs.config.head == "lbfgs" and np.shares_memory(v.fs.pooled, fs.pooled)]
         studies = [(f, manifest, None) for f in [fs, *shared]]
         _, passes, seconds = timed(counter, studies)
         print(f"memory {logreg.MEMORY}, the run and {len(shared)} variants together: {passes} passes, {seconds:.1f} s",

@@ -46,7 +46,10 @@ def _keras_app(constructor: Callable[..., keras.Model], weights_file: str,
         if resolved == "imagenet" and imagenet is not None:
             resolved = imagenet()
         try:
-            return constructor(include_top=False, weights=resolved, input_shape=(image_size, image_size, 3))
+            # a named input: Keras would name it from a process-wide counter (input_layer_7), so the same model
+            # built in a cold and a warm run would differ in its architecture and in every cache keyed by it
+            inputs = keras.Input((image_size, image_size, 3), name=f"{constructor.__name__.lower()}_input")
+            return constructor(include_top=False, weights=resolved, input_tensor=inputs)
         except Exception as exc:  # keras raises a bare Exception("URL fetch failure ...") offline
             if resolved != "imagenet":
                 raise

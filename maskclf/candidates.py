@@ -43,8 +43,9 @@ VIEW = "candidates"
 """The candidates' name as a view in the feature cache."""
 RECIPE = 1
 """Bumped when the candidates' cut changes in a way their features' cache key cannot see."""
-FIT_VERSION = 2
-"""Bumped when the verifier's fit changes in a way its cache key cannot see (2: only the training folds' rows)."""
+FIT_VERSION = 3
+"""Bumped when the verifier's fit changes in a way its cache key cannot see (2: only the training folds' rows; 3: the
+logistic fit's standardisation and sums by matrix products, maskclf.logreg)."""
 
 
 def photo_candidates(manifest: pd.DataFrame, photos_dir: str | Path,
@@ -78,15 +79,15 @@ def photo_candidates(manifest: pd.DataFrame, photos_dir: str | Path,
     table.insert(0, "source_image", np.asarray(names, dtype=object)[stored["photo"]] if len(names) else [])
     table.insert(1, "fold", manifest.groupby("source_image")["fold"].first().loc[table["source_image"]].to_numpy())
     table["score"] = stored["scores"]
-    table["role"], table["face_row"] = "ambiguous", -1
-    rows = np.arange(len(manifest))
-    for name, mine in table.groupby("source_image", sort=False).groups.items():
-        faces = rows[(manifest["source_image"] == name).to_numpy()]
-        truth = np.asarray(manifest_boxes(manifest.iloc[faces]), float)
-        role, matched = candidate_roles(truth, table.loc[mine, ["xmin", "ymin", "xmax", "ymax"]].to_numpy(float),
-                                        table.loc[mine, "score"].to_numpy())
-        table.loc[mine, "role"] = role
-        table.loc[mine, "face_row"] = [int(faces[j]) if j >= 0 else -1 for j in matched]
+    truth = np.asarray(manifest_boxes(manifest), float).reshape(-1, 4)
+    found, scores = table[["xmin", "ymin", "xmax", "ymax"]].to_numpy(float), table["score"].to_numpy()
+    roles, face_rows = np.full(len(table), "ambiguous", dtype=object), np.full(len(table), -1, np.int64)
+    faces_of = manifest.groupby("source_image").indices
+    for name, mine in table.groupby("source_image", sort=False).indices.items():
+        faces = faces_of.get(name, np.zeros(0, np.int64))
+        roles[mine], matched = candidate_roles(truth[faces], found[mine], scores[mine])
+        face_rows[mine] = [faces[j] if j >= 0 else -1 for j in matched]
+    table["role"], table["face_row"] = roles, face_rows
     return table
 
 

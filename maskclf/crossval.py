@@ -17,14 +17,14 @@ import tensorflow as tf
 from .evaluate import binary_metrics, encode_labels, fold_metrics, summarize_folds
 from .fastpass import precision_key
 from .features import FEATURES_DIR, cache_key
-from .featureset import FeatureSet, pool_upper
+from .featureset import FeatureSet, config_views, pool_upper
 from .fsutil import atomic_path, write_json_atomic
 from .heads import fine_tune, fit_heads_together
 from .labels import training_labels
 from .model import run_batched
 from .network import end_to_end_model
 from .splits import early_stopping_split, train_val_indices
-from .trainconfig import config_identity
+from .trainconfig import TrainConfig, config_identity
 
 
 @dataclass
@@ -137,9 +137,9 @@ def _summary(manifest: pd.DataFrame, keep_fold: int | None, folds: list[int],
     return summary, kept
 
 
-CV_FORMAT = 3
+CV_FORMAT = 4
 """Bumped when cross-validation changes in a way its cached results cannot show (2: fold-batched L-BFGS; 3: L-BFGS
-keeps 50 correction pairs)."""
+keeps 50 correction pairs; 4: the folds' standardisations and the gradient's sums by matrix products)."""
 
 
 NEUTRAL = {"incorrect_weight": 1.0, "detector_views": 0}
@@ -151,13 +151,27 @@ NOT_CROSS_VALIDATED = {"verifier"}
 """Options that change the saved model but not the cross-validation of the mask head: never in its cache key."""
 
 
-def cv_key(fs: FeatureSet, manifest: pd.DataFrame) -> str:
-    """What a cross-validation result depends on: the configuration, the cached features and the folds."""
+def cv_key(config: TrainConfig, data_sha256: str, precision: str, manifest: pd.DataFrame) -> str:
+    """What a cross-validation result depends on: the configuration (its views among it), the extraction's hash, the
+    backbone pass's precision (with them, the cached features) and the folds of `manifest`'s faces."""
     folds = hashlib.sha256(manifest[["crop_path", "fold"]].to_csv(index=False).encode()).hexdigest()
-    config = {name: value for name, value in config_identity(fs.config).items()
-              if name not in NOT_CROSS_VALIDATED and (name not in NEUTRAL or value != NEUTRAL[name])}
-    return cache_key(kind="cv", cv_format=CV_FORMAT, config=config, data_sha256=fs.data_sha256, views=fs.views,
-                     folds=folds, faces=len(manifest), **precision_key(fs.precision))
+    identity = {name: value for name, value in config_identity(config).items()
+                if name not in NOT_CROSS_VALIDATED and (name not in NEUTRAL or value != NEUTRAL[name])}
+    return cache_key(kind="cv", cv_format=CV_FORMAT, config=identity, data_sha256=data_sha256,
+                     views=config_views(config), folds=folds, faces=len(manifest), **precision_key(precision))
+
+
+def _summary_path(config: TrainConfig, data_sha256: str, precision: str, manifest: pd.DataFrame,
+                  cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / "cv" / f"{cv_key(config, data_sha256, precision, manifest)}.json"
+
+
+def cached_summary(config: TrainConfig, data_sha256: str, precision: str, manifest: pd.DataFrame,
+                   cache_dir: str | Path = FEATURES_DIR) -> dict[str, Any] | None:
+    """The cached cross-validation summary of `config` on `manifest`'s faces (None: not cached), without its
+    features: a comparison row that is cached reads no feature cache."""
+    path = _summary_path(config, data_sha256, precision, manifest, cache_dir)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def cached_cross_validate(
@@ -177,7 +191,7 @@ def cached_cross_validate_together(
 ) -> list[tuple[dict[str, Any], TrainResult | None]]:
     """`cached_cross_validate` of several (feature set, faces, kept fold): those not cached are cross-validated
     together (`cross_validate_together`), each cached on its own."""
-    paths = [Path(cache_dir) / "cv" / f"{cv_key(fs, manifest)}.json" for fs, manifest, _ in studies]
+    paths = [_summary_path(fs.config, fs.data_sha256, fs.precision, manifest, cache_dir) for fs, manifest, _ in studies]
     done: list[tuple[dict[str, Any], TrainResult | None] | None] = [None] * len(studies)
     for i, ((fs, manifest, keep_fold), path) in enumerate(zip(studies, paths)):
         if path.is_file():

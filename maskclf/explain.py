@@ -33,3 +33,17 @@ def gradcam(model: keras.Model, images: np.ndarray, class_index: int | None = No
     cam = tf.image.resize(cam, images.shape[1:3], method="bilinear")[..., 0].numpy()
     peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
     return np.where(peak > 0, cam / np.where(peak > 0, peak, 1), 0.0)
+
+
+def cached_gradcam(model: keras.Model, images: np.ndarray, class_index: int | None = None,
+                   pool_layer: str = FEATURE_MAP_LAYER) -> np.ndarray:
+    """`gradcam`, from the result cache (maskclf.memo) when this model already explained these images with this
+    module's code."""
+    import sys
+
+    from .memo import array_fingerprint, cached_arrays, model_fingerprint, source_fingerprint
+
+    images = np.asarray(images, dtype="float32")
+    key = {"model": model_fingerprint(model), "images": array_fingerprint(images), "class_index": class_index,
+           "pool_layer": pool_layer, "code": source_fingerprint(sys.modules[__name__])}
+    return cached_arrays("gradcam", key, lambda: {"heat": gradcam(model, images, class_index, pool_layer)})["heat"]

@@ -22,8 +22,9 @@ from .fsutil import atomic_path, reads_back
 from .images import load_crop
 from .paths import PROCESSED_DIR
 
-FEATURE_FORMAT = 1
-"""Bumped when the way features are computed changes, to invalidate old caches."""
+FEATURE_FORMAT = 2
+"""Bumped when the way features are computed changes, to invalidate old caches (2: band pooling reduces each row
+first, which moves the features in their last bits)."""
 
 FEATURES_DIR = Path(os.environ.get("MASKCLF_FEATURES_DIR") or PROCESSED_DIR / "features")
 """The cache of backbone outputs (and, under cv/, of cross-validation results); tests point it elsewhere."""
@@ -97,6 +98,8 @@ def cached_outputs(
             with atomic_path(cache_file, suffix=".npz", check=reads_back("npz")) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, outputs=stored, paths=np.array(names), key=json.dumps(key_parts, default=str))
+        if len(views) == 1:
+            return stored[None], all(hits)  # no copy
         if stacked is None:  # filled view by view: never two copies of every view in memory
             stacked = np.empty((len(views), *stored.shape), stored.dtype)
         stacked[v] = stored

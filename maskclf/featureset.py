@@ -164,10 +164,15 @@ def restrict_faces(fs: FeatureSet, manifest: pd.DataFrame) -> tuple[FeatureSet, 
     """
     if not fs.config.min_face:
         return fs, manifest
-    keep = np.flatnonzero(face_size(manifest) >= fs.config.min_face)
+    keep = kept_faces(manifest, fs.config.min_face)
     subset = dataclasses.replace(fs, activations=fs.activations[:, keep], pooled=fs.pooled[:, keep],
                                  view_weight=None if fs.view_weight is None else fs.view_weight[:, keep])
     return subset, manifest.iloc[keep].reset_index(drop=True)
+
+
+def kept_faces(manifest: pd.DataFrame, min_face: int) -> np.ndarray:
+    """The rows of `manifest` whose faces are at least `min_face` pixels (short side); every row for 0."""
+    return np.flatnonzero(face_size(manifest) >= min_face) if min_face else np.arange(len(manifest))
 
 
 def pool_upper(upper: keras.Model, activations: np.ndarray, batch_size: int) -> np.ndarray:

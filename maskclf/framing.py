@@ -13,6 +13,7 @@ context a looser box takes in):
 
 from __future__ import annotations
 
+import sys
 import zlib
 from functools import lru_cache
 from pathlib import Path
@@ -136,6 +137,24 @@ def recut_faces(manifest: pd.DataFrame, photos_dir: str | Path, kind: str, image
     return out
 
 
+def recut_scores(predict: Callable[[np.ndarray], np.ndarray], faces: pd.DataFrame, photos_dir: str | Path, kind: str,
+                 image_size: int) -> np.ndarray:
+    """`predict` on every face of `faces` re-cut as RECUTS[kind]. When `predict` has an `identity`
+    (maskclf.model.CachedScorer), cached (maskclf.memo) by it, the faces, the photos and this code: a rerun cuts no face."""
+    from . import images
+    from .memo import cached_arrays, files_fingerprint, source_fingerprint
+
+    identity = getattr(predict, "identity", None)
+    if identity is None:
+        return predict(recut_faces(faces, photos_dir, kind, image_size))
+    boxes = faces[["source_image", "xmin", "ymin", "xmax", "ymax", "image_width", "image_height"]].reset_index(drop=True)
+    key = {"scorer": identity, "recut": kind, "image_size": image_size,
+           "faces": pd.util.hash_pandas_object(boxes).sum().item(),
+           "photos": files_fingerprint(Path(photos_dir) / name for name in sorted(set(faces["source_image"]))),
+           "code": source_fingerprint(sys.modules[__name__], images)}
+    return cached_arrays("recut-scores", key, lambda: {"p": predict(recut_faces(faces, photos_dir, kind, image_size))})["p"]
+
+
 def framing_faces(manifest: pd.DataFrame, val_fold: int, min_size: int = FRAMING_MIN_SIZE) -> pd.DataFrame:
     """The validation faces that enter the framing check: fold `val_fold`, at least `min_size` px."""
     return manifest[(manifest["fold"] == val_fold) & (face_size(manifest) >= min_size)]
@@ -149,7 +168,7 @@ def framing_table(predict: Callable[[np.ndarray], np.ndarray], faces: pd.DataFra
     y = encode_labels(faces["label"])
     rows = []
     for kind in RECUTS:
-        p = predict(recut_faces(faces, photos_dir, kind, image_size))
+        p = recut_scores(predict, faces, photos_dir, kind, image_size)
         pred = (p >= threshold).astype(int)
         rows.append({"re-cut": kind, "faces": len(faces), "accuracy": float(np.mean(pred == y)),
                      "recall_without_mask": float(np.mean(pred[y == 1] == 1)) if (y == 1).any() else float("nan")})

@@ -82,22 +82,24 @@ def _chunks(x: np.ndarray):
 
 
 def _subset_standardisations(x: np.ndarray, masks: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`standardisation` of each subset's rows (mask (views, faces)), in two passes over `x` without a copy of it."""
+    """`standardisation` of each subset's rows (mask (views, faces)), in two passes over `x` without a copy of it.
+
+    Each chunk's sums, over every subset at once, are one matrix product with the subsets' 0/1 indicator rows
+    (float32 within a chunk, float64 across chunks). The squares are taken about the mean of all rows, near every
+    subset's own, so that the variance loses no digits to cancellation."""
     d = x.shape[-1]
-    sums = [np.zeros(d) for _ in masks]
+    indicators = np.stack([np.ones(x.shape[:2], bool), *masks]).astype(x.dtype)  # row 0: every row
+    sums = np.zeros((len(indicators), d))
     for v, start, rows in _chunks(x):
-        for total, mask in zip(sums, masks):
-            selected = mask[v, start:start + len(rows)]
-            if selected.any():
-                total += rows[selected].sum(axis=0, dtype=np.float64)
-    means = [total / mask.sum() for total, mask in zip(sums, masks)]
-    squares = [np.zeros(d) for _ in masks]
+        sums += indicators[:, v, start:start + len(rows)] @ rows
+    counts = indicators.sum(axis=(1, 2), dtype=np.float64)[:, None]
+    means = sums / counts
+    centre = means[0].astype(x.dtype)
+    squares = np.zeros((len(indicators), d))
     for v, start, rows in _chunks(x):
-        for total, mask, mean in zip(squares, masks, means):
-            selected = mask[v, start:start + len(rows)]
-            if selected.any():
-                total += ((rows[selected] - mean) ** 2).sum(axis=0)
-    return [(mean, _usable_scale(np.sqrt(total / mask.sum()))) for mean, total, mask in zip(means, squares, masks)]
+        squares += indicators[:, v, start:start + len(rows)] @ np.square(rows - centre)
+    variances = squares / counts - (means - means[0]) ** 2
+    return [(mean, _usable_scale(np.sqrt(np.maximum(var, 0.0)))) for mean, var in zip(means[1:], variances[1:])]
 
 
 @dataclass
@@ -128,35 +130,37 @@ def _evaluate(x: np.ndarray, onehot: np.ndarray, val_labels: np.ndarray | None, 
     Every chunk of rows goes through two matrix products, for all problems at once: the
     logits, and the gradient's sum over the rows.
     """
-    k, d = onehot.shape[1], x.shape[-1]
+    k, d, m = onehot.shape[1], x.shape[-1], len(points)
     kernels = [point.params[:-k].reshape(d, k) for point in points]
     folded = np.concatenate([kernel / prob.scale[:, None] for kernel, prob in zip(kernels, problems)], axis=1)
     folded = folded.astype(x.dtype)
-    biases = [point.params[-k:] - (prob.mean / prob.scale) @ kernel for point, prob, kernel in zip(points, problems, kernels)]
-    xg = np.zeros((d, k * len(points)))
-    gsum = np.zeros((len(points), k))
-    ll = np.zeros(len(points))
-    sums = {name: np.zeros((len(points), 3)) for name in ("", "val_")}  # loss, correct, count
+    biases = np.stack([point.params[-k:] - (prob.mean / prob.scale) @ kernel
+                       for point, prob, kernel in zip(points, problems, kernels)])
+    weights = np.stack([prob.weight for prob in problems])  # (problems, views, faces)
+    totals = np.array([prob.total for prob in problems])
+    output = (onehot @ merge).argmax(axis=1)  # every face's output class
+    xg = np.zeros((d, k * m))
+    gsum = np.zeros((m, k))
+    ll = np.zeros(m)
+    sums = {name: np.zeros((m, 3)) for name in ("", "val_")}  # loss, correct, count
     for v, start, rows in _chunks(x):
         n = len(rows)
-        logits = (rows @ folded).astype(np.float64)
-        g_all = np.zeros((n, k * len(points)), dtype=x.dtype)
-        oh = onehot[start:start + n]
-        for i, prob in enumerate(problems):
-            logp = log_softmax(logits[:, i * k:(i + 1) * k] + biases[i], axis=1)
-            w = prob.weight[v, start:start + n]
-            learn = w > 0
-            if learn.any():
-                ll[i] += float((w * (oh * logp).sum(axis=1)).sum())
-                g = (np.exp(logp) - oh) * (w / prob.total)[:, None]
-                g_all[:, i * k:(i + 1) * k] = g
-                gsum[i] += g.sum(axis=0)
-                sums[""][i] += _metric_sums(logp[learn], (oh[learn] @ merge).argmax(axis=1), merge)
-            if v == 0 and prob.val_index is not None and val_labels is not None:
-                inside = prob.val_index[(prob.val_index >= start) & (prob.val_index < start + n)]
-                if len(inside):
-                    sums["val_"][i] += _metric_sums(logp[inside - start], val_labels[inside], merge)
-        xg += (rows.T @ g_all).astype(np.float64)
+        logp = log_softmax((rows @ folded).astype(np.float64).reshape(n, m, k) + biases, axis=2)  # (rows, problems, k)
+        oh, w = onehot[start:start + n, None, :], weights[:, v, start:start + n].T
+        ll += (w * (oh * logp).sum(axis=2)).sum(axis=0)
+        g = (np.exp(logp) - oh) * (w / totals)[:, :, None]
+        gsum += g.sum(axis=0)
+        xg += (g.reshape(n, m * k).astype(x.dtype).T @ rows).T  # this order of the product is the faster one
+        loss, correct = _row_metrics(logp, output[start:start + n], merge)
+        learn = w > 0
+        sums[""] += np.stack([(loss * learn).sum(axis=0), (correct & learn).sum(axis=0), learn.sum(axis=0)], axis=1)
+        if v == 0 and val_labels is not None:
+            for i, prob in enumerate(problems):
+                if prob.val_index is not None:
+                    inside = prob.val_index[(prob.val_index >= start) & (prob.val_index < start + n)] - start
+                    if len(inside):
+                        loss, correct = _row_metrics(logp[inside, i:i + 1], val_labels[start + inside], merge)
+                        sums["val_"][i] += [loss.sum(), correct.sum(), len(inside)]
     for i, (prob, point, kernel) in enumerate(zip(problems, points, kernels)):
         reg = c * prob.total
         point.value = -ll[i] / prob.total + float((kernel**2).sum()) / (2 * reg)
@@ -166,10 +170,12 @@ def _evaluate(x: np.ndarray, onehot: np.ndarray, val_labels: np.ndarray | None, 
                          for j, name in enumerate(("loss", "accuracy"))}
 
 
-def _metric_sums(logp: np.ndarray, y: np.ndarray, merge: np.ndarray) -> np.ndarray:
-    """Summed cross-entropy, correct count and count, on the output classes, of rows with labels `y`."""
+def _row_metrics(logp: np.ndarray, y: np.ndarray, merge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-entropy and correctness, on the output classes, of each row of `logp` (rows, problems, classes) with
+    output labels `y` (rows,): two (rows, problems) arrays."""
     p = np.clip(np.exp(logp) @ merge, 1e-12, 1.0)
-    return np.array([-np.log(p[np.arange(len(y)), y]).sum(), (p.argmax(axis=1) == y).sum(), len(y)])
+    picked = np.take_along_axis(p, y[:, None, None].repeat(p.shape[1], axis=1), axis=2)[..., 0]
+    return -np.log(picked), p.argmax(axis=2) == y[:, None]
 
 
 class _LBFGS:

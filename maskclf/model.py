@@ -7,6 +7,7 @@ The model itself (raw 0-255 RGB crops of `image_size` in, softmax probabilities 
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -24,20 +25,37 @@ def predict_probabilities(model: Any, crops: np.ndarray, batch_size: int = 32) -
     return run_batched(model.predict_on_batch, crops, batch_size).astype(np.float32)
 
 
-def cached_scorer(model: Any, config: dict[str, Any], batch_size: int = 32) -> Callable[[np.ndarray], np.ndarray]:
-    """P(without_mask) of raw crops (N, S, S, 3) by a run's Keras model, from the result cache when it already
-    scored them."""
-    from .answers import p_without_mask
+def cached_probabilities(model: Any, crops: np.ndarray, batch_size: int = 32, fingerprint: str | None = None) -> np.ndarray:
+    """`predict_probabilities` of a Keras model, from the result cache (maskclf.memo) when it already scored these
+    crops; `fingerprint`: the model's `model_fingerprint`, when the caller has it."""
     from .memo import array_fingerprint, cached_arrays, model_fingerprint
 
-    fingerprint = model_fingerprint(model)
+    key = {"model": fingerprint or model_fingerprint(model), "crops": array_fingerprint(crops), "batch_size": batch_size}
+    return cached_arrays("probabilities", key, lambda: {"p": predict_probabilities(model, crops, batch_size)})["p"]
 
-    def score(crops: np.ndarray) -> np.ndarray:
-        key = {"model": fingerprint, "crops": array_fingerprint(crops), "batch_size": batch_size}
-        probs = cached_arrays("probabilities", key, lambda: {"p": predict_probabilities(model, crops, batch_size)})["p"]
-        return p_without_mask(probs, config)
 
-    return score
+class CachedScorer:
+    """P(without_mask) of raw crops (N, S, S, 3) by a run's Keras model, from the result cache when it already
+    scored them. `identity` names what it computes (the model, its run config, the batch size), for caches of its
+    scores keyed by how the crops were made rather than by the crops (maskclf.framing.recut_scores)."""
+
+    def __init__(self, model: Any, config: dict[str, Any], batch_size: int = 32) -> None:
+        from .memo import model_fingerprint
+
+        self.model, self.config, self.batch_size = model, config, batch_size
+        self.identity = {"model": model_fingerprint(model), "config": json.dumps(config, sort_keys=True, default=str),
+                         "batch_size": batch_size}
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        from .answers import p_without_mask
+
+        return p_without_mask(cached_probabilities(self.model, crops, self.batch_size, self.identity["model"]),
+                              self.config)
+
+
+def cached_scorer(model: Any, config: dict[str, Any], batch_size: int = 32) -> CachedScorer:
+    """A run's Keras model as a CachedScorer."""
+    return CachedScorer(model, config, batch_size)
 
 
 def predict_crops(model: Any, paths: Sequence[str], image_size: int, batch_size: int = 64) -> tuple[list[str], np.ndarray]:

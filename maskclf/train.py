@@ -40,14 +40,14 @@ from .answers import INCORRECT, p_without_mask
 from .backbones import weights_id
 from .candidates import candidate_loader, face_probability, train_verifier, verifier_record, with_verifier
 from .config import stage_defaults
-from .crossval import TrainResult, cached_cross_validate_together, train_fold
+from .crossval import TrainResult, cached_cross_validate_together, cached_summary, train_fold
 from .data import DataError, read_manifest, source_photos_dir
 from .features import FEATURES_DIR
-from .featureset import FeatureSet, derived_features, prepare_features, restrict_faces
+from .featureset import FeatureSet, derived_features, kept_faces, prepare_features, restrict_faces
 from .fsutil import OutputError
 from .labels import output_classes, training_labels
 from .logreg import solver_identity
-from .model import cached_predict_crops
+from .model import cached_predict_crops, cached_probabilities
 from .paths import MODELS_DIR
 from .runs import save_run
 from .trainconfig import TrainConfig, config_label, default_run_name, run_id
@@ -129,10 +129,13 @@ def run_study(
     fs, manifest = restrict_faces(every_feature, every_face)
     run_dir = Path(models_dir) / (run_name or default_run_name(config, fs.data_sha256, fs.precision))
     clock.lap("features")
-    variants = variant_features(faces_dir, config, compare, cache_dir, every_feature)
+    variants = comparison_variants(faces_dir, config, compare, cache_dir, every_feature)
     studied = [(fs, manifest, config.val_fold)] if cross_validate else []
-    cvs = cached_cross_validate_together(studied + [(v, faces, None) for _, v, faces in variants], cache_dir)
+    fitted = [v for v in variants if v.cv is None]
+    cvs = cached_cross_validate_together(studied + [(v.fs, v.faces, None) for v in fitted], cache_dir)
     cv, result = cvs.pop(0) if cross_validate else (None, train_fold(fs, manifest, config.val_fold))
+    for variant, (variant_cv, _) in zip(fitted, cvs):
+        variant.cv = variant_cv
     clock.lap("cross-validation")
     classes = output_classes(training_labels(manifest, config.labels))
     if config.verifier:
@@ -146,7 +149,7 @@ def run_study(
     gap, agreement = check_end_to_end(p_without_mask(probs, classes), result.val_probabilities[:len(check)],
                                       fs.precision, "P(without_mask)")
     clock.lap("check")
-    rows = [cv_row(label, variant_cv, faces) for (label, _, faces), (variant_cv, _) in zip(variants, cvs)]
+    rows = [cv_row(v.label, v.cv, v.faces) for v in variants]
     if cv:
         rows.append(cv_row(f"this run: {config_label(config)}", cv, manifest))
     comparison = pd.DataFrame(rows).set_index("configuration") if rows else pd.DataFrame()
@@ -179,7 +182,7 @@ def add_verifier(fs: FeatureSet, result: TrainResult, every_face: pd.DataFrame, 
     check = np.flatnonzero((table["fold"] == fold).to_numpy())[:END_TO_END_CROPS]
     load = candidate_loader(table, source_photos_dir(faces_dir), fs.config.image_size)
     crops = np.stack([load(int(i)) for i in check]).astype("float32")
-    check_end_to_end(model.predict(crops, verbose=0)[:, -1], face_probability(verifier.fit, features[check]),
+    check_end_to_end(cached_probabilities(model, crops)[:, -1], face_probability(verifier.fit, features[check]),
                      fs.precision, "P(face)")
     return dataclasses.replace(result, model=model), verifier_record(verifier)
 
@@ -224,32 +227,51 @@ def cv_row(name: str, cv: dict[str, Any], manifest: pd.DataFrame) -> dict[str, A
     return row
 
 
-def variant_features(
+@dataclass
+class Variant:
+    """One configuration of the comparison table: its name, its faces and either its cached cross-validation or the
+    features to cross-validate it on."""
+
+    label: str
+    faces: pd.DataFrame
+    fs: FeatureSet | None
+    """None when `cv` was read from the cache: its features are then never read."""
+    cv: dict[str, Any] | None
+
+
+def comparison_variants(
     faces_dir: str | Path,
     base: TrainConfig,
     variants: Sequence[dict[str, Any]],
     cache_dir: str | Path = FEATURES_DIR,
     base_features: FeatureSet | None = None,
-) -> list[tuple[str, FeatureSet, pd.DataFrame]]:
-    """(name, feature set, faces) of `base` updated with each dict of `variants`, named by the variant's `label`
-    when it has one: the comparison table's configurations, to be cross-validated. A variant that changes
-    nothing is left out (the run's own row stands for it).
+    cached: bool = True,
+) -> list[Variant]:
+    """`base` updated with each dict of `variants`, named by the variant's `label` when it has one: the comparison
+    table's configurations. A variant that changes nothing is left out (the run's own row stands for it).
 
-    A variant whose features are some of `base_features`' views (every face, `base`'s) is cut from them
-    (`featureset.derived_features`): no second read of the same caches, no second copy in memory, and its
-    L-BFGS folds share their passes with the run's (`crossval.cached_cross_validate_together`).
+    With `cached`, a variant whose cross-validation is cached comes with it and without features (a warm rerun reads
+    no feature cache for it). Otherwise its features are some of `base_features`' views (every face, `base`'s) cut
+    from them (`featureset.derived_features`: no second read or copy, and its L-BFGS folds share their passes with
+    the run's in `crossval.cached_cross_validate_together`), or read or computed (`prepare_features`).
     """
     manifest = read_manifest(faces_dir)
-    sets = []
+    out = []
     for variant in variants:
         config = _config(base, variant)
         if config == base:
             continue
+        label = variant.get("label") or config_label(config)
+        faces = manifest.iloc[kept_faces(manifest, config.min_face)].reset_index(drop=True)
+        if cached and base_features is not None:
+            cv = cached_summary(config, base_features.data_sha256, base_features.precision, faces, cache_dir)
+            if cv is not None:
+                out.append(Variant(label, faces, None, cv))
+                continue
         derived = derived_features(base_features, config) if base_features is not None else None
-        fs, faces = restrict_faces(derived or prepare_features(manifest, faces_dir, config, cache_dir, verbose=0),
-                                   manifest)
-        sets.append((variant.get("label") or config_label(config), fs, faces))
-    return sets
+        fs, _ = restrict_faces(derived or prepare_features(manifest, faces_dir, config, cache_dir, verbose=0), manifest)
+        out.append(Variant(label, faces, fs, None))
+    return out
 
 
 def _config(base: TrainConfig, variant: Mapping[str, Any]) -> TrainConfig:

@@ -137,6 +137,26 @@ def test_gradcam_highlights_a_planted_pattern():
     assert heat[1, 20:30, 2:12].mean() > 5 * heat[1, :12, 20:].mean()
 
 
+def test_gradcam_is_read_back_from_the_result_cache_for_the_same_model_and_images(monkeypatch):
+    from maskclf import explain
+
+    images = np.zeros((2, 32, 32, 3), "float32")
+    images[0, 2:10, 20:30, 0] = 255
+    model = _red_detector()
+    fresh = explain.cached_gradcam(model, images, class_index=1)
+    np.testing.assert_array_equal(fresh, gradcam(model, images, class_index=1))
+
+    def no_gradient(*args, **kwargs):
+        raise AssertionError("a cached heatmap must not be computed again")
+
+    monkeypatch.setattr(explain, "gradcam", no_gradient)
+    np.testing.assert_array_equal(explain.cached_gradcam(model, images, class_index=1), fresh)
+    with pytest.raises(AssertionError, match="computed again"):
+        explain.cached_gradcam(model, images[:1], class_index=1)  # other images
+    with pytest.raises(AssertionError, match="computed again"):
+        explain.cached_gradcam(model, images, class_index=0)  # another class
+
+
 def test_three_way_confusion_matrix_and_recall_on_known_labels():
     """Rows: the annotated class; columns: the three-way answer. Known labels give a known matrix, and the
     recall intervals come from a bootstrap over photos."""

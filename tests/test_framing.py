@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from maskclf import framing
@@ -108,3 +109,28 @@ def test_framing_table_on_a_known_answer(extracted):
     for kind in list(RECUTS)[1:]:
         assert table.loc[kind, "accuracy"] == pytest.approx(np.mean(y == 0))
         assert table.loc[kind, "accuracy_change"] == pytest.approx(np.mean(y == 0) - 1.0)
+
+
+def test_a_cached_scorer_s_framing_check_is_read_back_without_cutting_a_face(extracted, tiny, monkeypatch):
+    from maskclf import framing
+    from maskclf.model import cached_scorer
+
+    model, config = tiny
+    faces = framing_faces(read_manifest(extracted), val_fold=0, min_size=24)
+    photos = source_photos_dir(extracted)
+    first = framing_table(cached_scorer(model, config, 4), faces, photos, config["image_size"])
+    cut = framing.recut_faces
+
+    def no_cut(*args, **kwargs):
+        raise AssertionError("a cached re-cut's scores must not cut the faces again")
+
+    monkeypatch.setattr(framing, "recut_faces", no_cut)
+    pd.testing.assert_frame_equal(framing_table(cached_scorer(model, config, 4), faces, photos, config["image_size"]),
+                                  first)
+    with pytest.raises(AssertionError, match="cut the faces again"):  # other faces
+        framing_table(cached_scorer(model, config, 4), faces.iloc[1:], photos, config["image_size"])
+    with pytest.raises(AssertionError, match="cut the faces again"):  # another model's config
+        framing_table(cached_scorer(model, {**config, "threshold_note": 1}, 4), faces, photos, config["image_size"])
+    monkeypatch.setattr(framing, "recut_faces", cut)
+    plain = framing_table(lambda crops: cached_scorer(model, config, 4)(crops), faces, photos, config["image_size"])
+    pd.testing.assert_frame_equal(plain, first)

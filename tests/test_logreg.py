@@ -110,3 +110,20 @@ def test_constant_features_and_bad_c(data):
     assert scale[5] == 1.0 and np.all(scale > 0)
     with pytest.raises(ValueError, match="C must be positive"):
         fit_logistic(x, labels, 3, c=0.0, subsets=[Subset(np.ones((1, len(labels))))])
+
+
+def test_each_subset_s_standardisation_is_that_of_its_own_rows_even_far_from_zero(monkeypatch):
+    """The sums are matrix products in float32 chunks; the squares are taken about the mean of all rows, so a feature
+    whose mean is a thousand times its spread keeps its variance."""
+    monkeypatch.setattr(logreg, "CHUNK_ROWS", 64)  # several chunks per view
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 300, 5)).astype(np.float32)
+    x[..., 0] = 1000 + x[..., 0]  # far from zero
+    x[..., 1] = 7.0  # constant
+    masks = [rng.random((2, 300)) < share for share in (0.2, 0.5, 0.9)]
+    for mask, (mean, scale) in zip(masks, logreg._subset_standardisations(x, masks)):
+        rows = x[mask].astype(np.float64)
+        np.testing.assert_allclose(mean, rows.mean(axis=0), rtol=1e-6)
+        expected = rows.std(axis=0)
+        np.testing.assert_allclose(scale[[0, 2, 3, 4]], expected[[0, 2, 3, 4]], rtol=1e-4)
+        assert scale[1] == 1.0, "a constant feature is left unscaled"

@@ -225,10 +225,28 @@ def test_a_variant_with_the_first_views_of_the_run_is_cut_from_its_features_and_
         raise AssertionError("a derivable variant must not read the feature caches again")
 
     monkeypatch.setattr(train, "prepare_features", no_read)
-    [(name, variant, faces_kept)] = train.variant_features(faces, base.config, [{"label": "one flip", "augment_views": 1}],
-                                                           cache, base)
-    assert name == "one flip" and variant.views == ["none", "flip"] and np.shares_memory(variant.pooled, base.pooled)
-    assert len(faces_kept) == base.pooled.shape[1]
+    [variant] = train.comparison_variants(faces, base.config, [{"label": "one flip", "augment_views": 1}], cache, base)
+    assert variant.label == "one flip" and variant.cv is None and variant.fs.views == ["none", "flip"]
+    assert np.shares_memory(variant.fs.pooled, base.pooled) and len(variant.faces) == base.pooled.shape[1]
+
+
+def test_a_comparison_row_whose_cross_validation_is_cached_reads_no_features(faces, cache, monkeypatch):
+    manifest = read_manifest(faces)
+    base = _fs(faces, cache)
+    other = {"label": "lite1", "backbone": "efficientnet_lite1", "image_size": 32}
+    [fresh] = train.comparison_variants(faces, base.config, [other], cache, base)
+    assert fresh.cv is None and fresh.fs.config.backbone == "efficientnet_lite1", "not derivable: its own features"
+    [(summary, _)] = crossval.cached_cross_validate_together([(fresh.fs, fresh.faces, None)], cache)
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("a variant whose cross-validation is cached must not read its features")
+
+    monkeypatch.setattr(train, "prepare_features", no_read)
+    [warm] = train.comparison_variants(faces, base.config, [other], cache, base)
+    assert warm.fs is None and warm.cv == summary and warm.faces.equals(fresh.faces)
+    assert crossval.cached_summary(fresh.fs.config, base.data_sha256, base.precision, manifest, cache) == summary
+    changed = dataclasses.replace(fresh.fs.config, head_c=fresh.fs.config.head_c * 2)
+    assert crossval.cached_summary(changed, base.data_sha256, base.precision, manifest, cache) is None
 
 
 def test_the_comparison_folds_fitted_with_the_run_s_in_the_same_passes_reach_the_optimum_they_reach_alone(
@@ -308,6 +326,16 @@ def test_split_at_block_composes_to_the_whole_backbone():
     np.testing.assert_allclose(upper.predict(lower.predict(x, verbose=0), verbose=0), base.predict(x, verbose=0), atol=1e-4)
     with pytest.raises(ValueError, match="blocks"):
         network.split_at_block(base, 99)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "efficientnet_lite0"])
+def test_a_backbone_built_again_later_in_the_process_has_the_same_architecture(name):
+    """No name Keras makes up from a process-wide counter (input_layer_7) reaches the model: a warm run builds fewer
+    layers before it than a cold one, and the end-to-end check's cache is keyed by the architecture's JSON."""
+    first = backbones.get_backbone(name).build(None, 32).to_json()
+    keras.Input((3,))  # what other work in the process does to Keras' name counters
+    keras.layers.Dense(1)
+    assert backbones.get_backbone(name).build(None, 32).to_json() == first
 
 
 def test_resnet50_caffe_preprocessing_inside_the_model_does_not_touch_the_input():
@@ -402,11 +430,11 @@ def test_a_new_option_at_its_neutral_value_keeps_the_cross_validation_cache_and_
     assert set(crossval.NEUTRAL) <= {f.name for f in dataclasses.fields(trainconfig.TrainConfig)}
     hashed = []
     monkeypatch.setattr(crossval, "cache_key", lambda **parts: hashed.append(parts["config"]) or str(len(hashed)))
-    crossval.cv_key(fs, manifest)
+    crossval.cv_key(fs.config, fs.data_sha256, fs.precision, manifest)
     assert not set(crossval.NEUTRAL) & set(hashed[-1]), "no option at its neutral value enters the key"
     for name, value in crossval.NEUTRAL.items():
         assert getattr(fs.config, name) == value
-        crossval.cv_key(dataclasses.replace(fs, config=dataclasses.replace(fs.config, **{name: value + 1})), manifest)
+        crossval.cv_key(dataclasses.replace(fs.config, **{name: value + 1}), fs.data_sha256, fs.precision, manifest)
         assert hashed[-1][name] == value + 1, f"{name} at another value is part of the key"
 
 
