@@ -140,10 +140,11 @@ def main() -> int:
             print(f"{run} run failed with exit status {status}", file=sys.stderr)
             break
     print(f"\nmachine: {cpu_name()}")
-    print(f"{'run':<6} {'wall':>9} {'peak RSS':>10}  notebooks (s)")
+    print(f"{'run':<6} {'wall':>16} {'peak RSS':>10}  notebooks (s)")
     for run, seconds, peak, status, notebooks in results:
         per_nb = ", ".join(f"{name} {s:.0f}" for name, s, _ in notebooks)
-        print(f"{run:<6} {seconds / 60:6.1f} min {peak / 2**30:7.2f} GiB  {per_nb}" + (" FAILED" if status else ""))
+        print(f"{run:<6} {seconds / 60:6.1f} min ({seconds:4.0f} s) {peak / 2**30:7.2f} GiB  {per_nb}"
+              + (" FAILED" if status else ""))
     for run, _, _, _, notebooks in results:
         print(f"\nslowest cells, {run} run:")
         for name, _, cells in notebooks:
