@@ -3,20 +3,21 @@
 Every backbone is returned as a Keras model whose first layer does its own
 preprocessing (ResNet-50's caffe BGR mean subtraction, EfficientNet-Lite's
 (x - 127) / 128, ...), so callers never feed preprocessed arrays and no NumPy
-array is overwritten in place.
+array is overwritten in place. Keras is imported when a backbone is built, not with the registry:
+a notebook that only reads a configuration (01_extract) starts without TensorFlow.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import keras
-
-from .layers import CaffePreprocess
 from .fsutil import file_sha256
 from .weights import BackboneWeightsError, keras_weights_cache, no_weights_message, resnet50_imagenet
+
+if TYPE_CHECKING:
+    import keras
 
 Weights = str | Path | None
 """`"imagenet"` (downloaded, packaged or converted), a path to a local weights file, or None (random)."""
@@ -37,11 +38,15 @@ class Backbone:
 # --------------------------------------------------------------------------- keras.applications
 
 
-def _keras_app(constructor: Callable[..., keras.Model], weights_file: str,
+def _keras_app(constructor_name: str, weights_file: str,
                imagenet: Callable[[], str] | None = None) -> Callable[[Weights, int], keras.Model]:
-    """A builder for a keras.applications model; `imagenet` resolves "imagenet" without a download."""
+    """A builder for the keras.applications model `constructor_name`; `imagenet` resolves "imagenet" without a
+    download."""
 
     def build(weights: Weights, image_size: int) -> keras.Model:
+        import keras
+
+        constructor = getattr(keras.applications, constructor_name)
         resolved = _resolve_keras_weights(weights, weights_file)
         if resolved == "imagenet" and imagenet is not None:
             resolved = imagenet()
@@ -86,11 +91,21 @@ def _keras_subdir(weights_file: str) -> str:
     return ""
 
 
+def _caffe(name: str) -> keras.layers.Layer:
+    from .layers import CaffePreprocess
+
+    return CaffePreprocess(name=name)
+
+
 def _rescale_minus_one_to_one(name: str) -> keras.layers.Layer:
+    import keras
+
     return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name=name)
 
 
 def _identity(name: str) -> keras.layers.Layer:
+    import keras
+
     return keras.layers.Identity(name=name)
 
 
@@ -115,20 +130,19 @@ def _lite_preprocess(name: str) -> keras.layers.Layer:
 BACKBONES: dict[str, Backbone] = {
     "resnet50": Backbone(
         "resnet50", 224,
-        _keras_app(keras.applications.ResNet50, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                   imagenet=resnet50_imagenet),
-        lambda name: CaffePreprocess(name=name),
+        _keras_app("ResNet50", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", imagenet=resnet50_imagenet),
+        _caffe,
     ),
     "efficientnet_lite0": Backbone("efficientnet_lite0", 224, _lite("lite0"), _lite_preprocess),
     "efficientnet_lite1": Backbone("efficientnet_lite1", 240, _lite("lite1"), _lite_preprocess),
     "efficientnet_lite2": Backbone("efficientnet_lite2", 260, _lite("lite2"), _lite_preprocess),
     "mobilenet_v2": Backbone(
         "mobilenet_v2", 224,
-        _keras_app(keras.applications.MobileNetV2, "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
+        _keras_app("MobileNetV2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
         _rescale_minus_one_to_one,
     ),
     "efficientnet_b0": Backbone(
-        "efficientnet_b0", 224, _keras_app(keras.applications.EfficientNetB0, "efficientnetb0_notop.h5"), _identity,
+        "efficientnet_b0", 224, _keras_app("EfficientNetB0", "efficientnetb0_notop.h5"), _identity,
     ),
 }
 """Backbones by name. resnet50 is the study's model (ImageNet weights converted offline by
@@ -146,6 +160,8 @@ def get_backbone(name: str) -> Backbone:
 
 def build_backbone(name: str, weights: Weights = "imagenet", image_size: int | None = None) -> keras.Model:
     """Frozen feature extractor: raw 0-255 RGB (image_size x image_size) in, last feature map out."""
+    import keras
+
     spec = get_backbone(name)
     size = image_size or spec.image_size
     inputs = keras.Input((size, size, 3), name="image")

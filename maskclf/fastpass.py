@@ -13,10 +13,13 @@ import functools
 import os
 import sys
 import weakref
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 PRECISIONS = ("bfloat16", "float32")
 OPENVINO_PRECISION = {"bfloat16": "bf16", "float32": "f32"}
@@ -82,6 +85,8 @@ def openvino_graph(model: keras.Model):
     TensorFlow graph."""
     import openvino as ov
 
+    import tensorflow as tf
+
     spec = tf.TensorSpec([None, *model.input.shape[1:]], tf.float32)
     return ov.convert_model(tf.function(lambda x: model(x, training=False)).get_concrete_function(spec))
 
@@ -89,6 +94,7 @@ def openvino_graph(model: keras.Model):
 def compile_openvino(graph, precision: str, threads: int | None = None):
     """A Keras model, an OpenVINO model or an OpenVINO IR file's path, compiled for this CPU in `precision`: a
     function from a float32 batch to its float32 outputs. `threads` None: one per core."""
+    import keras
     import openvino as ov
 
     config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}

@@ -51,3 +51,18 @@ def test_notebooks_import_only_study_modules():
 def test_the_import_finder_sees_lazy_and_absolute_imports():
     source = "from . import answers, evaluate\ndef f():\n    from .predict import x\nimport maskclf.export\n"
     assert imported_modules(source) == {"answers", "evaluate", "predict", "export"}
+
+
+def test_the_extraction_notebook_s_imports_start_no_tensorflow():
+    """01_extract reads the configuration (the crops' size) but runs no model: its kernel starts in about a second
+    where importing TensorFlow takes about four."""
+    import subprocess
+    import sys
+
+    cells = json.loads((NOTEBOOKS / "01_extract.ipynb").read_text())["cells"]
+    setup = "".join(next(c for c in cells if c["cell_type"] == "code" and "import" in "".join(c["source"]))["source"])
+    imports = "\n".join(line for line in setup.splitlines() if line.startswith(("import ", "from ")))
+    code = f"{imports}\nimport sys\nTrainConfig.from_params({{}}).image_size\nprint(sorted({{'tensorflow', 'keras'}} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"01_extract's imports load {done.stdout.strip()}"
