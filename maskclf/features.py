@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
+import zipfile
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -88,29 +90,65 @@ def cached_outputs(
         key = cache_key(**key_parts, image_size=image_size, view=view, seed=seed + 10 * v, crops=crops, **recipe,
                         **precision_key(precision))
         cache_file = Path(cache_dir) / f"{key_parts.get('backbone', 'model')}-{image_size}-{view}-{key}.npz"
-        stored = _read_cache(cache_file, names)
-        hits.append(stored is not None)
-        if stored is None and view in loaders:
+        layout = _cached_layout(cache_file, names)
+        hits.append(layout is not None)
+        if layout is not None:  # read straight into its place: no second copy of the view
+            offset, shape, dtype = layout
+            stacked = np.empty((len(views), *shape), dtype) if stacked is None else stacked
+            _read_into(cache_file, offset, stacked[v])
+            continue
+        if view in loaders:
             stored = run_pass(model, face_dataset(loaders[view], len(paths), image_size, batch_size), precision, verbose)
-        elif stored is None:
+        else:
             stored = _compute_view(model, paths, image_size, batch_size, view, seed + 10 * v, precision, verbose)
-        if not hits[-1]:
-            with atomic_path(cache_file, suffix=".npz", check=reads_back("npz")) as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, outputs=stored, paths=np.array(names), key=json.dumps(key_parts, default=str))
+        with atomic_path(cache_file, suffix=".npz", check=reads_back("npz")) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, outputs=stored, paths=np.array(names), key=json.dumps(key_parts, default=str))
         if len(views) == 1:
-            return stored[None], all(hits)  # no copy
+            return stored[None], False  # no copy
         if stacked is None:  # filled view by view: never two copies of every view in memory
             stacked = np.empty((len(views), *stored.shape), stored.dtype)
         stacked[v] = stored
     return stacked, all(hits)
 
 
-def _read_cache(cache_file: Path, names: list[str]) -> np.ndarray | None:
+def _cached_layout(cache_file: Path, names: list[str]) -> tuple[int, tuple[int, ...], np.dtype] | None:
+    """Where a cache file's outputs lie (byte offset, shape, dtype) when it holds the outputs of `names`; None when
+    it is missing, is of other crops, or is not an uncompressed, C-ordered numeric array filling its member.
+
+    np.savez stores its arrays uncompressed, so the outputs can be read in place (`_read_into`): about five times
+    faster than through np.load, which copies them through the zip reader and then once more into the stack."""
     if not cache_file.is_file():
         return None
     with np.load(cache_file) as stored:
-        return stored["outputs"] if stored["paths"].tolist() == names else None
+        if stored["paths"].tolist() != names:
+            return None
+    with zipfile.ZipFile(cache_file) as archive:
+        info = archive.getinfo("outputs.npy")
+    with open(cache_file, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if info.compress_type != zipfile.ZIP_STORED or local[:4] != b"PK\x03\x04":
+            return None
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        member_start = info.header_offset + 30 + name_length + extra_length
+        f.seek(member_start)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+        offset = f.tell()
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if fortran_order or dtype.hasobject or offset + size != member_start + info.file_size:
+        return None
+    return offset, tuple(shape), dtype
+
+
+def _read_into(cache_file: Path, offset: int, out: np.ndarray) -> None:
+    """Fill `out` (C-contiguous) with the bytes of `cache_file` from `offset` (`_cached_layout`)."""
+    with open(cache_file, "rb") as f:
+        f.seek(offset)
+        if f.readinto(memoryview(out).cast("B")) != out.nbytes:
+            raise OSError(f"{cache_file}: truncated while it was read")
 
 
 def _compute_view(model: keras.Model, paths: Sequence[str], image_size: int, batch_size: int, view: str, seed: int,

@@ -68,6 +68,29 @@ def test_cache_hit_miss_and_invalidation(faces, cache, tmp_path, voc_master):
     assert not changed.cache_hit and changed.data_sha256 != first.data_sha256
 
 
+def test_a_cached_view_is_read_in_place_and_a_malformed_one_is_computed_again(tmp_path):
+    from maskclf import features
+
+    names = ["a.png", "b.png"]
+    outputs = np.arange(2 * 5, dtype=np.float32).reshape(2, 5)
+    good = tmp_path / "good.npz"
+    np.savez(good, outputs=outputs, paths=np.array(names), key="{}")
+    offset, shape, dtype = features._cached_layout(good, names)
+    into = np.zeros((3, *shape), dtype)
+    features._read_into(good, offset, into[1])
+    np.testing.assert_array_equal(into[1], outputs)
+    assert not into[0].any() and not into[2].any(), "only its own place is written"
+    assert features._cached_layout(good, ["a.png", "c.png"]) is None, "the outputs of other crops"
+    packed = tmp_path / "packed.npz"
+    np.savez_compressed(packed, outputs=outputs, paths=np.array(names), key="{}")
+    assert features._cached_layout(packed, names) is None, "compressed: not readable in place"
+    short = tmp_path / "short.npz"
+    np.savez(short, outputs=np.zeros((2, 5), np.float32), paths=np.array(names), key="{}")
+    blob = short.read_bytes().replace(b"(2, 5)", b"(9, 5)", 1)  # a header that promises more than the file holds
+    short.write_bytes(blob)
+    assert features._cached_layout(short, names) is None
+
+
 def test_one_backbone_pass_feeds_every_pooling(faces, cache):
     """avg and stages are column subsets of the cached band features: one pass, equal values."""
     manifest = read_manifest(faces)
