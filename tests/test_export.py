@@ -118,8 +118,14 @@ def test_onnx_int8_quantises_the_backbone_per_channel_and_keeps_the_head_float(r
     assert weight_dq.op_type == "DequantizeLinear" and init[weight_dq.input[0]].dtype == np.int8
     assert init[weight_dq.input[1]].shape == (3,)  # one scale per output channel
     assert producer[conv.input[0]].op_type == "DequantizeLinear"  # activations quantised too
-    for node in graph.node:  # pooling, standardisation and head read float tensors
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    for node in graph.node:  # pooling, standardisation and head run in float: none of their outputs is quantised
         if node.op_type in ("MatMul", "Sub", "Mul", "Softmax", "ReduceMean", "ReduceMax", "GlobalAveragePool"):
+            assert all(c.op_type != "QuantizeLinear" for o in node.output for c in consumers.get(o, [])), node
+        if node.op_type in ("MatMul", "Sub", "Mul", "Softmax"):  # and no int8 weights or inputs
             assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in node.input), node
     p = parity(reference, load_runner(int8_path)(crops), config)
     assert p["agreement"] >= MIN_AGREEMENT and p["max_abs_diff"] < 0.05, p
