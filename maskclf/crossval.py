@@ -170,7 +170,10 @@ def cached_summary(config: TrainConfig, data_sha256: str, precision: str, manife
                    cache_dir: str | Path = FEATURES_DIR) -> dict[str, Any] | None:
     """The cached cross-validation summary of `config` on `manifest`'s faces (None: not cached), without its
     features: a comparison row that is cached reads no feature cache."""
-    path = _summary_path(config, data_sha256, precision, manifest, cache_dir)
+    return _read_summary(_summary_path(config, data_sha256, precision, manifest, cache_dir))
+
+
+def _read_summary(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
@@ -194,8 +197,8 @@ def cached_cross_validate_together(
     paths = [_summary_path(fs.config, fs.data_sha256, fs.precision, manifest, cache_dir) for fs, manifest, _ in studies]
     done: list[tuple[dict[str, Any], TrainResult | None] | None] = [None] * len(studies)
     for i, ((fs, manifest, keep_fold), path) in enumerate(zip(studies, paths)):
-        if path.is_file():
-            summary = json.loads(path.read_text(encoding="utf-8"))
+        summary = _read_summary(path)
+        if summary is not None:
             done[i] = summary, None if keep_fold is None else _cached_fold(fs, manifest, keep_fold, path)
     missing = [i for i, result in enumerate(done) if result is None]
     fresh = cross_validate_together([studies[i] for i in missing]) if missing else []

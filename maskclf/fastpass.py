@@ -84,7 +84,6 @@ def openvino_graph(model: keras.Model):
     """`model` (one image input of any batch size, one output) as an OpenVINO model, converted in memory from its
     TensorFlow graph."""
     import openvino as ov
-
     import tensorflow as tf
 
     spec = tf.TensorSpec([None, *model.input.shape[1:]], tf.float32)

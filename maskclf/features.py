@@ -120,10 +120,10 @@ def _cached_layout(cache_file: Path, names: list[str]) -> tuple[int, tuple[int, 
     faster than through np.load, which copies them through the zip reader and then once more into the stack."""
     if not cache_file.is_file():
         return None
-    with np.load(cache_file) as stored:
-        if stored["paths"].tolist() != names:
-            return None
     with zipfile.ZipFile(cache_file) as archive:
+        with archive.open("paths.npy") as stored_paths:
+            if np.lib.format.read_array(stored_paths, allow_pickle=False).tolist() != names:
+                return None
         info = archive.getinfo("outputs.npy")
     with open(cache_file, "rb") as f:
         f.seek(info.header_offset)

@@ -174,7 +174,7 @@ def _row_metrics(logp: np.ndarray, y: np.ndarray, merge: np.ndarray) -> tuple[np
     """Cross-entropy and correctness, on the output classes, of each row of `logp` (rows, problems, classes) with
     output labels `y` (rows,): two (rows, problems) arrays."""
     p = np.clip(np.exp(logp) @ merge, 1e-12, 1.0)
-    picked = np.take_along_axis(p, y[:, None, None].repeat(p.shape[1], axis=1), axis=2)[..., 0]
+    picked = np.take_along_axis(p, y[:, None, None], axis=2)[..., 0]  # the index broadcasts over the problems
     return -np.log(picked), p.argmax(axis=2) == y[:, None]
 
 
