@@ -17,7 +17,8 @@ class CaffePreprocess(keras.layers.Layer):
     """
 
     def call(self, inputs):
-        bgr = ops.flip(ops.cast(inputs, "float32"), axis=-1)
+        # a gather, not ops.flip: OpenVINO runs a reversed axis (ReverseSequence) by its slow reference code
+        bgr = ops.take(ops.cast(inputs, "float32"), [2, 1, 0], axis=-1)
         return bgr - ops.convert_to_tensor(CAFFE_BGR_MEAN, dtype="float32")
 
 

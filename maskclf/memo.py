@@ -20,12 +20,16 @@ import numpy as np
 
 from .features import FEATURES_DIR, cache_key
 from .fsutil import atomic_path, files_fingerprint, reads_back, write_json_atomic
+from .model import CompiledModel
 
 T = TypeVar("T")
 
 
 def model_fingerprint(model: Any) -> str:
-    """Hex digest of a Keras model's architecture (layer names included) and weights: equal for a model and its saved copy."""
+    """Hex digest of a Keras model's architecture (layer names included) and weights: equal for a model and its saved copy.
+    A model compiled in another precision (maskclf.model.CompiledModel) has its own."""
+    if isinstance(model, CompiledModel):
+        return hashlib.sha256(f"{model_fingerprint(model.model)}-{model.precision}".encode()).hexdigest()[:20]
     digest = hashlib.sha256(model.to_json().encode())
     for weight in model.weights:
         digest.update(np.ascontiguousarray(weight.numpy()).tobytes())

@@ -35,9 +35,10 @@ def cached_probabilities(model: Any, crops: np.ndarray, batch_size: int = 32, fi
 
 
 class CachedScorer:
-    """P(without_mask) of raw crops (N, S, S, 3) by a run's Keras model, from the result cache when it already
-    scored them. `identity` names what it computes (the model, its run config, the batch size), for caches of its
-    scores keyed by how the crops were made rather than by the crops (maskclf.framing.recut_scores)."""
+    """P(without_mask) of raw crops (N, S, S, 3) by a run's model (Keras, or `as_deployed`'s), from the result
+    cache when it already scored them. `identity` names what it computes (the model, its run config, the batch
+    size), for caches of its scores keyed by how the crops were made rather than by the crops
+    (maskclf.framing.recut_scores)."""
 
     def __init__(self, model: Any, config: dict[str, Any], batch_size: int = 32) -> None:
         from .memo import model_fingerprint
@@ -56,6 +57,34 @@ class CachedScorer:
 def cached_scorer(model: Any, config: dict[str, Any], batch_size: int = 32) -> CachedScorer:
     """A run's Keras model as a CachedScorer."""
     return CachedScorer(model, config, batch_size)
+
+
+class CompiledModel:
+    """A run's Keras model compiled by OpenVINO in `precision` (maskclf.fastpass), behind the two Keras calls
+    classification uses: what its `openvino` export computes, without writing the export. It is compiled at its
+    first batch, so a rerun whose scores are all cached compiles nothing."""
+
+    def __init__(self, model: Any, precision: str):
+        self.model, self.precision, self.output_shape = model, precision, model.output_shape
+        self._runner: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def predict_on_batch(self, crops: np.ndarray) -> np.ndarray:
+        if self._runner is None:
+            from .fastpass import compile_openvino
+
+            self._runner = compile_openvino(self.model, self.precision)
+        return self._runner(np.asarray(crops, np.float32))
+
+
+def as_deployed(model: Any, config: dict[str, Any]) -> Any:
+    """A run's model as its export runs it, for the evaluation's large passes (re-cuts, whole photos): compiled in
+    bfloat16 when the run's features were (`feature_precision` in its config) and this CPU computes bfloat16,
+    else the Keras model itself. 02_train checks that the float32 saved model gives the bfloat16 pipeline's labels."""
+    from .fastpass import feature_precision
+
+    if config.get("feature_precision", "float32") == "float32" or feature_precision() == "float32":
+        return model
+    return CompiledModel(model, config["feature_precision"])
 
 
 def predict_crops(model: Any, paths: Sequence[str], image_size: int, batch_size: int = 64) -> tuple[list[str], np.ndarray]:

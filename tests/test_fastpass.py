@@ -52,6 +52,7 @@ def test_the_bfloat16_pass_is_close_to_float32_in_order_and_deterministic():
     fast = fastpass.run_pass(model, batches(), "bfloat16")
     assert fast.shape == exact.shape == (40, 32) and fast.dtype == np.float32
     np.testing.assert_allclose(fast, exact, rtol=0.05, atol=0.02 * np.abs(exact).max())  # bfloat16: 8 bits of mantissa
+    assert not (fast.view(np.uint32) & 0xFFFF).any(), "the pooling runs in bfloat16 to the end: its outputs are bfloat16"
     np.testing.assert_array_equal(fastpass.run_pass(model, batches(), "bfloat16"), fast)
     assert fastpass.run_pass(model, batches(0), "bfloat16").shape == (0, 32)
     with pytest.raises(ValueError, match="float16"):
@@ -83,7 +84,8 @@ def test_each_precision_has_its_own_run_id_and_float32_keeps_the_former_one():
     sha = "d" * 64
     assert trainconfig.run_id(config, sha, "float32") == trainconfig.run_id(config, sha)
     assert trainconfig.run_id(config, sha, "bfloat16") != trainconfig.run_id(config, sha)
-    assert fastpass.precision_key("float32") == {} and fastpass.precision_key("bfloat16") == {"precision": "bfloat16"}
+    assert fastpass.precision_key("float32") == {}
+    assert fastpass.precision_key("bfloat16") == {"precision": "bfloat16", "pass": fastpass.BFLOAT16_PASS}
 
 
 def test_the_end_to_end_check_is_strict_for_float32_and_bounded_for_bfloat16():
@@ -149,3 +151,29 @@ def test_the_views_of_one_model_share_one_conversion(monkeypatch):
     assert len(calls) == 1 and first.shape == again.shape == (8, 32) and not np.allclose(first, again)
     fastpass.run_pass(small_convnet(), faces, "bfloat16")
     assert len(calls) == 2, "another model is converted on its own"
+
+
+def test_the_evaluation_scores_a_bfloat16_run_as_its_export_does_and_caches_it_apart(precision, monkeypatch):
+    from maskclf import memo
+    from maskclf.model import as_deployed
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(small_convnet()(inputs)))
+    crops = np.random.default_rng(1).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    assert as_deployed(model, {"feature_precision": "float32"}) is model
+    if precision(None) != "bfloat16":
+        assert as_deployed(model, {"feature_precision": "bfloat16"}) is model, "no bfloat16 on this CPU"
+        return
+    compiled, real = [], fastpass.compile_openvino
+    monkeypatch.setattr(fastpass, "compile_openvino", lambda m, p: compiled.append(p) or real(m, p))
+    deployed = as_deployed(model, {"feature_precision": "bfloat16"})
+    assert compiled == [], "compiled at its first batch, not before: a cached rerun compiles nothing"
+    assert deployed.output_shape == model.output_shape
+    assert memo.model_fingerprint(deployed) != memo.model_fingerprint(model)
+    assert memo.model_fingerprint(deployed) == memo.model_fingerprint(as_deployed(model, {"feature_precision": "bfloat16"}))
+    fast = deployed.predict_on_batch(crops)
+    np.testing.assert_array_equal(deployed.predict_on_batch(crops), fast)
+    assert compiled == ["bfloat16"], "compiled once"
+    np.testing.assert_allclose(fast, model.predict_on_batch(crops), atol=0.02)
+    assert fast.dtype == np.float32 and fast.shape == (6, 2)
