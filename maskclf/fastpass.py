@@ -103,7 +103,7 @@ def compile_openvino(graph, precision: str, threads: int | None = None, low_prec
 
     OpenVINO keeps in float32 every node between a float32 output and the last convolution or matrix product before
     it. `low_precision_outputs` (for the features, not for probabilities) makes the outputs bfloat16 instead, so
-    that the whole graph runs in `precision`: for the band-pooled ResNet-50, 40% more crops per second here."""
+    that the whole graph runs in `precision`: for the band-pooled ResNet-50, a third more crops per second here."""
     import keras
     import openvino as ov
 

@@ -77,9 +77,10 @@ class CompiledModel:
 
 
 def as_deployed(model: Any, config: dict[str, Any]) -> Any:
-    """A run's model as its export runs it, for the evaluation's large passes (re-cuts, whole photos): compiled in
-    bfloat16 when the run's features were (`feature_precision` in its config) and this CPU computes bfloat16,
-    else the Keras model itself. 02_train checks that the float32 saved model gives the bfloat16 pipeline's labels."""
+    """A run's model as its bfloat16 `openvino` export runs it, for the evaluation's large passes (re-cuts, whole
+    photos): compiled in bfloat16 when the run's features were (`feature_precision` in its config) and this CPU
+    computes bfloat16, else the Keras model itself. 02_train checks that the float32 saved model gives the bfloat16
+    pipeline's labels; `export` keeps the bfloat16 file only when its own parity check passes."""
     from .fastpass import feature_precision
 
     if config.get("feature_precision", "float32") == "float32" or feature_precision() == "float32":
