@@ -279,9 +279,10 @@ class CenterFaceNet:
     def __init__(self, path: Path | None = None, threads: int = CENTERFACE_THREADS):
         import openvino as ov
 
+        from .fastpass import openvino_request
+
         model = ov.Core().read_model(model=_dynamic_shapes(path or centerface_path()), weights=b"")
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
-        self.request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+        self.request = openvino_request(model, "float32", threads)
 
     def __call__(self, image: np.ndarray, min_score: float = CENTERFACE_PRE_SCORE) -> ScoredBoxes:
         height, width = image.shape[:2]

@@ -107,27 +107,34 @@ def compile_openvino(graph, precision: str, threads: int | None = None, low_prec
     import keras
     import openvino as ov
 
-    config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
     if isinstance(graph, keras.Model):
         graph = openvino_graph(graph)
-    elif isinstance(graph, os.PathLike):
-        graph = str(graph)
+    elif isinstance(graph, (str, os.PathLike)):
+        graph = ov.Core().read_model(str(graph))
     bfloat16_out = low_precision_outputs and precision == "bfloat16"
     if bfloat16_out:
-        graph = ov.Core().read_model(graph) if isinstance(graph, str) else graph
         outputs = ov.preprocess.PrePostProcessor(graph)
         for i in range(len(graph.outputs)):
             outputs.output(i).tensor().set_element_type(ov.Type.bf16)
         graph = outputs.build()
-    request = ov.Core().compile_model(graph, "CPU", config).create_infer_request()
+    request = openvino_request(graph, precision, threads)
 
     def infer(batch: np.ndarray) -> np.ndarray:
         out = request.infer([np.ascontiguousarray(batch, np.float32)])[0]
         return bfloat16_to_float32(out) if bfloat16_out else np.array(out, np.float32)
 
     return infer
+
+
+def openvino_request(graph, precision: str, threads: int | None = None):
+    """An inference request of the OpenVINO model `graph` compiled for this CPU in `precision`, tuned for latency;
+    `threads` None: one per core. The one place this project's OpenVINO settings live."""
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return ov.Core().compile_model(graph, "CPU", config).create_infer_request()
 
 
 def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:

@@ -61,7 +61,7 @@ def cached_scorer(model: Any, config: dict[str, Any], batch_size: int = 32) -> C
 
 class CompiledModel:
     """A run's Keras model compiled by OpenVINO in `precision` (maskclf.fastpass), behind the two Keras calls
-    classification uses: what its `openvino` export computes, without writing the export. It is compiled at its
+    classification uses: what its bfloat16 `openvino` export computes, without writing the export. It is compiled at its
     first batch, so a rerun whose scores are all cached compiles nothing."""
 
     def __init__(self, model: Any, precision: str):
