@@ -111,6 +111,11 @@ def binary_labels(p_without: np.ndarray, threshold: float) -> list[str]:
     return [CLASS_NAMES[int(p >= threshold)] for p in np.round(np.asarray(p_without, dtype=np.float64), SHOWN_DECIMALS)]
 
 
+def kept_as_shown(scores: np.ndarray, p_face: np.ndarray, rule: Mapping[str, float]) -> np.ndarray:
+    """`keep_by_rule` on P(face) as shown (SHOWN_DECIMALS): the decision a deployed run makes and reports."""
+    return keep_by_rule(scores, np.round(np.asarray(p_face, dtype=np.float64), SHOWN_DECIMALS), rule)
+
+
 def has_three_way(config: Mapping[str, Any]) -> bool:
     """Whether the run's model was trained on the three annotated classes."""
     return set(config["class_names"]) == set(ANNOTATED_AS)

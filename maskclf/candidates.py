@@ -49,15 +49,17 @@ logistic fit's standardisation and sums by matrix products, maskclf.logreg)."""
 
 
 def photo_candidates(manifest: pd.DataFrame, photos_dir: str | Path,
-                     find: Callable[[Path], tuple[Sequence[Sequence[int]], np.ndarray]] | None = None) -> pd.DataFrame:
+                     find: Callable[[Path], tuple[Sequence[Sequence[int]], np.ndarray]] | None = None,
+                     only_cached: bool = False) -> pd.DataFrame | None:
     """Every candidate of the photos of `manifest`: source_image, fold, xmin..ymax, score, role, face_row.
 
     `face_row` is the manifest row of the matched face (-1 for none). `find` (a photo's path
     -> boxes, scores) defaults to the default candidate finder on the photo; what it finds is
     cached (maskclf.memo) by the finder's settings (a custom `find` by its name) and the photos.
+    `only_cached`: None instead of running the finder when the cache does not hold them.
     """
     from . import detect
-    from .memo import cached_arrays, files_fingerprint
+    from .memo import cached_arrays, files_fingerprint, stored_arrays
 
     names = sorted(manifest["source_image"].unique(), key=lambda n: (len(n), n))
     finder = detect.candidate_settings() if find is None else {"custom": f"{find.__module__}.{find.__qualname__}"}
@@ -74,7 +76,9 @@ def photo_candidates(manifest: pd.DataFrame, photos_dir: str | Path,
         return {"photo": np.asarray(photo, np.int64), "boxes": np.concatenate(boxes).reshape(-1, 4),
                 "scores": np.concatenate(scores)}
 
-    stored = cached_arrays("candidates", key, compute)
+    stored = stored_arrays("candidates", key) if only_cached else cached_arrays("candidates", key, compute)
+    if stored is None:
+        return None
     table = pd.DataFrame(stored["boxes"], columns=["xmin", "ymin", "xmax", "ymax"])
     table.insert(0, "source_image", np.asarray(names, dtype=object)[stored["photo"]] if len(names) else [])
     table.insert(1, "fold", manifest.groupby("source_image")["fold"].first().loc[table["source_image"]].to_numpy())

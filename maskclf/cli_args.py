@@ -84,9 +84,11 @@ on crops of the model's training folds; onnx-int8 quantises the backbone only (p
 weights), its first convolution, the pooling, standardisation and head stay float.
 
 Parity on labelled crops (--check; without it, on fixed random crops): label agreement with the
-Keras model >= 99.5% and ROC AUC within 0.002 (with a face verifier, also P(face) on the same
-side of 0.5 for >= 99.5%). A format that misses the target is not kept (its
-figures stay in parity.json) and the exit status is 1."""
+Keras model >= 99.5% and ROC AUC within 0.002. With a face verifier, the verifier's rule must also
+keep or drop >= 99.5% of the candidates alike: those CenterFace finds in the photos of the
+extraction's validation fold (with a folder of crops: P(face) on the same side of 0.5).
+A format that misses the target is not kept (its figures stay in parity.json) and the exit
+status is 1."""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -292,7 +294,7 @@ def export_options(parser: argparse.ArgumentParser) -> None:
                              "fold; int8 calibration on the training folds), DIR/<class>/*.png, or a VOC data set "
                              f"folder (default: {relative(DEFAULT_FACES_DIR)} when it exists, else no parity check)")
     parser.add_argument("--check-limit", type=positive_int, default=1000, metavar="N",
-                        help="random sample of check crops")
+                        help="random sample of check crops, and of a verifier's candidates")
     parser.add_argument("--threshold", type=probability, default=DEFAULT_THRESHOLD,
                         help="label threshold on P(without_mask) for the label agreement")
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import cv2
 import numpy as np
 
-from .answers import SHOWN_DECIMALS, keep_by_rule
+from .answers import kept_as_shown
 from .cli_args import DEFAULT_DETECTOR, MIN_FACE
 from .images import WORK_SIDE, working_image
 
@@ -182,7 +182,7 @@ class FaceFinder:
         """Which candidates are faces, from their scores and P(face) as shown (every one without a verifier)."""
         if self.rule is None or p_face is None:
             return np.ones(len(scores), bool)
-        return keep_by_rule(scores, np.round(np.asarray(p_face, np.float64), SHOWN_DECIMALS), self.rule)
+        return kept_as_shown(scores, p_face, self.rule)
 
 
 def make_face_finder(config: Mapping[str, Any], name: str = DEFAULT_DETECTOR, min_face: int = MIN_FACE,

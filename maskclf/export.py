@@ -17,8 +17,10 @@ only, its first convolution and everything after it (pooling, standardisation, h
 Parity is measured on labelled crops (`--check`: the output of `maskclf extract`, whose
 manifest gives the model's validation fold; a folder `DIR/<class_name>/*.png`; or a VOC data
 set folder), else on fixed random crops: label agreement with the Keras model (target >= 99.5%)
-and the difference in ROC AUC (target <= 0.002); with a face verifier, P(face) on the same side of 0.5
-(target >= 99.5%). `onnx` and `onnx-int8` share one conversion. A format that misses the target is not kept:
+and the difference in ROC AUC (target <= 0.002). With a face verifier, the export must keep the faces the Keras
+model keeps: on an extraction, the verifier's rule decides alike on the candidates CenterFace finds in the
+validation fold's photos (target >= 99.5%); on other check sets, P(face) falls on the same side of 0.5 on the
+crops. `onnx` and `onnx-int8` share one conversion. A format that misses the target is not kept:
 its figures go to `parity.json`, marked `"usable": false`, and its file is not written.
 `runtime.fastest_runtime` classifies with the first of its runtimes that passed.
 """
@@ -34,19 +36,23 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from .data import DEFAULT_LABEL_MAP, DataError, annotation_boxes, annotation_image, is_dataset_dir, parse_voc, read_manifest
+from .data import (
+    DEFAULT_LABEL_MAP, DataError, DataNotFoundError, annotation_boxes, annotation_image, is_dataset_dir, parse_voc,
+    read_manifest, source_photos_dir,
+)
 from .fsutil import OutputError, atomic_path, output_file_problem, reads_back
 from .images import ImageError, load_crop, load_rgb
 from . import POSITIVE
 from .model import run_batched
-from .answers import face_probabilities, p_without_mask
+from .answers import face_probabilities, kept_as_shown, p_without_mask
 from .images import crop_faces
-from .model import predict_probabilities
+from .model import cached_predict_crops, cached_probabilities, predict_probabilities
 from .runs import EXPORT_FILES, PARITY_FILE, export_path, model_sha256, read_parity, write_parity
 from .runtime import Runner, load_runner, resolve_model
 
@@ -209,15 +215,90 @@ def parity(
     if ref_face is not None:  # a verifier's P(face): the export must keep the same candidates
         report["face_agreement"] = float(np.mean((ref_face >= 0.5) == (cand_face >= 0.5)))
         report["face_max_abs_diff"] = float(np.max(np.abs(ref_face - cand_face), initial=0.0))
-    report["passed"] = (report["agreement"] >= MIN_AGREEMENT and report.get("auc_diff", 0.0) <= MAX_AUC_DIFF
-                        and report.get("face_agreement", 1.0) >= MIN_AGREEMENT)
+    report["passed"] = parity_passed(report)
     return report
+
+
+def parity_passed(report: dict[str, Any]) -> bool:
+    """Whether parity figures meet the targets. The faces kept: the verifier's decisions on candidates
+    (`rule_agreement`) where they were measured, else P(face)'s side of 0.5 on the crops (`face_agreement`)."""
+    faces = report.get("rule_agreement", report.get("face_agreement", 1.0))
+    return bool(report["agreement"] >= MIN_AGREEMENT and report.get("auc_diff", 0.0) <= MAX_AUC_DIFF
+                and faces >= MIN_AGREEMENT)
+
+
+@dataclass(frozen=True)
+class RuleCheck:
+    """What the verifier's decisions are compared on: candidates of held-out photos, cut as the model sees them,
+    their detector scores, and the Keras model's outputs on them."""
+
+    crops: np.ndarray  # (N, S, S, 3) float32, 0-255
+    scores: np.ndarray  # (N,) CenterFace's scores
+    reference: np.ndarray  # (N, outputs) the Keras model's
+    description: str
+
+
+def rule_check(model: Any, check: str | Path | None, config: dict[str, Any], limit: int | None,
+               seed: int = 0) -> RuleCheck | None:
+    """The candidates the verifier's rule is checked on: those CenterFace finds (at the run's candidate score) in
+    the photos of the extraction `check`'s validation fold, a seeded `limit` of them. None for a run without a
+    verifier, a check set that is not an extraction, an extraction whose photos are gone, or no candidates."""
+    from .candidates import candidate_loader, photo_candidates
+
+    verifier = config.get("face_verifier")
+    if not verifier or check is None or not (Path(check) / "faces.csv").is_file():
+        return None
+    try:
+        photos_dir = source_photos_dir(check)
+    except DataNotFoundError:
+        return None
+    every_face, val_fold = read_manifest(check), config.get("val_fold")
+    manifest = every_face if val_fold is None else every_face[every_face["fold"] == val_fold].reset_index(drop=True)
+    table = photo_candidates(every_face, photos_dir, only_cached=True)  # what training found, where it ran here
+    if table is None:
+        table = photo_candidates(manifest, photos_dir)
+    table = table[table["source_image"].isin(manifest["source_image"]) & (table["score"] >= verifier["candidate_score"])]
+    table = table.reset_index(drop=True)
+    if table.empty:
+        return None
+    rows = np.arange(len(table))
+    if limit is not None and len(rows) > limit:
+        rows = np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))
+    load = candidate_loader(table, photos_dir, config["image_size"])
+    crops = np.asarray([load(int(i)) for i in rows], np.float32).reshape(-1, *[config["image_size"]] * 2, 3)
+    fold = f" of fold {val_fold}" if val_fold is not None else ""
+    description = (f"the verifier's rule on {len(rows)} of the {len(table)} candidates CenterFace finds in the "
+                   f"{manifest['source_image'].nunique()} photos{fold}")
+    return RuleCheck(crops, table["score"].to_numpy()[rows], cached_probabilities(model, crops), description)
+
+
+def rule_parity(check: RuleCheck, candidate: np.ndarray, config: dict[str, Any]) -> dict[str, Any]:
+    """How often the verifier's rule, on P(face) as shown, keeps or drops a candidate alike from the export's outputs
+    (`candidate`, on `check.crops`) and from the Keras model's."""
+    rule = config["face_verifier"]["rule"]
+    kept = kept_as_shown(check.scores, face_probabilities(check.reference, config), rule)
+    kept_export = kept_as_shown(check.scores, face_probabilities(candidate, config), rule)
+    return {"rule_candidates": int(len(kept)), "rule_agreement": float(np.mean(kept == kept_export)) if len(kept) else 1.0,
+            "rule_kept_reference": int(kept.sum()), "rule_kept_candidate": int(kept_export.sum())}
+
+
+class CheckCrops(NamedTuple):
+    """Labelled crops for parity."""
+
+    crops: np.ndarray  # (N, size, size, 3) float32, 0-255
+    labels: np.ndarray  # (N,) 1 = without_mask
+    problems: list[str]  # the files that could not be read, skipped
+    files: list[str] | None  # each crop's file; None for crops cut from photos
+
+
+Item = tuple[Callable[[int], np.ndarray], str, "str | None"]
+"""A check crop: its loader (size -> crop), its label and its file (None when cut from a photo)."""
 
 
 def load_check_crops(
     source: str | Path, size: int, limit: int | None = None, seed: int = 0, folds: Sequence[int] | None = None,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Labelled crops for parity: (crops (N, size, size, 3) float32, labels 1 = without_mask, problems).
+) -> CheckCrops:
+    """Labelled crops for parity.
 
     `source` is the output of `extract` (its manifest; `folds` selects folds), a folder of
     class-named subfolders of crops, or a VOC data set folder (boxes cropped, classes mapped
@@ -234,39 +315,53 @@ def load_check_crops(
     if limit is not None and len(items) > limit:
         keep = np.random.default_rng(seed).choice(len(items), limit, replace=False)
         items = [items[i] for i in sorted(keep)]
-    crops, labels, problems = [], [], []
-    for load, label in items:
+    crops, labels, problems, files = [], [], [], []
+    for load, label, file in items:
         try:
             crops.append(load(size))
             labels.append(int(label == POSITIVE))
+            files.append(file)
         except (ImageError, DataError) as exc:
             problems.append(str(exc))
-    return np.asarray(crops, np.float32).reshape(-1, size, size, 3), np.asarray(labels, np.int64), problems
+    return CheckCrops(np.asarray(crops, np.float32).reshape(-1, size, size, 3), np.asarray(labels, np.int64), problems,
+                      None if None in files else files)
 
 
-def _manifest_items(faces_dir: Path, folds: Sequence[int] | None) -> list[tuple[Callable[[int], np.ndarray], str]]:
+def reference_outputs(model: Any, check: CheckCrops, size: int) -> np.ndarray:
+    """The Keras model's outputs on the check crops. Crop files are scored through the result cache that training's
+    end-to-end check and 03_evaluate fill (`model.cached_predict_crops`), so an export after training scores
+    the validation fold's crops once."""
+    if check.files is None:
+        return predict_probabilities(model, check.crops)
+    seen, probs = cached_predict_crops(model, check.files, size)
+    if seen != check.files:
+        raise RuntimeError("the reference pass did not keep the check crops' order")
+    return probs.astype(np.float32)
+
+
+def _manifest_items(faces_dir: Path, folds: Sequence[int] | None) -> list[Item]:
     manifest = read_manifest(faces_dir)
     if folds is not None:
         manifest = manifest[manifest["fold"].isin(folds)]
-    return [(lambda size, path=path: load_crop(path, size), label)
+    return [(lambda size, path=path: load_crop(path, size), label, str(path))
             for path, label in zip(manifest["crop_file"], manifest["label"])]
 
 
-def _folder_items(folder: Path) -> list[tuple[Callable[[int], np.ndarray], str]]:
+def _folder_items(folder: Path) -> list[Item]:
     items = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
         for path in sorted(sub.glob("*.png")) + sorted(sub.glob("*.jpg")):
-            items.append((lambda size, path=path: load_crop(path, size), sub.name))
+            items.append((lambda size, path=path: load_crop(path, size), sub.name, str(path)))
     return items
 
 
-def _voc_items(root: Path) -> list[tuple[Callable[[int], np.ndarray], str]]:
+def _voc_items(root: Path) -> list[Item]:
     items = []
     for xml in sorted((root / "annotations").glob("*.xml")):
         ann = parse_voc(xml)
         for index, box in enumerate(ann.boxes):
             if box.name in DEFAULT_LABEL_MAP:
-                items.append((lambda size, a=ann, i=index: _voc_crop(root, a, i, size), DEFAULT_LABEL_MAP[box.name]))
+                items.append((lambda size, a=ann, i=index: _voc_crop(root, a, i, size), DEFAULT_LABEL_MAP[box.name], None))
     return items
 
 
@@ -332,7 +427,8 @@ def export_run(
     """Export `formats` into `run_dir/export/`, measure parity and speed, write `parity.json`.
 
     Parity is on `check` (an extraction: the model's validation fold) or, without one, on
-    fixed random crops. A format that misses the parity target is not kept (`usable` false).
+    fixed random crops; for a verifier, also on the candidates of `rule_check`. A format that misses
+    the parity target is not kept (`usable` false).
     The entries of other formats that an earlier export measured against this same model.keras
     (`keras_sha256`) stay in `parity.json`; those of another model are dropped.
     """
@@ -346,16 +442,21 @@ def export_run(
     if check is not None:
         val_fold = config.get("val_fold")
         folds = [val_fold] if val_fold is not None else None
-        crops, labels, report["problems"] = load_check_crops(check, config["image_size"], limit, folds=folds)
+        loaded = load_check_crops(check, config["image_size"], limit, folds=folds)
+        crops, labels, report["problems"] = loaded.crops, loaded.labels, loaded.problems
+        reference = reference_outputs(model, loaded, config["image_size"])
     else:
         crops = fixed_crops(config["image_size"])
+        reference = predict_probabilities(model, crops)
     if any(fmt in INT8_FORMATS for fmt in formats):
         if check is None:
             raise ValueError("int8 needs calibration crops: pass --check with an extraction")
         calibration, rows = calibration_crops(check, config)
         folds = sorted({int(f) for f in read_manifest(check).loc[rows, "fold"]})
         report["calibration"] = {"crops": len(calibration), "folds": folds}
-    reference = predict_probabilities(model, crops)
+    rules = rule_check(model, check, config, limit)
+    if rules is not None:
+        report["verifier_check"] = rules.description
     one = crops[:1]
     report["keras_ms_per_face"] = round(ms_per_face(model.predict_on_batch, one), 2)
     with tempfile.TemporaryDirectory(prefix="maskclf-export-") as tmp:
@@ -365,6 +466,7 @@ def export_run(
         for fmt in formats:
             report["formats"][fmt] = _export_one(
                 run_dir, model, fmt, config, crops, labels, reference, threshold, report["check"], calibration, float_onnx,
+                rules,
             )
             gc.collect()  # the converter's graphs and the runtime's session, before the next format
     write_parity(run_dir, report)
@@ -374,6 +476,7 @@ def export_run(
 def _export_one(
     run_dir: str | Path, model: Any, fmt: str, config: dict[str, Any], crops: np.ndarray, labels: np.ndarray | None,
     reference: np.ndarray, threshold: float, check: str, calibration: np.ndarray | None, float_onnx: Path | None,
+    rules: RuleCheck | None = None,
 ) -> dict[str, Any]:
     """Export one format, measure its parity and speed, and keep its file only if the parity passed."""
     path = export_path(run_dir, fmt)
@@ -389,6 +492,9 @@ def _export_one(
             runner = load_runner(staged, precision=precision)
             candidate = run_batched(runner, crops, batch_size=32)
             entry["parity"] = parity(reference, candidate, config, labels, threshold)
+            if rules is not None:
+                entry["parity"].update(rule_parity(rules, run_batched(runner, rules.crops, batch_size=32), config))
+                entry["parity"]["passed"] = parity_passed(entry["parity"])
             entry["ms_per_face"] = round(ms_per_face(runner, crops[:1]), 2)
             del runner
             if precision:
@@ -426,18 +532,28 @@ def check_outputs(run_dir: Path, formats: Sequence[str]) -> None:
             raise ValueError(problem)
 
 
+def faces_kept_agreement(figures: dict[str, Any]) -> tuple[str, float] | None:
+    """What parity measured of the faces a verifier keeps, and its figure: the rule's decisions on candidates, else
+    P(face)'s side of 0.5 on the crops; None without a verifier."""
+    if "rule_agreement" in figures:
+        return "the verifier's decisions on candidates", figures["rule_agreement"]
+    if "face_agreement" in figures:
+        return "P(face) on the crops", figures["face_agreement"]
+    return None
+
+
 def format_report(report: dict[str, Any]) -> str:
-    """The export report as a small text table."""
-    face = any("face_agreement" in entry["parity"] for entry in report["formats"].values())
+    """The export report as a small text table; `faces agr` is `faces_kept_agreement`."""
+    face = any(faces_kept_agreement(entry["parity"]) for entry in report["formats"].values())
     lines = [f"{'format':<12} {'MB':>8} {'agreement':>10} {'max|dp|':>9} {'AUC keras':>10} {'AUC export':>11} "
-             f"{'AUC diff':>9}" + (f" {'P(face) agr':>11}" if face else "") + f" {'ms/face':>8}  kept"]
+             f"{'AUC diff':>9}" + (f" {'faces agr':>11}" if face else "") + f" {'ms/face':>8}  kept"]
     for fmt, entry in report["formats"].items():
         p = entry["parity"]
         cells = [f"{fmt:<12}", f"{entry['bytes'] / 1e6:>8.3f}", f"{p['agreement']:>10.4f}", f"{p['max_abs_diff']:>9.4f}",
                  f"{p['auc_reference']:>10.4f}" if "auc_reference" in p else f"{'-':>10}",
                  f"{p['auc_candidate']:>11.4f}" if "auc_candidate" in p else f"{'-':>11}",
                  f"{p['auc_diff']:>9.4f}" if "auc_diff" in p else f"{'-':>9}",
-                 *([f"{p['face_agreement']:>11.4f}" if "face_agreement" in p else f"{'-':>11}"] if face else []),
+                 *([f"{faces[1]:>11.4f}" if (faces := faces_kept_agreement(p)) else f"{'-':>11}"] if face else []),
                  f"{entry['ms_per_face']:>8.1f}", " yes" if entry["usable"] else " NO (missed the target)",
                  *([f"({entry['precision']})"] if "precision" in entry else [])]
         lines.append(" ".join(cells))
@@ -468,20 +584,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     n = report["formats"][formats[0]]["parity"]["n"]
-    print(f"exported to {export_path(run_dir, PARITY_FILE).parent}; parity on {report['check']} ({n} crops)")
+    print(f"exported to {export_path(run_dir, PARITY_FILE).parent}; parity on {report['check']} ({n} crops)"
+          + (f" and {report['verifier_check']}" if "verifier_check" in report else ""))
     print(format_report(report))
     for fmt, entry in report["formats"].items():
         for precision, tried in entry.get("missed", {}).items():
             p = tried["parity"]
+            faces = faces_kept_agreement(p)
             print(f"{fmt} in {precision} missed the target (agreement {p['agreement']:.4f}"
-                  + (f", P(face) agreement {p['face_agreement']:.4f}" if "face_agreement" in p else "")
+                  + (f", {faces[0]} agree on {faces[1]:.4f}" if faces else "")
                   + (f"); kept in {entry['precision']}" if entry["usable"] else ")"))
     for problem in report["problems"]:
         print(f"skipped: {problem}", file=sys.stderr)
     missed = [fmt for fmt in formats if not report["formats"][fmt]["usable"]]
     if missed:
-        face = any("face_agreement" in report["formats"][fmt]["parity"] for fmt in missed)
+        faces = next(filter(None, (faces_kept_agreement(report["formats"][fmt]["parity"]) for fmt in missed)), None)
         print(f"not kept: {', '.join(missed)} missed the parity target (agreement >= {MIN_AGREEMENT}, AUC diff <= "
-              f"{MAX_AUC_DIFF}" + (f", P(face) agreement >= {MIN_AGREEMENT}" if face else "") + ")", file=sys.stderr)
+              f"{MAX_AUC_DIFF}" + (f", {faces[0]} agree on >= {MIN_AGREEMENT}" if faces else "") + ")", file=sys.stderr)
         return 1
     return 0

@@ -52,7 +52,7 @@ def array_fingerprint(array: np.ndarray) -> str:
     """Hex digest of an array's shape, dtype and contents."""
     array = np.ascontiguousarray(array)
     digest = hashlib.sha256(f"{array.shape}{array.dtype}".encode())
-    digest.update(array.tobytes())
+    digest.update(array.reshape(-1).view(np.uint8))  # the bytes in place: no copy of a large array
     return digest.hexdigest()[:20]
 
 
@@ -68,15 +68,24 @@ def _path(kind: str, key_parts: dict[str, Any], suffix: str, cache_dir: str | Pa
 def cached_arrays(kind: str, key_parts: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]],
                   cache_dir: str | Path | None = None) -> dict[str, np.ndarray]:
     """`compute()`, named arrays, from the cache when an entry of the same kind and key exists."""
+    stored = stored_arrays(kind, key_parts, cache_dir)
+    if stored is not None:
+        return stored
     path = _path(kind, key_parts, ".npz", cache_dir)
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as stored:
-            return {name: stored[name] for name in stored.files}
     result = {name: np.asarray(value) for name, value in compute().items()}
     with atomic_path(path, suffix=".npz", check=reads_back("npz")) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **result)
     return result
+
+
+def stored_arrays(kind: str, key_parts: dict[str, Any], cache_dir: str | Path | None = None) -> dict[str, np.ndarray] | None:
+    """What `cached_arrays` stored under this kind and key, or None: nothing is computed."""
+    path = _path(kind, key_parts, ".npz", cache_dir)
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as stored:
+        return {name: stored[name] for name in stored.files}
 
 
 def cached_json(kind: str, key_parts: dict[str, Any], compute: Callable[[], T],

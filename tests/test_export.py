@@ -72,14 +72,15 @@ def test_parity_figures():
 
 
 def test_load_check_crops_from_folders_and_from_voc(crops_dir, voc_master):
-    crops, labels, problems = load_check_crops(crops_dir, 32)
+    crops, labels, problems, files = load_check_crops(crops_dir, 32)
     assert crops.shape == (61, 32, 32, 3) and crops.dtype == np.float32
     assert labels.sum() == 30 and len(problems) == 1 and "broken.png" in problems[0]
-    crops, labels, _ = load_check_crops(crops_dir, 32, limit=10)
+    assert len(files) == 61 and "broken.png" not in " ".join(files), "each crop's file, the unreadable one left out"
+    crops, labels, _, _ = load_check_crops(crops_dir, 32, limit=10)
     assert len(crops) == 10
-    crops, labels, problems = load_check_crops(voc_master, 32)
+    crops, labels, problems, files = load_check_crops(voc_master, 32)
     n_faces = sum(xml.read_text().count("<object>") for xml in (voc_master / "annotations").glob("*.xml"))
-    assert len(crops) == n_faces and not problems
+    assert len(crops) == n_faces and not problems and files is None, "crops cut from photos have no file"
     assert 0 < labels.sum() < len(labels)  # mask_weared_incorrect counts as without_mask, as in extract
 
 
@@ -234,13 +235,108 @@ def test_openvino_falls_back_to_float32_when_bfloat16_misses_the_target(run_dir,
     assert fastest_runtime(model, run_dir).path == run_dir / "export" / EXPORT_FILES["openvino"]
 
 
-def test_report_shows_the_p_face_agreement_of_a_verifier_model():
+def test_report_shows_the_faces_kept_agreement_of_a_verifier_model():
     entry = {"bytes": 1e6, "ms_per_face": 2.0, "usable": False,
              "parity": {"agreement": 1.0, "max_abs_diff": 0.1, "face_agreement": 0.984, "passed": False}}
     lines = export.format_report({"formats": {"onnx-int8": entry}, "keras_ms_per_face": 9.0}).splitlines()
-    assert "P(face) agr" in lines[0] and "0.9840" in lines[1] and lines[2].split() == ["keras", *["-"] * 7, "9.0"]
-    del entry["parity"]["face_agreement"]
-    assert "P(face)" not in export.format_report({"formats": {"onnx": entry}, "keras_ms_per_face": 9.0})
+    assert "faces agr" in lines[0] and "0.9840" in lines[1] and lines[2].split() == ["keras", *["-"] * 7, "9.0"]
+    entry["parity"]["rule_agreement"] = 0.9991
+    lines = export.format_report({"formats": {"onnx-int8": entry}, "keras_ms_per_face": 9.0}).splitlines()
+    assert "0.9991" in lines[1] and "0.9840" not in lines[1], "the rule's decisions, where measured"
+    del entry["parity"]["face_agreement"], entry["parity"]["rule_agreement"]
+    assert "faces agr" not in export.format_report({"formats": {"onnx": entry}, "keras_ms_per_face": 9.0})
+
+
+def test_the_faces_kept_pass_on_the_verifier_s_decisions_where_they_were_measured():
+    crops_only = {"agreement": 1.0, "face_agreement": 0.99}
+    assert not export.parity_passed(crops_only), "without candidates, P(face)'s side of 0.5 on the crops decides"
+    assert export.parity_passed({**crops_only, "rule_agreement": 1.0}), "the rule's decisions decide where measured"
+    assert not export.parity_passed({**crops_only, "face_agreement": 1.0, "rule_agreement": 0.99})
+    assert export.parity_passed({"agreement": 1.0}) and not export.parity_passed({"agreement": 0.99})
+
+
+TWO_CANDIDATES = ([(137, 10, 159, 16), (126, 60, 156, 90)], [0.5, 0.3])
+"""What the fake candidate finder finds in every photo (boxes, CenterFace scores): the skin of the face at the right
+border (all but photo0 have one), and the background."""
+
+
+@pytest.fixture
+def two_candidates(monkeypatch) -> None:
+    """CenterFace replaced by TWO_CANDIDATES, cached under a key of its own."""
+    from maskclf import detect
+
+    boxes, scores = TWO_CANDIDATES
+    monkeypatch.setattr(detect, "make_candidate_finder", lambda *a, **k: lambda image: (boxes, np.float32(scores)))
+    monkeypatch.setattr(detect, "candidate_settings", lambda *a, **k: {"finder": "tests: TWO_CANDIDATES"})
+
+
+def test_a_verifier_run_is_checked_on_the_rule_s_decisions_over_held_out_candidates(faces_dir, tmp_path, two_candidates,
+                                                                                  monkeypatch, capsys):
+    from test_verifier import make_verifier_run
+
+    from maskclf.answers import face_probabilities, kept_as_shown
+    from maskclf.data import source_photos_dir
+    from maskclf.framing import cut_face
+
+    run = make_verifier_run(tmp_path / "verifier")
+    model, config = load_run(run)
+    config = {**config, "val_fold": 0}
+    photos = sorted(read_manifest(faces_dir).query("fold == 0")["source_image"].unique())
+    boxes, scores = TWO_CANDIDATES
+    crops = np.array([cut_face(source_photos_dir(faces_dir) / name, box, 32) for name in photos for box in boxes], np.float32)
+    expected = kept_as_shown(np.tile(scores, len(photos)), face_probabilities(model.predict_on_batch(crops), config),
+                             config["face_verifier"]["rule"])
+    assert 0 < expected.sum() < len(expected), "the rule keeps some candidates and drops others"
+
+    report = export_run(run, model, config, ["openvino"], faces_dir)
+    entry = report["formats"]["openvino"]
+    assert f"{2 * len(photos)} of the {2 * len(photos)} candidates" in report["verifier_check"]
+    assert entry["usable"] and entry["parity"]["rule_agreement"] == 1.0
+    assert entry["parity"]["rule_candidates"] == len(expected)
+    assert entry["parity"]["rule_kept_reference"] == entry["parity"]["rule_kept_candidate"] == expected.sum()
+    assert export.rule_check(model, faces_dir, {**config, "face_verifier": None}, None) is None, "no verifier"
+
+    real_runner = export.load_runner
+
+    def face_flipped(path, precision=None):  # an export whose P(face) is 1 - the model's
+        runner = real_runner(path, precision=precision)
+        return lambda x: (lambda out: np.concatenate([out[:, :-1], 1 - out[:, -1:]], axis=1))(np.asarray(runner(x)))
+
+    monkeypatch.setattr(export, "load_runner", face_flipped)
+    assert main(["export", "--model", str(run), "--check", str(faces_dir)]) == 1
+    entry = read_json(run, PARITY_FILE)["formats"]["openvino"]
+    assert not entry["usable"] and entry["parity"]["rule_agreement"] < MIN_AGREEMENT
+    assert "the verifier's decisions on candidates agree on >=" in capsys.readouterr().err
+
+
+def test_the_rule_check_reads_the_candidates_training_found_on_every_photo(faces_dir, tmp_path, two_candidates,
+                                                                          monkeypatch):
+    from test_verifier import make_verifier_run
+
+    from maskclf import detect
+    from maskclf.candidates import photo_candidates
+    from maskclf.data import source_photos_dir
+
+    monkeypatch.setattr(detect, "candidate_settings", lambda *a, **k: {"finder": "tests: training's candidates"})
+    every_face = read_manifest(faces_dir)
+    assert photo_candidates(every_face, source_photos_dir(faces_dir), only_cached=True) is None, "not found yet"
+    photo_candidates(every_face, source_photos_dir(faces_dir))  # as training finds them, on every photo
+    monkeypatch.setattr(detect, "make_candidate_finder", lambda *a, **k: pytest.fail("the finder ran again"))
+    model, config = load_run(make_verifier_run(tmp_path / "verifier"))
+    check = export.rule_check(model, faces_dir, {**config, "val_fold": 1}, None)
+    assert len(check.scores) == 2 * every_face.query("fold == 1")["source_image"].nunique(), "the held-out photos only"
+
+
+def test_a_verifier_run_checked_on_crops_without_photos_keeps_p_face_s_side_of_one_half(crops_dir, tmp_path):
+    from test_verifier import make_verifier_run
+
+    run = make_verifier_run(tmp_path / "verifier")
+    model, config = load_run(run)
+    assert export.rule_check(model, crops_dir, config, None) is None, "a folder of crops has no photos to search"
+    report = export_run(run, model, config, ["openvino"], crops_dir)
+    assert "verifier_check" not in report
+    parity_figures = report["formats"]["openvino"]["parity"]
+    assert "rule_agreement" not in parity_figures and parity_figures["face_agreement"] == 1.0
 
 
 def test_parity_without_a_check_set_is_on_fixed_crops(run_dir):

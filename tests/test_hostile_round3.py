@@ -308,7 +308,7 @@ def test_export_check_reads_no_image_outside_the_data_set(filename_outside, monk
 
     read = []
     monkeypatch.setattr(export, "load_rgb", lambda path: read.append(Path(path)) or load_rgb(path))
-    crops, labels, problems = export.load_check_crops(filename_outside, 32)
+    crops, labels, problems, _ = export.load_check_crops(filename_outside, 32)
     assert all(path.parent == filename_outside / "images" for path in read), read
     assert any(re.search(r"photo1\.xml: <filename> .* leads outside", p) for p in problems), problems
     assert len(crops) == len(labels) > 0

@@ -24,6 +24,9 @@ def test_an_array_is_computed_once_per_key(tmp_path):
     memo.cached_arrays("probabilities", {"model": "b", "faces": "x"}, compute, tmp_path)
     assert len(calls) == 2, "another model is another entry"
     assert len(list((tmp_path / "results").glob("*.npz"))) == 2 and not list((tmp_path / "results").glob(".*"))
+    assert memo.stored_arrays("probabilities", {"model": "c", "faces": "x"}, tmp_path) is None, "a miss computes nothing"
+    np.testing.assert_array_equal(memo.stored_arrays("probabilities", {"model": "a", "faces": "x"}, tmp_path)["p"], first["p"])
+    assert len(calls) == 2
 
 
 def test_json_results_read_back_equal_to_the_last_digit(tmp_path):
