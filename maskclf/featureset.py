@@ -32,8 +32,8 @@ class FeatureSet:
     config: TrainConfig
     frozen: keras.Model  # raw 0-255 crop -> activations at the cut, or pooled features without fine-tuning
     upper: keras.Model | None  # activations at the cut -> last feature map (None: no fine-tuning)
-    activations: np.ndarray  # (views, faces, ...) outputs of `frozen`
-    pooled: np.ndarray  # (views, faces, features): the head's input, globally pooled
+    activations: np.ndarray | None  # (views, faces, ...) outputs of `frozen`; None once released (without_arrays)
+    pooled: np.ndarray | None  # (views, faces, features): the head's input, globally pooled; None once released
     data_sha256: str
     cache_hit: bool
     seconds: float
@@ -44,6 +44,16 @@ class FeatureSet:
     def available(self) -> np.ndarray:
         """(views, faces) 1.0 where the face has the view, 0.0 where it has none (a missed detector view)."""
         return np.ones(self.pooled.shape[:2]) if self.view_weight is None else self.view_weight
+
+    def summary(self) -> str:
+        """The cached array's shape and size, the pooled features' shape and the views, in words."""
+        return (f"cached array {self.activations.shape} ({self.activations.nbytes / 2**20:.0f} MiB); "
+                f"pooled features {self.pooled.shape}; views {self.views}")
+
+    def without_arrays(self) -> FeatureSet:
+        """This feature set without its cached arrays (`activations` and `pooled` None), which are then freed
+        unless held elsewhere: the backbone, configuration and provenance stay."""
+        return dataclasses.replace(self, activations=None, pooled=None)
 
 
 def set_determinism(seed: int) -> None:
