@@ -36,6 +36,15 @@ FIGURES_DIR_NAME = "figures"  # figures for the README, written by commands such
 EVALUATION_DIR_NAME = EVALUATION_DIR.name  # 03_evaluate's folders, one per run, fold and threshold (git-ignored)
 
 
+PRELOAD = "__import__('maskclf'); __import__('keras')"
+"""Run, silently, in the next notebook's kernel while the current notebook runs: TensorFlow's import (about 4 s
+on 2 cores) then overlaps the other notebook's work. `maskclf` first, which keeps TensorFlow's C++ lines out
+(maskclf.native_logs); `__import__` binds no name, so a notebook still runs only on what it imports itself."""
+OVERLAPPED = ("01_extract", "03_evaluate")
+"""The notebooks light enough in memory (under 1 GiB) for the next notebook's kernel to start beside them;
+02_train's kernel holds several GiB, so 03's kernel starts after it."""
+KERNEL = "python3"
+
 REPORTS_MARKERS = ("index.html", "executed")
 """What a folder written by `reports` holds; any other non-empty folder is not replaced."""
 
@@ -83,8 +92,32 @@ def declared_parameters(notebook: Path) -> set[str]:
 # --------------------------------------------------------------------------- running
 
 
-def run_notebook(notebook: Path, executed: Path, params: dict[str, Any], cwd: Path, progress: bool = True) -> None:
-    """Execute `notebook` with the parameters it declares; raise NotebookFailed on an error."""
+def preloaded_kernel(cwd: Path) -> Any:
+    """A started kernel (a jupyter_client KernelManager) in `cwd` that is running PRELOAD, or None when none starts
+    (papermill then starts one itself, and reports why it cannot)."""
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name=KERNEL)
+    try:
+        km.start_kernel(cwd=str(cwd))
+        client = km.client()
+        client.start_channels()
+        try:
+            client.wait_for_ready(timeout=60)
+            client.execute(PRELOAD, silent=True, store_history=False)  # no output, no execution count
+        finally:
+            client.stop_channels()
+    except Exception:  # noqa: BLE001 - any failure to start: the notebook's own kernel start reports it
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
+        return None
+    return km
+
+
+def run_notebook(notebook: Path, executed: Path, params: dict[str, Any], cwd: Path, progress: bool = True,
+                 kernel: Any = None) -> None:
+    """Execute `notebook` with the parameters it declares; raise NotebookFailed on an error. `kernel`: a started
+    kernel's manager (`preloaded_kernel`) to run it in, shut down after it; None: papermill starts one."""
     import papermill
     from jupyter_client.kernelspec import NoSuchKernel
     from nbclient.exceptions import CellControlSignal, DeadKernelError
@@ -93,8 +126,8 @@ def run_notebook(notebook: Path, executed: Path, params: dict[str, Any], cwd: Pa
     mine = {k: v for k, v in params.items() if k in declared_parameters(notebook)}
     try:
         papermill.execute_notebook(
-            str(notebook), str(executed), parameters=mine, kernel_name="python3",
-            cwd=str(cwd), progress_bar=progress,
+            str(notebook), str(executed), parameters=mine, kernel_name=KERNEL,
+            cwd=str(cwd), progress_bar=progress, **({"km": kernel} if kernel is not None else {}),
         )
     except PapermillExecutionError as exc:
         raise NotebookFailed(
@@ -108,6 +141,9 @@ def run_notebook(notebook: Path, executed: Path, params: dict[str, Any], cwd: Pa
             f"{notebook.name} failed{_in_cell(executed)} ({type(exc).__name__}: {exc}){hint}; "
             f"executed notebook: {executed}"
         ) from exc
+    finally:
+        if kernel is not None and kernel.has_kernel:
+            kernel.shutdown_kernel(now=True)
 
 
 def _in_cell(executed: Path) -> str:
@@ -199,19 +235,29 @@ def run_reports(
         (tmp / "executed").mkdir()
         # 03_evaluate writes the headline and its evaluation folder here, 04 reads it
         params = {**params, "metrics_path": str(tmp / "metrics.json"), "evaluation_dir": str(tmp / EVALUATION_DIR_NAME)}
-        for i, name in enumerate(notebooks, 1):
-            if progress:
-                print(f"[{i}/{len(notebooks)}] {name}", file=sys.stderr, flush=True)
-            executed = tmp / "executed" / f"{name}.ipynb"
-            t0 = time.perf_counter()
-            try:
-                run_notebook(notebooks_dir / f"{name}.ipynb", executed, params, cwd=notebooks_dir, progress=progress)
-            except NotebookFailed as exc:
-                kept = _keep_failed(executed, reports_dir)
-                raise NotebookFailed(str(exc).replace(str(executed), str(kept))) from exc
-            cells[name] = cell_seconds(executed)  # before hide_machine_paths drops papermill's times
-            hide_machine_paths(executed, _path_replacements(tmp, reports_dir))
-            runs.append(NotebookRun(name, executed, export_html(executed, tmp / f"{name}.html"), time.perf_counter() - t0))
+        upcoming = None  # the next notebook's kernel, started while an OVERLAPPED notebook runs
+        try:
+            for i, name in enumerate(notebooks, 1):
+                if progress:
+                    print(f"[{i}/{len(notebooks)}] {name}", file=sys.stderr, flush=True)
+                executed = tmp / "executed" / f"{name}.ipynb"
+                t0 = time.perf_counter()
+                kernel, upcoming = upcoming, None
+                if name in OVERLAPPED and i < len(notebooks):
+                    upcoming = preloaded_kernel(notebooks_dir)
+                try:
+                    run_notebook(notebooks_dir / f"{name}.ipynb", executed, params, cwd=notebooks_dir,
+                                 progress=progress, kernel=kernel)
+                except NotebookFailed as exc:
+                    kept = _keep_failed(executed, reports_dir)
+                    raise NotebookFailed(str(exc).replace(str(executed), str(kept))) from exc
+                cells[name] = cell_seconds(executed)  # before hide_machine_paths drops papermill's times
+                hide_machine_paths(executed, _path_replacements(tmp, reports_dir))
+                runs.append(NotebookRun(name, executed, export_html(executed, tmp / f"{name}.html"),
+                                        time.perf_counter() - t0))
+        finally:
+            if upcoming is not None:  # a notebook before it failed
+                upcoming.shutdown_kernel(now=True)
         metrics_file = tmp / "metrics.json"
         metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
         shown = {k: v for k, v in params.items() if k not in ("metrics_path", "evaluation_dir")}

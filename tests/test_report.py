@@ -74,6 +74,54 @@ def test_a_failing_notebook_keeps_the_previous_reports(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".reports") and p.is_dir()], "no temporary folder left behind"
 
 
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+PID_OF = "__import__('json').dump(__import__('os').getpid(), open({!r}, 'w'))"
+"""Code that writes the kernel's process id to a file, binding no name."""
+
+
+def test_the_notebook_after_an_overlapped_one_runs_in_a_kernel_preloaded_beside_it(tmp_path, monkeypatch):
+    nbs, reports = tmp_path / "nbs", tmp_path / "reports"
+    nbs.mkdir()
+    monkeypatch.setattr(report, "PRELOAD", PID_OF.format("preloaded.json"))
+    monkeypatch.setattr(report, "OVERLAPPED", ("01_first",))
+    _notebook(nbs / "01_first.ipynb", PID_OF.format("first.json"))
+    _notebook(nbs / "02_second.ipynb", PID_OF.format("second.json") + "\nprint(sorted(n for n in dir() if n[0] != '_'))")
+    _notebook(nbs / "03_third.ipynb", PID_OF.format("third.json"))
+    run_reports({"x": 2}, notebooks=("01_first", "02_second", "03_third"), reports_dir=reports, notebooks_dir=nbs,
+                progress=False)
+    pid = {name: json.loads((nbs / f"{name}.json").read_text()) for name in ("preloaded", "first", "second", "third")}
+    assert pid["second"] == pid["preloaded"] != pid["first"], "02 ran in the kernel started while 01 ran"
+    assert pid["third"] not in (pid["preloaded"], pid["first"]), "02 is not overlapped: 03 got its own kernel"
+    executed = nbformat.read(reports / "executed" / "02_second.ipynb", as_version=4)
+    counts = [c.execution_count for c in executed.cells if c.cell_type == "code"]
+    assert counts[0] == 1, "the preload takes no execution count"
+    names = executed.cells[-1].outputs[0]["text"]
+    assert "'x'" in names and "'json'" not in names and "'os'" not in names, "the preload binds no name"
+    assert not any(_alive(p) for p in pid.values()), "every kernel is shut down"
+
+
+def test_a_failure_shuts_down_the_kernel_started_for_the_next_notebook(tmp_path, monkeypatch):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    monkeypatch.setattr(report, "PRELOAD", PID_OF.format("preloaded.json"))
+    monkeypatch.setattr(report, "OVERLAPPED", ("01_bad",))
+    _notebook(nbs / "01_bad.ipynb", "import time\nwhile not __import__('os').path.exists('preloaded.json'): time.sleep(0.1)\n"
+                                    "raise RuntimeError('boom')")
+    _notebook(nbs / "02_never.ipynb", "print('never')")
+    with pytest.raises(NotebookFailed, match="01_bad"):
+        run_reports({}, notebooks=("01_bad", "02_never"), reports_dir=tmp_path / "r", notebooks_dir=nbs, progress=False)
+    assert not _alive(json.loads((nbs / "preloaded.json").read_text()))
+
+
 @pytest.mark.slow
 def test_reports_show_no_machine_paths(tmp_path):
     from maskclf.paths import PROJECT_ROOT
