@@ -63,16 +63,30 @@ def precision_key(precision: str) -> dict[str, str | int]:
     return {} if precision == "float32" else {"precision": precision, "pass": BFLOAT16_PASS}
 
 
-def run_pass(model: keras.Model, batches: tf.data.Dataset, precision: str, verbose: int = 0) -> np.ndarray:
-    """`model`'s outputs on every batch of raw 0-255 faces, in order, computed in `precision`."""
-    if precision == "float32":
-        return model.predict(batches, verbose=verbose)
+def run_pass(model: keras.Model, batches: tf.data.Dataset, precision: str, verbose: int = 0,
+             out: np.ndarray | None = None) -> np.ndarray:
+    """`model`'s outputs on every batch of raw 0-255 faces, in order, computed in `precision`. `out`: a float32
+    array of their shape to fill and return, so that no second copy of them is made (the bfloat16 pass writes each
+    batch into it)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "float32":
+        outputs = model.predict(batches, verbose=verbose)
+        if out is None:
+            return outputs
+        out[...] = outputs
+        return out
     infer = _compiled(model, precision)
-    outputs = [infer(batch) for batch in batches.as_numpy_iterator()]
-    width = model.output.shape[1:]
-    return np.concatenate(outputs) if outputs else np.empty((0, *width), np.float32)
+    if out is None:
+        outputs = [infer(batch) for batch in batches.as_numpy_iterator()]
+        return np.concatenate(outputs) if outputs else np.empty((0, *model.output.shape[1:]), np.float32)
+    filled = 0
+    for batch in batches.as_numpy_iterator():
+        out[filled:filled + len(batch)] = infer(batch)
+        filled += len(batch)
+    if filled != len(out):
+        raise ValueError(f"the pass gave {filled} outputs for an array of {len(out)}")
+    return out
 
 
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -91,24 +91,24 @@ def cached_outputs(
                         **precision_key(precision))
         cache_file = Path(cache_dir) / f"{key_parts.get('backbone', 'model')}-{image_size}-{view}-{key}.npz"
         layout = _cached_layout(cache_file, names)
+        if layout is not None and stacked is not None and (layout[1], layout[2]) != (stacked.shape[1:], stacked.dtype):
+            layout = None  # not of this model's outputs: computed again
         hits.append(layout is not None)
         if layout is not None:  # read straight into its place: no second copy of the view
             offset, shape, dtype = layout
             stacked = np.empty((len(views), *shape), dtype) if stacked is None else stacked
             _read_into(cache_file, offset, stacked[v])
             continue
+        if stacked is None:  # each view computed into its place: no second copy of it, nor of every view
+            stacked = np.empty((len(views), len(paths), *model.output.shape[1:]), np.float32)
         if view in loaders:
-            stored = run_pass(model, face_dataset(loaders[view], len(paths), image_size, batch_size), precision, verbose)
+            batches = face_dataset(loaders[view], len(paths), image_size, batch_size)
         else:
-            stored = _compute_view(model, paths, image_size, batch_size, view, seed + 10 * v, precision, verbose)
+            batches = _view_dataset(paths, image_size, batch_size, view, seed + 10 * v)
+        stored = run_pass(model, batches, precision, verbose, out=stacked[v])
         with atomic_path(cache_file, suffix=".npz", check=reads_back("npz")) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, outputs=stored, paths=np.array(names), key=json.dumps(key_parts, default=str))
-        if len(views) == 1:
-            return stored[None], False  # no copy
-        if stacked is None:  # filled view by view: never two copies of every view in memory
-            stacked = np.empty((len(views), *stored.shape), stored.dtype)
-        stacked[v] = stored
     return stacked, all(hits)
 
 
@@ -151,9 +151,8 @@ def _read_into(cache_file: Path, offset: int, out: np.ndarray) -> None:
             raise OSError(f"{cache_file}: truncated while it was read")
 
 
-def _compute_view(model: keras.Model, paths: Sequence[str], image_size: int, batch_size: int, view: str, seed: int,
-                  precision: str, verbose: int) -> np.ndarray:
+def _view_dataset(paths: Sequence[str], image_size: int, batch_size: int, view: str, seed: int) -> tf.data.Dataset:
+    """Batches of the crop files seen through augmentation view `view` (maskclf.augment)."""
     from .augment import view_fn
 
-    ds = crop_dataset(paths, image_size, batch_size).map(view_fn(view, seed=seed))
-    return run_pass(model, ds, precision, verbose)
+    return crop_dataset(paths, image_size, batch_size).map(view_fn(view, seed=seed))

@@ -60,6 +60,19 @@ def test_the_bfloat16_pass_is_close_to_float32_in_order_and_deterministic():
         fastpass.run_pass(model, batches(), "float16")
 
 
+def test_a_pass_fills_the_array_it_is_given():
+    keras.utils.set_random_seed(0)
+    model = small_convnet()
+    for precision in ("float32", "bfloat16"):
+        expected = fastpass.run_pass(model, batches(), precision)
+        out = np.full((2, 40, 32), np.nan, np.float32)
+        assert np.shares_memory(fastpass.run_pass(model, batches(), precision, out=out[1]), out), "filled in place"
+        np.testing.assert_array_equal(out[1], expected)
+        assert np.isnan(out[0]).all(), "only its own rows"
+    with pytest.raises(ValueError, match="gave 40 outputs for an array of 41"):
+        fastpass.run_pass(model, batches(), "bfloat16", out=np.empty((41, 32), np.float32))
+
+
 def test_the_precision_follows_the_environment_and_the_cpu(precision, monkeypatch, capsys):
     import openvino
 
