@@ -33,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from maskclf.detect import DETECTORS  # noqa: E402
 from maskclf.export import FORMATS, call_times_ms  # noqa: E402
 from maskclf.runs import EXPORT_DIR, PARITY_FILE, export_path, latest_run, read_json  # noqa: E402
+from maskclf.native_logs import filtered_stderr  # noqa: E402
 from maskclf.paths import MODELS_DIR  # noqa: E402
 from maskclf.runtime import load_runner, resolve_model  # noqa: E402
 
@@ -146,4 +147,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with filtered_stderr():  # TensorFlow's C++ lines (`failed call to cuInit`) come at its first op, after the import
+        sys.exit(main())

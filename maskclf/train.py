@@ -139,7 +139,7 @@ def run_study(
     cv, result = cvs.pop(0) if cross_validate else (None, train_fold(fs, manifest, config.val_fold))
     for variant, (variant_cv, _) in zip(fitted, cvs):
         variant.cv, variant.fs = variant_cv, None
-    features, fs, every_feature = fs.summary(), fs.without_arrays(), None  # 1.7 GiB freed for the verifier's pass
+    features, fs, every_feature, studied = fs.summary(), fs.without_arrays(), None, None  # the arrays, 1.7 GiB, freed
     clock.lap("cross-validation")
     classes = output_classes(training_labels(manifest, config.labels))
     if config.verifier:
