@@ -220,11 +220,10 @@ def parity(
 
 
 def parity_passed(report: dict[str, Any]) -> bool:
-    """Whether parity figures meet the targets. The faces kept: the verifier's decisions on candidates
-    (`rule_agreement`) where they were measured, else P(face)'s side of 0.5 on the crops (`face_agreement`)."""
-    faces = report.get("rule_agreement", report.get("face_agreement", 1.0))
+    """Whether parity figures meet the targets; for the faces a verifier keeps, `faces_kept_agreement`'s figure."""
+    faces = faces_kept_agreement(report)
     return bool(report["agreement"] >= MIN_AGREEMENT and report.get("auc_diff", 0.0) <= MAX_AUC_DIFF
-                and faces >= MIN_AGREEMENT)
+                and (faces is None or faces[1] >= MIN_AGREEMENT))
 
 
 @dataclass(frozen=True)
@@ -278,7 +277,7 @@ def rule_parity(check: RuleCheck, candidate: np.ndarray, config: dict[str, Any])
     rule = config["face_verifier"]["rule"]
     kept = kept_as_shown(check.scores, face_probabilities(check.reference, config), rule)
     kept_export = kept_as_shown(check.scores, face_probabilities(candidate, config), rule)
-    return {"rule_candidates": int(len(kept)), "rule_agreement": float(np.mean(kept == kept_export)) if len(kept) else 1.0,
+    return {"rule_candidates": int(len(kept)), "rule_agreement": float(np.mean(kept == kept_export)),
             "rule_kept_reference": int(kept.sum()), "rule_kept_candidate": int(kept_export.sum())}
 
 
