@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .fastpass import precision_key, run_pass
+from .fastpass import precision_key, release, run_pass
 from .fsutil import atomic_path, reads_back
 from .images import load_crop
 from .paths import PROCESSED_DIR
@@ -77,7 +77,8 @@ def cached_outputs(
     `key_parts` must identify `model` (backbone, weights, cut, pooling...) and the data (hash).
     `loaders` reads the faces of views that are not made from the crop files (index -> uint8
     face, e.g. the jittered re-cuts of maskclf.framing); their recipe enters the key: `recipes[view]`, else
-    the jitter recipe's version. `precision` is the pass's (maskclf.fastpass), in the key too.
+    the jitter recipe's version. `precision` is the pass's (maskclf.fastpass), in the key too. The pass compiled
+    for `model` is released at the end (`fastpass.release`): the views share it, and nothing after them needs it.
     """
     from .framing import JITTER_VERSION
 
@@ -85,30 +86,33 @@ def cached_outputs(
     names = [Path(p).name for p in paths]
     crops = hashlib.sha256("\n".join(names).encode()).hexdigest()
     stacked, hits = None, []
-    for v, view in enumerate(views):
-        recipe = {"recipe": (recipes or {}).get(view, JITTER_VERSION)} if view in loaders else {}
-        key = cache_key(**key_parts, image_size=image_size, view=view, seed=seed + 10 * v, crops=crops, **recipe,
-                        **precision_key(precision))
-        cache_file = Path(cache_dir) / f"{key_parts.get('backbone', 'model')}-{image_size}-{view}-{key}.npz"
-        layout = _cached_layout(cache_file, names)
-        if layout is not None and stacked is not None and (layout[1], layout[2]) != (stacked.shape[1:], stacked.dtype):
-            layout = None  # not of this model's outputs: computed again
-        hits.append(layout is not None)
-        if layout is not None:  # read straight into its place: no second copy of the view
-            offset, shape, dtype = layout
-            stacked = np.empty((len(views), *shape), dtype) if stacked is None else stacked
-            _read_into(cache_file, offset, stacked[v])
-            continue
-        if stacked is None:  # each view computed into its place: no second copy of it, nor of every view
-            stacked = np.empty((len(views), len(paths), *model.output.shape[1:]), np.float32)
-        if view in loaders:
-            batches = face_dataset(loaders[view], len(paths), image_size, batch_size)
-        else:
-            batches = _view_dataset(paths, image_size, batch_size, view, seed + 10 * v)
-        stored = run_pass(model, batches, precision, verbose, out=stacked[v])
-        with atomic_path(cache_file, suffix=".npz", check=reads_back("npz")) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, outputs=stored, paths=np.array(names), key=json.dumps(key_parts, default=str))
+    try:
+        for v, view in enumerate(views):
+            recipe = {"recipe": (recipes or {}).get(view, JITTER_VERSION)} if view in loaders else {}
+            key = cache_key(**key_parts, image_size=image_size, view=view, seed=seed + 10 * v, crops=crops, **recipe,
+                            **precision_key(precision))
+            cache_file = Path(cache_dir) / f"{key_parts.get('backbone', 'model')}-{image_size}-{view}-{key}.npz"
+            layout = _cached_layout(cache_file, names)
+            if layout is not None and stacked is not None and (layout[1], layout[2]) != (stacked.shape[1:], stacked.dtype):
+                layout = None  # not of this model's outputs: computed again
+            hits.append(layout is not None)
+            if layout is not None:  # read straight into its place: no second copy of the view
+                offset, shape, dtype = layout
+                stacked = np.empty((len(views), *shape), dtype) if stacked is None else stacked
+                _read_into(cache_file, offset, stacked[v])
+                continue
+            if stacked is None:  # each view computed into its place: no second copy of it, nor of every view
+                stacked = np.empty((len(views), len(paths), *model.output.shape[1:]), np.float32)
+            if view in loaders:
+                batches = face_dataset(loaders[view], len(paths), image_size, batch_size)
+            else:
+                batches = _view_dataset(paths, image_size, batch_size, view, seed + 10 * v)
+            stored = run_pass(model, batches, precision, verbose, out=stacked[v])
+            with atomic_path(cache_file, suffix=".npz", check=reads_back("npz")) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, outputs=stored, paths=np.array(names), key=json.dumps(key_parts, default=str))
+    finally:
+        release(model)
     return stacked, all(hits)
 
 

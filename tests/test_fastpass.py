@@ -73,6 +73,17 @@ def test_a_pass_fills_the_array_it_is_given():
         fastpass.run_pass(model, batches(), "bfloat16", out=np.empty((41, 32), np.float32))
 
 
+def test_the_bfloat16_pass_infers_in_small_batches_with_the_same_outputs(monkeypatch):
+    keras.utils.set_random_seed(0)
+    model = small_convnet()
+    whole = fastpass.run_pass(model, batches(), "bfloat16")  # batches of 16, inferred whole
+    infer, sizes = fastpass._compiled(model, "bfloat16"), []
+    monkeypatch.setattr(fastpass, "_compiled", lambda m, p: lambda part: sizes.append(len(part)) or infer(part))
+    monkeypatch.setattr(fastpass, "OPENVINO_BATCH", 6)
+    np.testing.assert_array_equal(fastpass.run_pass(model, batches(), "bfloat16"), whole)
+    assert sizes == [6, 6, 4, 6, 6, 4, 6, 2], "each batch of 16 (and the last of 8) in inferences of at most 6"
+
+
 def test_the_precision_follows_the_environment_and_the_cpu(precision, monkeypatch, capsys):
     import openvino
 
@@ -169,6 +180,20 @@ def test_the_views_of_one_model_share_one_conversion(monkeypatch):
     assert len(calls) == 1 and first.shape == again.shape == (8, 32) and not np.allclose(first, again)
     fastpass.run_pass(small_convnet(), faces, "bfloat16")
     assert len(calls) == 2, "another model is converted on its own"
+
+
+def test_the_feature_cache_shares_one_compiled_pass_and_then_releases_it(tmp_path, monkeypatch):
+    from maskclf.features import cached_outputs
+
+    model, calls = small_convnet(), []
+    convert = fastpass.openvino_graph
+    monkeypatch.setattr(fastpass, "openvino_graph", lambda m: calls.append(m) or convert(m))
+    faces = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    load = {view: faces.__getitem__ for view in ("first", "second")}
+    outputs, hit = cached_outputs(model, ["a.png", "b.png", "c.png"], 32, {"backbone": "tiny"}, tmp_path, batch_size=2,
+                                  views=list(load), verbose=0, loaders=load, precision="bfloat16")
+    assert outputs.shape == (2, 3, 32) and not hit and len(calls) == 1, "the two views share one conversion"
+    assert model not in fastpass._COMPILED, "released once the views are computed: its memory is freed now"
 
 
 def test_the_evaluation_scores_a_bfloat16_run_as_its_export_does_and_caches_it_apart(precision, monkeypatch):
