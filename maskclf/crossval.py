@@ -137,9 +137,10 @@ def _summary(manifest: pd.DataFrame, keep_fold: int | None, folds: list[int],
     return summary, kept
 
 
-CV_FORMAT = 4
+CV_FORMAT = 5
 """Bumped when cross-validation changes in a way its cached results cannot show (2: fold-batched L-BFGS; 3: L-BFGS
-keeps 50 correction pairs; 4: the folds' standardisations and the gradient's sums by matrix products)."""
+keeps 50 correction pairs; 4: the folds' standardisations and the gradient's sums by matrix products; 5: the pairs
+are kept in float32, logreg.PAIRS_DTYPE)."""
 
 
 NEUTRAL = {"incorrect_weight": 1.0, "detector_views": 0}

@@ -29,14 +29,19 @@ CHUNK_ROWS = 1024
 MEMORY = 50
 """L-BFGS correction pairs kept. On the study's 22,016 band-pooled features, 50 took 98 passes over them where
 scipy's default of 10 took 219, to the same tolerance (5-fold CV, docs/performance.md)."""
+PAIRS_DTYPE = np.float32
+"""How the correction pairs are kept; the recursion runs in float64 on them. In float64, the 20 lockstep fits of the
+study's cross-validation (66,051 parameters each) kept 0.98 GiB of pairs beside the 1.67 GiB feature array; float32
+halves that, and the fits stop within tolerance of the same optimum (docs/performance.md#memory)."""
 LINE_SEARCH_TRIES = 20
 """Evaluations one line search may take."""
 
 
-def solver_identity(head: str) -> dict[str, int]:
-    """What the head's solver adds to a run's identity: the L-BFGS memory (the fit stops within tolerance of the
-    optimum at a point that depends on it, so a run fitted with another has its own folder); nothing for Adam."""
-    return {"lbfgs_memory": MEMORY} if head == "lbfgs" else {}
+def solver_identity(head: str) -> dict[str, int | str]:
+    """What the head's solver adds to a run's identity: the L-BFGS memory and how its pairs are kept (the fit stops
+    within tolerance of the optimum at a point that depends on them, so a run fitted otherwise has its own folder);
+    nothing for Adam."""
+    return {"lbfgs_memory": MEMORY, "lbfgs_pairs": np.dtype(PAIRS_DTYPE).name} if head == "lbfgs" else {}
 
 
 @dataclass
@@ -218,9 +223,11 @@ class _LBFGS:
         self.step = 2 * self.low if self.high is None else (self.low + self.high) / 2
 
     def _accept(self, trial: _Point) -> None:
-        s, y = trial.params - self.point.params, trial.grad - self.point.grad
-        if float(s @ y) > 1e-10 * float(y @ y):
-            self.pairs.append((s, y, 1.0 / float(s @ y)))
+        s = (trial.params - self.point.params).astype(PAIRS_DTYPE)
+        y = (trial.grad - self.point.grad).astype(PAIRS_DTYPE)
+        sy, yy = _dot(s, y), _dot(y, y)
+        if sy > 1e-10 * yy:
+            self.pairs.append((s, y, 1.0 / sy))
         self.point = trial
         self.iterations += 1
         for name, value in trial.metrics.items():
@@ -235,19 +242,24 @@ class _LBFGS:
         q = -self.point.grad.copy()
         alphas = []
         for s, y, rho in reversed(self.pairs):
-            a = rho * float(s @ q)
-            q -= a * y
+            a = rho * _dot(s, q)
+            q -= a * y.astype(np.float64)
             alphas.append(a)
         if self.pairs:
             s, y, rho = self.pairs[-1]
-            q *= 1.0 / (rho * float(y @ y))
+            q *= 1.0 / (rho * _dot(y, y))
         for (s, y, rho), a in zip(self.pairs, reversed(alphas)):
-            q += (a - rho * float(y @ q)) * s
+            q += (a - rho * _dot(y, q)) * s.astype(np.float64)
         if float(q @ self.point.grad) >= 0:
             self.pairs.clear()
             q = -self.point.grad.copy()
         self.direction = q
         self.tries, self.low, self.high, self.best = 0, 0.0, None, None
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """a . b in float64, whatever the two vectors are kept in."""
+    return float(a.astype(np.float64, copy=False) @ b.astype(np.float64, copy=False))
 
 
 def fit_logistic(

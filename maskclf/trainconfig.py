@@ -122,7 +122,7 @@ def config_identity(config: TrainConfig) -> dict[str, Any]:
 
 def run_id(config: TrainConfig, data_sha256: str, precision: str = "float32") -> str:
     """Short hash of everything that makes a run: every field of the configuration (a weights file by its
-    contents), the extraction's hash, the backbone pass's precision and the head solver's memory. config.json
+    contents), the extraction's hash, the backbone pass's precision and the head solver's identity. config.json
     records all of it."""
     blob = {**config_identity(config), "data_sha256": data_sha256, **precision_key(precision),
             **solver_identity(config.head)}

@@ -127,3 +127,20 @@ def test_each_subset_s_standardisation_is_that_of_its_own_rows_even_far_from_zer
         expected = rows.std(axis=0)
         np.testing.assert_allclose(scale[[0, 2, 3, 4]], expected[[0, 2, 3, 4]], rtol=1e-4)
         assert scale[1] == 1.0, "a constant feature is left unscaled"
+
+
+def test_the_correction_pairs_are_kept_in_float32_and_the_run_says_so(data, monkeypatch):
+    x, labels = data
+    solvers = []
+
+    class Recorded(logreg._LBFGS):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            solvers.append(self)
+
+    monkeypatch.setattr(logreg, "_LBFGS", Recorded)
+    [fit] = fit_logistic(x, labels, 3, c=0.05, subsets=[Subset(np.ones((1, len(labels))))])
+    pairs = [pair for solver in solvers for pair in solver.pairs]
+    assert fit.converged and pairs and all(s.dtype == y.dtype == np.float32 for s, y, _ in pairs)
+    assert logreg.solver_identity("lbfgs") == {"lbfgs_memory": logreg.MEMORY, "lbfgs_pairs": "float32"}
+    assert logreg.solver_identity("adam") == {}
