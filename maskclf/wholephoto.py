@@ -74,6 +74,64 @@ def photos_from_manifest(manifest: pd.DataFrame, images_dir: str | Path, folds: 
     return sorted(photos, key=lambda p: (len(p.name), p.name))
 
 
+@dataclass
+class Scan:
+    """One photo's candidates, found and classified once: every way of keeping them is scored from it."""
+
+    found: np.ndarray  # (candidates, 4) boxes in the photo's pixels
+    scores: np.ndarray  # their detector scores
+    predicted: list[str | None]  # each one's binary label; None: dropped by the classifier
+    classified: bool  # whether the candidates were classified at all
+    p_face: np.ndarray | None  # each one's P(face), from a run with a verifier (`scan_photos` with `p_face`)
+    times_ms: tuple[float, float, float]  # detect, classify, and load + detect + classify
+
+
+Keep = Callable[[Scan], np.ndarray]
+"""A scan -> which of its candidates are kept as detections."""
+
+
+def scan_photos(photos: Sequence[Photo], find: Finder, classify: Classifier | None = None,
+                p_face: Callable[[np.ndarray, Sequence[BoxXYXY]], tuple[list[str], np.ndarray]] | None = None
+                ) -> list[Scan]:
+    """Each photo loaded, its candidates found, then classified by `classify` or, for a run with a verifier, by
+    `p_face` ((photo, boxes) -> every box's label and P(face)), which keeps every candidate's label."""
+    scans = []
+    for photo in photos:
+        start = time.perf_counter()
+        image = np.asarray(load_rgb(photo.path))
+        loaded = time.perf_counter()
+        boxes, scores = find(image)
+        found = np.asarray(boxes, float).reshape(-1, 4)
+        detected = time.perf_counter()
+        chosen = [tuple(map(int, b)) for b in found]
+        face = None
+        if p_face is not None:
+            predicted, face = p_face(image, chosen)
+        else:
+            predicted = classify(image, chosen, scores) if classify else [None] * len(found)
+        done = time.perf_counter()
+        times = (1000 * (detected - loaded), 1000 * (done - detected), 1000 * (done - start))
+        scans.append(Scan(found, np.asarray(scores), list(predicted), bool(classify or p_face), face, times))
+    return scans
+
+
+def score_scans(photos: Sequence[Photo], scans: Sequence[Scan], keep: Keep | None = None,
+                threshold: float = IOU_THRESHOLD) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per annotated face and one per photo (`evaluate_photos`) of the candidates that `keep` keeps; by
+    default those with a label, or every one where none was classified."""
+    face_rows, photo_rows = [], []
+    for photo, scan in zip(photos, scans):
+        default = [label is not None or not scan.classified for label in scan.predicted]
+        kept = np.flatnonzero(keep(scan) if keep else default)
+        faces = photo_faces(photo, scan.found[kept], [scan.predicted[i] for i in kept], threshold)
+        face_rows.append(faces)
+        detect_ms, classify_ms, total_ms = scan.times_ms
+        photo_rows.append({"photo": photo.name, "faces": len(faces), "candidates": len(scan.found),
+                           "detections": len(kept), "false_alarms": len(kept) - int(faces["detected"].sum()),
+                           "detect_ms": detect_ms, "classify_ms": classify_ms, "total_ms": total_ms})
+    return pd.concat(face_rows, ignore_index=True), pd.DataFrame(photo_rows)
+
+
 def evaluate_photos(photos: Sequence[Photo], find: Finder, classify: Classifier | None = None,
                     threshold: float = IOU_THRESHOLD) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One row per annotated face and one per photo, from finding (and classifying) the faces of each.
@@ -82,24 +140,7 @@ def evaluate_photos(photos: Sequence[Photo], find: Finder, classify: Classifier 
     Photos: photo, faces, candidates, detections (kept), false_alarms, detect_ms, classify_ms (crop,
     classify, verify), total_ms (load + detect + classify).
     """
-    face_rows, photo_rows = [], []
-    for photo in photos:
-        start = time.perf_counter()
-        image = np.asarray(load_rgb(photo.path))
-        loaded = time.perf_counter()
-        boxes, scores = find(image)
-        found = np.asarray(boxes, float).reshape(-1, 4)
-        detected = time.perf_counter()
-        predicted = classify(image, [tuple(map(int, b)) for b in found], scores) if classify else [None] * len(found)
-        kept = [i for i, label in enumerate(predicted) if label is not None or classify is None]
-        done = time.perf_counter()
-        faces = photo_faces(photo, found[kept], [predicted[i] for i in kept], threshold)
-        face_rows.append(faces)
-        photo_rows.append({"photo": photo.name, "faces": len(faces), "candidates": len(found), "detections": len(kept),
-                           "false_alarms": len(kept) - int(faces["detected"].sum()),
-                           "detect_ms": 1000 * (detected - loaded), "classify_ms": 1000 * (done - detected),
-                           "total_ms": 1000 * (done - start)})
-    return pd.concat(face_rows, ignore_index=True), pd.DataFrame(photo_rows)
+    return score_scans(photos, scan_photos(photos, find, classify), threshold=threshold)
 
 
 def photo_faces(photo: Photo, found: np.ndarray, predicted: Sequence[str | None], threshold: float = IOU_THRESHOLD) -> pd.DataFrame:
@@ -157,59 +198,88 @@ def photo_stats(photos: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def model_classifier(model: Any, config: dict[str, Any], finder: FaceFinder, threshold: float = 0.5) -> Classifier:
-    """A Classifier from a loaded run folder's model: the binary label `predict` gives each box at `threshold`, and
-    None for a box that `finder`'s verifier rule drops."""
+def model_labeller(model: Any, config: dict[str, Any], threshold: float = 0.5
+                   ) -> Callable[[np.ndarray, Sequence[BoxXYXY]], tuple[list[str], np.ndarray | None]]:
+    """(RGB photo, boxes) -> the binary label `predict` gives each box at `threshold`, and its P(face) (None for a
+    run without a verifier), from a loaded run folder's model."""
     from .answers import binary_labels, face_probabilities, p_without_mask
     from .images import crop_faces
     from .model import predict_probabilities
 
-    def classify(image: np.ndarray, boxes: Sequence[BoxXYXY], scores: np.ndarray) -> list[str | None]:
+    def label(image: np.ndarray, boxes: Sequence[BoxXYXY]) -> tuple[list[str], np.ndarray | None]:
         probs = predict_probabilities(model, crop_faces(image, boxes, config["image_size"]))
-        keep = finder.keep(scores, face_probabilities(probs, config))
-        return [label if k else None for label, k in zip(binary_labels(p_without_mask(probs, config), threshold), keep)]
+        return binary_labels(p_without_mask(probs, config), threshold), face_probabilities(probs, config)
+
+    return label
+
+
+def model_classifier(model: Any, config: dict[str, Any], finder: FaceFinder, threshold: float = 0.5) -> Classifier:
+    """A Classifier from a loaded run folder's model: the binary label `predict` gives each box at `threshold`, and
+    None for a box that `finder`'s verifier rule drops."""
+    label = model_labeller(model, config, threshold)
+
+    def classify(image: np.ndarray, boxes: Sequence[BoxXYXY], scores: np.ndarray) -> list[str | None]:
+        labels, p_face = label(image, boxes)
+        return [name if k else None for name, k in zip(labels, finder.keep(scores, p_face))]
 
     return classify
 
 
-def whole_photo_figures(model: Any, config: dict[str, Any], manifest: pd.DataFrame, images_dir: str | Path,
-                        folds: Iterable[int] = (0,), detector: str | None = None,
-                        verify: bool = True) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Recall table and photo statistics of the default (or named) detector, with the run's verifier when it has
-    one and `verify`, and a loaded model on the photos of `folds`."""
-    from .detect import DEFAULT_DETECTOR, make_face_finder
+ALONE, VERIFIED = "detector alone", "with the verifier"
+"""The ways of finding faces that `finder_figures` scores."""
+
+
+def finder_figures(model: Any, config: dict[str, Any], manifest: pd.DataFrame, images_dir: str | Path,
+                   folds: Iterable[int] = (0,)) -> dict[str, tuple[pd.DataFrame, dict[str, float]]]:
+    """Recall table and photo statistics, on the photos of `folds`, of the default detector alone (ALONE) and, for a
+    run with a verifier, with it (VERIFIED), the loaded model classifying.
+
+    One pass serves both: the verifier's candidates are found and classified once, and the
+    detector's own boxes are those scoring at least CENTERFACE_SCORE among them
+    (maskclf.detect.make_candidate_finder), so each photo's statistics are its one pass's times.
+    """
+    from .detect import CENTERFACE_SCORE, make_face_finder
 
     photos = photos_from_manifest(manifest, images_dir, folds)
-    finder = make_face_finder(config, detector or DEFAULT_DETECTOR, verify=verify)
-    faces, per_photo = evaluate_photos(photos, finder, model_classifier(model, config, finder))
-    return recall_table(faces), photo_stats(per_photo)
+    finder = make_face_finder(config)
+    if finder.rule is None:
+        faces, per_photo = evaluate_photos(photos, finder, model_classifier(model, config, finder))
+        return {ALONE: (recall_table(faces), photo_stats(per_photo))}
+    scans = scan_photos(photos, finder, p_face=model_labeller(model, config))
+    ways: dict[str, Keep] = {ALONE: lambda scan: scan.scores >= CENTERFACE_SCORE,
+                             VERIFIED: lambda scan: finder.keep(scan.scores, scan.p_face)}
+    figures = {}
+    for name, keep in ways.items():
+        faces, per_photo = score_scans(photos, scans, keep)
+        figures[name] = recall_table(faces), photo_stats(per_photo)
+    return figures
 
 
-def cached_whole_photo_figures(model: Any, config: dict[str, Any], manifest: pd.DataFrame, images_dir: str | Path,
-                               folds: Iterable[int] = (0,), detector: str | None = None,
-                               verify: bool = True) -> tuple[pd.DataFrame, dict[str, float]]:
-    """`whole_photo_figures`, from the result cache (maskclf.memo) when nothing it depends on changed.
+def cached_finder_figures(model: Any, config: dict[str, Any], manifest: pd.DataFrame, images_dir: str | Path,
+                          folds: Iterable[int] = (0,)) -> dict[str, tuple[pd.DataFrame, dict[str, float]]]:
+    """`finder_figures`, from the result cache (maskclf.memo) when nothing it depends on changed.
 
-    The key: the model and its verifier's rule, the detector and the code of detection,
-    classification and matching, the photos' files and the annotated faces of `folds`. Times
-    in the statistics are those of the run that computed them.
+    The key: the model and its verifier's rule, the code of detection, classification and
+    matching, the photos' files and the annotated faces of `folds`. Times in the statistics
+    are those of the run that computed them.
     """
     from . import answers, detect, images, model as model_module
-    from .detect import DEFAULT_DETECTOR
     from .memo import cached_json, files_fingerprint, model_fingerprint, source_fingerprint
 
     folds = sorted(folds)
     chosen = manifest[manifest["fold"].isin(folds)]
     photos = photos_from_manifest(chosen, images_dir)
-    key = {"model": model_fingerprint(model), "detector": detector or DEFAULT_DETECTOR,
-           "verifier": config.get("face_verifier") if verify else None,
+    key = {"model": model_fingerprint(model), "detector": detect.DEFAULT_DETECTOR,
+           "verifier": config.get("face_verifier"),
            "code": source_fingerprint(answers, detect, images, model_module, sys.modules[__name__]),
            "photos": files_fingerprint(p.path for p in photos),
            "faces": pd.util.hash_pandas_object(chosen.reset_index(drop=True)).sum().item(), "folds": folds}
 
     def compute() -> dict[str, Any]:
-        table, stats = whole_photo_figures(model, config, chosen, images_dir, folds, detector, verify)
-        return {"rows": table.reset_index().to_dict("records"), "stats": stats}
+        figures = finder_figures(model, config, chosen, images_dir, folds)
+        return {name: {"rows": table.reset_index().to_dict("records"), "stats": stats}
+                for name, (table, stats) in figures.items()}
 
-    stored = cached_json("whole-photos", key, compute)
-    return pd.DataFrame(stored["rows"]).set_index(["group", "value"]), stored["stats"]
+    stored = cached_json("finder-figures", key, compute)
+    return {name: (pd.DataFrame(entry["rows"]).set_index(["group", "value"]), entry["stats"])
+            for name, entry in stored.items()}

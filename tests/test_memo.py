@@ -102,7 +102,7 @@ def test_evaluation_scores_are_cached_by_model_and_crops(tiny, tmp_path, monkeyp
         score(crops[:2])
 
 
-def test_whole_photo_figures_are_cached_by_model_photos_and_faces(tiny, tmp_path, monkeypatch):
+def test_finder_figures_are_cached_by_model_photos_and_faces(tiny, tmp_path, monkeypatch):
     import pandas as pd
 
     from maskclf import wholephoto
@@ -116,16 +116,17 @@ def test_whole_photo_figures_are_cached_by_model_photos_and_faces(tiny, tmp_path
     def figures(*args, **kwargs):
         calls.append(1)
         table = pd.DataFrame([{"group": "all", "value": "all", "faces": 1, "recall": 1 / 3}]).set_index(["group", "value"])
-        return table, {"photos_per_s": 2 / 3}
+        return {wholephoto.ALONE: (table, {"photos_per_s": 2 / 3}), wholephoto.VERIFIED: (table, {"photos_per_s": 0.5})}
 
-    monkeypatch.setattr(wholephoto, "whole_photo_figures", figures)
-    first = wholephoto.cached_whole_photo_figures(model, config, manifest, tmp_path)
-    again = wholephoto.cached_whole_photo_figures(model, config, manifest, tmp_path)
-    assert len(calls) == 1 and again[1] == first[1] == {"photos_per_s": 2 / 3}
-    pd.testing.assert_frame_equal(again[0], first[0])
-    wholephoto.cached_whole_photo_figures(model, config, manifest.assign(xmax=[8]), tmp_path)
+    monkeypatch.setattr(wholephoto, "finder_figures", figures)
+    first = wholephoto.cached_finder_figures(model, config, manifest, tmp_path)
+    again = wholephoto.cached_finder_figures(model, config, manifest, tmp_path)
+    assert len(calls) == 1 and list(again) == list(first) == [wholephoto.ALONE, wholephoto.VERIFIED]
+    assert again[wholephoto.VERIFIED][1] == first[wholephoto.VERIFIED][1] == {"photos_per_s": 0.5}
+    pd.testing.assert_frame_equal(again[wholephoto.ALONE][0], first[wholephoto.ALONE][0])
+    wholephoto.cached_finder_figures(model, config, manifest.assign(xmax=[8]), tmp_path)
     (tmp_path / "p1.png").write_bytes(b"photo one, edited")
-    wholephoto.cached_whole_photo_figures(model, config, manifest, tmp_path)
+    wholephoto.cached_finder_figures(model, config, manifest, tmp_path)
     assert len(calls) == 3, "changed faces or a changed photo are computed again"
 
 

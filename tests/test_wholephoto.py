@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from maskclf.plots import plot_whole_photo
+from maskclf import detect, wholephoto
 from maskclf.wholephoto import Photo, evaluate_photos, match_boxes, photo_stats, photos_from_manifest, recall_table
 
 
@@ -85,6 +86,48 @@ def test_boxes_the_verifier_drops_are_neither_found_nor_false_alarms(tmp_path):
     faces, per_photo = evaluate_photos(photos, lambda image: (DETECTIONS["a"], np.ones(3)), lambda *_: labels)
     assert faces["detected"].tolist() == [False, True, False]
     assert per_photo.loc[0, ["candidates", "detections", "false_alarms"]].tolist() == [3, 1, 0]
+
+
+class RuleFinder:
+    """A finder with a verifier: photo a's three candidates, kept by the rule where P(face) > 0.5."""
+
+    rule = {"kind": "test"}
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, image):
+        self.calls += 1
+        return DETECTIONS["a"], np.array([0.9, 0.3, 0.5])
+
+    def keep(self, scores, p_face):
+        return np.asarray(p_face) > 0.5
+
+
+def test_one_pass_serves_the_detector_alone_and_the_verifier(tmp_path, monkeypatch):
+    photo = hand_made_photos(tmp_path)[0]
+    manifest = pd.DataFrame({"source_image": photo.name, "face_index": range(3), "fold": 0,
+                             **dict(zip(("xmin", "ymin", "xmax", "ymax"), photo.boxes.T)),
+                             "label": photo.labels, "original_label": photo.original_labels})
+    finder, labelled = RuleFinder(), []
+
+    def labeller(model, config):
+        def label(image, boxes):
+            labelled.append(list(boxes))
+            return ["without_mask", "with_mask", "without_mask"], np.array([0.9, 0.8, 0.2])
+        return label
+
+    monkeypatch.setattr(detect, "make_face_finder", lambda config: finder)
+    monkeypatch.setattr(wholephoto, "model_labeller", labeller)
+    figures = wholephoto.finder_figures(None, {}, manifest, tmp_path)
+    assert finder.calls == 1 and labelled == [DETECTIONS["a"]], "each photo is found and classified once"
+    assert list(figures) == [wholephoto.ALONE, wholephoto.VERIFIED]
+    alone, alone_stats = figures[wholephoto.ALONE]  # the candidates scoring >= CENTERFACE_SCORE: 0 and 2
+    assert alone.loc[("all", "all")].tolist() == pytest.approx([3, 1 / 3, 1 / 3])
+    assert alone_stats["false_alarms_per_photo"] == 1
+    verified, verified_stats = figures[wholephoto.VERIFIED]  # P(face) > 0.5: candidates 0 and 1
+    assert verified.loc[("all", "all")].tolist() == pytest.approx([3, 2 / 3, 2 / 3])
+    assert verified_stats["false_alarms_per_photo"] == 0
 
 
 def test_photos_from_manifest_groups_faces_by_photo_and_filters_folds(tmp_path):
