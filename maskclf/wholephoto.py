@@ -30,6 +30,8 @@ Finder = Callable[[np.ndarray], tuple[Sequence[BoxXYXY], np.ndarray]]
 """RGB photo -> candidate boxes and their detector scores (a FaceFinder)."""
 Classifier = Callable[[np.ndarray, Sequence[BoxXYXY], np.ndarray], list[str | None]]
 """(RGB photo, boxes, scores) -> one binary label per box, None for a box the verifier finds no face in."""
+Labeller = Callable[[np.ndarray, Sequence[BoxXYXY]], tuple[list[str], np.ndarray | None]]
+"""(RGB photo, boxes) -> every box's binary label and its P(face) (None from a run without a verifier)."""
 
 
 @dataclass
@@ -82,7 +84,7 @@ class Scan:
     scores: np.ndarray  # their detector scores
     predicted: list[str | None]  # each one's binary label; None: dropped by the classifier
     classified: bool  # whether the candidates were classified at all
-    p_face: np.ndarray | None  # each one's P(face), from a run with a verifier (`scan_photos` with `p_face`)
+    p_face: np.ndarray | None  # each one's P(face), from a `labeller` and a run with a verifier
     times_ms: tuple[float, float, float]  # detect, classify, and load + detect + classify
 
 
@@ -91,10 +93,9 @@ Keep = Callable[[Scan], np.ndarray]
 
 
 def scan_photos(photos: Sequence[Photo], find: Finder, classify: Classifier | None = None,
-                p_face: Callable[[np.ndarray, Sequence[BoxXYXY]], tuple[list[str], np.ndarray]] | None = None
-                ) -> list[Scan]:
-    """Each photo loaded, its candidates found, then classified by `classify` or, for a run with a verifier, by
-    `p_face` ((photo, boxes) -> every box's label and P(face)), which keeps every candidate's label."""
+                labeller: Labeller | None = None) -> list[Scan]:
+    """Each photo loaded, its candidates found, then classified by `classify`, or by `labeller`, which keeps every
+    candidate's label and P(face) for the ways of keeping them to choose from."""
     scans = []
     for photo in photos:
         start = time.perf_counter()
@@ -105,13 +106,13 @@ def scan_photos(photos: Sequence[Photo], find: Finder, classify: Classifier | No
         detected = time.perf_counter()
         chosen = [tuple(map(int, b)) for b in found]
         face = None
-        if p_face is not None:
-            predicted, face = p_face(image, chosen)
+        if labeller is not None:
+            predicted, face = labeller(image, chosen)
         else:
             predicted = classify(image, chosen, scores) if classify else [None] * len(found)
         done = time.perf_counter()
         times = (1000 * (detected - loaded), 1000 * (done - detected), 1000 * (done - start))
-        scans.append(Scan(found, np.asarray(scores), list(predicted), bool(classify or p_face), face, times))
+        scans.append(Scan(found, np.asarray(scores), list(predicted), bool(classify or labeller), face, times))
     return scans
 
 
@@ -198,10 +199,9 @@ def photo_stats(photos: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def model_labeller(model: Any, config: dict[str, Any], threshold: float = 0.5
-                   ) -> Callable[[np.ndarray, Sequence[BoxXYXY]], tuple[list[str], np.ndarray | None]]:
-    """(RGB photo, boxes) -> the binary label `predict` gives each box at `threshold`, and its P(face) (None for a
-    run without a verifier), from a loaded run folder's model."""
+def model_labeller(model: Any, config: dict[str, Any], threshold: float = 0.5) -> Labeller:
+    """A Labeller from a loaded run folder's model: the binary label `predict` gives each box at `threshold`, and
+    its P(face)."""
     from .answers import binary_labels, face_probabilities, p_without_mask
     from .images import crop_faces
     from .model import predict_probabilities
@@ -245,7 +245,7 @@ def finder_figures(model: Any, config: dict[str, Any], manifest: pd.DataFrame, i
     if finder.rule is None:
         faces, per_photo = evaluate_photos(photos, finder, model_classifier(model, config, finder))
         return {ALONE: (recall_table(faces), photo_stats(per_photo))}
-    scans = scan_photos(photos, finder, p_face=model_labeller(model, config))
+    scans = scan_photos(photos, finder, labeller=model_labeller(model, config))
     ways: dict[str, Keep] = {ALONE: lambda scan: scan.scores >= CENTERFACE_SCORE,
                              VERIFIED: lambda scan: finder.keep(scan.scores, scan.p_face)}
     figures = {}
