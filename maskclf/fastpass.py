@@ -59,14 +59,33 @@ whose pooling feeds the head; 1 had OpenVINO keep the pooling and the residual a
 
 
 def precision_key(precision: str) -> dict[str, str | int]:
-    """What a cache key or run id adds for `precision`: nothing for float32, so that float32 keys are as before."""
-    return {} if precision == "float32" else {"precision": precision, "pass": BFLOAT16_PASS}
+    """What a cache key or run id adds for `precision`: nothing for float32, so that float32 keys are as before; for
+    bfloat16 the pass's version and, where the CPU has no AMX, the instructions that ran it (`bfloat16_isa`)."""
+    if precision == "float32":
+        return {}
+    isa = bfloat16_isa()
+    return {"precision": precision, "pass": BFLOAT16_PASS, **({} if isa == "amx" else {"isa": isa})}
+
+
+@functools.cache
+def bfloat16_isa(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The instructions OpenVINO's bfloat16 kernels run on here: "amx" where the CPU has AMX (the amx_bf16 flag in
+    `cpuinfo`), "avx512_bf16" elsewhere, "unknown" where the flags cannot be read. The two round differently: the
+    study's 5-fold figures moved by one or two faces a fold between a Xeon with AMX and an AMD EPYC without it
+    (docs/study.md#caches), so each has its own caches and run folders."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return "unknown"
+    return "amx" if "amx_bf16" in flags else "avx512_bf16"
 
 
 OPENVINO_BATCH = 16
 """Faces per inference of the bfloat16 pass, whatever the batches it is given: on the band-pooled ResNet-50 (512
 crops, 2-core Xeon with AMX) 199 crops/s and 0.24 GiB of working memory, against 163 crops/s and 0.56 GiB in
-inferences of 64. Each face's outputs are the same, bit for bit, in an inference of any size."""
+inferences of 64; on a 2-core AMD EPYC without AMX, the same speed either way. Each face's outputs are the same,
+bit for bit, in an inference of any size."""
 
 
 def run_pass(model: keras.Model, batches: tf.data.Dataset, precision: str, verbose: int = 0,

@@ -18,6 +18,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from .fastpass import precision_key
 from .features import FEATURES_DIR, cache_key
 from .fsutil import atomic_path, files_fingerprint, reads_back, write_json_atomic
 from .model import CompiledModel
@@ -29,7 +30,9 @@ def model_fingerprint(model: Any) -> str:
     """Hex digest of a Keras model's architecture (layer names included) and weights: equal for a model and its saved copy.
     A model compiled in another precision (maskclf.model.CompiledModel) has its own."""
     if isinstance(model, CompiledModel):
-        return hashlib.sha256(f"{model_fingerprint(model.model)}-{model.precision}".encode()).hexdigest()[:20]
+        isa = precision_key(model.precision).get("isa")
+        precision = model.precision if isa is None else f"{model.precision}-{isa}"
+        return hashlib.sha256(f"{model_fingerprint(model.model)}-{precision}".encode()).hexdigest()[:20]
     digest = hashlib.sha256(model.to_json().encode())
     for weight in model.weights:
         digest.update(np.ascontiguousarray(weight.numpy()).tobytes())

@@ -104,13 +104,41 @@ def test_the_precision_follows_the_environment_and_the_cpu(precision, monkeypatc
     assert capsys.readouterr().err.count("neither AMX nor AVX512-BF16") == 1, "said once"
 
 
-def test_each_precision_has_its_own_run_id_and_float32_keeps_the_former_one():
+def test_each_precision_has_its_own_run_id_and_float32_keeps_the_former_one(monkeypatch):
+    monkeypatch.setattr(fastpass, "bfloat16_isa", lambda: "amx")
     config = trainconfig.TrainConfig.from_params(TINY)
     sha = "d" * 64
     assert trainconfig.run_id(config, sha, "float32") == trainconfig.run_id(config, sha)
     assert trainconfig.run_id(config, sha, "bfloat16") != trainconfig.run_id(config, sha)
     assert fastpass.precision_key("float32") == {}
     assert fastpass.precision_key("bfloat16") == {"precision": "bfloat16", "pass": fastpass.BFLOAT16_PASS}
+
+
+def test_a_bfloat16_pass_without_amx_has_its_own_keys_run_id_and_result_caches(monkeypatch):
+    from maskclf import memo
+    from maskclf.model import CompiledModel
+
+    config = trainconfig.TrainConfig.from_params(TINY)
+    sha = "d" * 64
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    monkeypatch.setattr(fastpass, "bfloat16_isa", lambda: "amx")
+    with_amx = (trainconfig.run_id(config, sha, "bfloat16"), memo.model_fingerprint(CompiledModel(model, "bfloat16")))
+    monkeypatch.setattr(fastpass, "bfloat16_isa", lambda: "avx512_bf16")
+    assert fastpass.precision_key("bfloat16") == {"precision": "bfloat16", "pass": fastpass.BFLOAT16_PASS,
+                                                  "isa": "avx512_bf16"}
+    assert fastpass.precision_key("float32") == {}
+    assert trainconfig.run_id(config, sha, "bfloat16") != with_amx[0]
+    assert memo.model_fingerprint(CompiledModel(model, "bfloat16")) != with_amx[1]
+    assert trainconfig.run_id(config, sha, "float32") == trainconfig.run_id(config, sha)
+
+
+def test_the_bfloat16_instructions_are_read_from_the_cpu_flags(tmp_path):
+    amx, avx = tmp_path / "amx", tmp_path / "avx"
+    amx.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+    avx.write_text("flags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
+    assert fastpass.bfloat16_isa(str(amx)) == "amx"
+    assert fastpass.bfloat16_isa(str(avx)) == "avx512_bf16"
+    assert fastpass.bfloat16_isa(str(tmp_path / "missing")) == "unknown"
 
 
 def test_the_end_to_end_check_is_strict_for_float32_and_bounded_for_bfloat16():
