@@ -234,20 +234,19 @@ def finder_figures(model: Any, config: dict[str, Any], manifest: pd.DataFrame, i
     """Recall table and photo statistics, on the photos of `folds`, of the default detector alone (ALONE) and, for a
     run with a verifier, with it (VERIFIED), the loaded model classifying.
 
-    One pass serves both: the verifier's candidates are found and classified once, and the
+    One pass serves both: the run's candidates are found and classified once, and the
     detector's own boxes are those scoring at least CENTERFACE_SCORE among them
-    (maskclf.detect.make_candidate_finder), so each photo's statistics are its one pass's times.
+    (maskclf.detect.make_candidate_finder; without a verifier, every candidate), so each
+    photo's statistics are its one pass's times.
     """
     from .detect import CENTERFACE_SCORE, make_face_finder
 
     photos = photos_from_manifest(manifest, images_dir, folds)
     finder = make_face_finder(config)
-    if finder.rule is None:
-        faces, per_photo = evaluate_photos(photos, finder, model_classifier(model, config, finder))
-        return {ALONE: (recall_table(faces), photo_stats(per_photo))}
     scans = scan_photos(photos, finder, labeller=model_labeller(model, config))
-    ways: dict[str, Keep] = {ALONE: lambda scan: scan.scores >= CENTERFACE_SCORE,
-                             VERIFIED: lambda scan: finder.keep(scan.scores, scan.p_face)}
+    ways: dict[str, Keep] = {ALONE: lambda scan: scan.scores >= CENTERFACE_SCORE}
+    if finder.rule is not None:
+        ways[VERIFIED] = lambda scan: finder.keep(scan.scores, scan.p_face)
     figures = {}
     for name, keep in ways.items():
         faces, per_photo = score_scans(photos, scans, keep)

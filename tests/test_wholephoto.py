@@ -130,6 +130,30 @@ def test_one_pass_serves_the_detector_alone_and_the_verifier(tmp_path, monkeypat
     assert verified_stats["false_alarms_per_photo"] == 0
 
 
+def test_a_run_without_a_verifier_scores_the_detector_alone_from_its_one_pass(tmp_path, monkeypatch):
+    photo = hand_made_photos(tmp_path)[0]
+    manifest = pd.DataFrame({"source_image": photo.name, "face_index": range(3), "fold": 0,
+                             **dict(zip(("xmin", "ymin", "xmax", "ymax"), photo.boxes.T)),
+                             "label": photo.labels, "original_label": photo.original_labels})
+    calls = []
+
+    def find(image):  # the default detector: its candidates all score at least CENTERFACE_SCORE
+        calls.append(1)
+        return DETECTIONS["a"], np.full(3, detect.CENTERFACE_SCORE, np.float32)
+
+    def labeller(model, config):
+        return lambda image, boxes: (["without_mask", "with_mask", "without_mask"], None)
+
+    monkeypatch.setattr(detect, "make_face_finder", lambda config: detect.FaceFinder(find))
+    monkeypatch.setattr(wholephoto, "model_labeller", labeller)
+    figures = wholephoto.finder_figures(None, {}, manifest, tmp_path)
+    assert calls == [1] and list(figures) == [wholephoto.ALONE]
+    alone, alone_stats = figures[wholephoto.ALONE]
+    expected, _ = evaluate_photos([photo], find, lambda image, boxes, scores: labeller(None, None)(image, boxes)[0])
+    assert alone.loc[("all", "all")].tolist() == pytest.approx(recall_table(expected).loc[("all", "all")].tolist())
+    assert alone_stats["false_alarms_per_photo"] == 1 and alone_stats["n_photos"] == 1
+
+
 def test_photos_from_manifest_groups_faces_by_photo_and_filters_folds(tmp_path):
     manifest = pd.DataFrame({
         "source_image": ["p10.png", "p2.png", "p2.png"], "face_index": [0, 1, 0], "fold": [1, 0, 0],
