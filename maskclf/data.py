@@ -526,8 +526,10 @@ def read_extraction_info(faces_dir: str | Path = DEFAULT_FACES_DIR) -> dict:
 
 
 def source_photos_dir(faces_dir: str | Path = DEFAULT_FACES_DIR) -> Path:
-    """The `images/` folder of the data set that `faces_dir` was extracted from."""
-    images = Path(read_extraction_info(faces_dir)["data_dir"]) / "images"
+    """The `images/` folder of the data set that `faces_dir` was extracted from: its resolved path (`source_key`), so
+    that an extraction made with a relative `--data` is found from any working folder, a notebook's included."""
+    info = read_extraction_info(faces_dir)
+    images = Path(info.get("source_key", {}).get("data_dir") or info["data_dir"]) / "images"
     if not images.is_dir():
         raise DataNotFoundError(f"{images}: the source photos of {faces_dir} are gone; re-run `python -m maskclf extract`")
     return images

@@ -238,6 +238,13 @@ def test_cli_extract(voc_dir, tmp_path, capsys):
     assert "photo3.png: image file not found" in capsys.readouterr().err
 
 
+def test_the_photos_of_an_extraction_made_with_a_relative_path_are_found_from_elsewhere(voc_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(voc_dir.parent)
+    extract_faces(Path(voc_dir.name), tmp_path / "out", progress=False)
+    monkeypatch.chdir(tmp_path)  # as a notebook's kernel, which runs in notebooks/
+    assert data.source_photos_dir(tmp_path / "out") == (voc_dir / "images").resolve()
+
+
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/datasets/face-mask-detection is not present")
 def test_real_data_counts(tmp_path):
