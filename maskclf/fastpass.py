@@ -58,6 +58,15 @@ and the features come out in bfloat16 (`compile_openvino`'s `low_precision_outpu
 whose pooling feeds the head; 1 had OpenVINO keep the pooling and the residual additions before it in float32."""
 
 
+def feature_dtype(precision: str) -> np.dtype:
+    """The dtype a pass's features are held in, in memory: bfloat16 for the bfloat16 pass, whose outputs are bfloat16
+    numbers (nothing is lost, and they take half of float32's memory), float32 for the float32 pass. The products over
+    them run in float32 (`logreg.compute_dtype`), and cache files hold float32 either way."""
+    from ml_dtypes import bfloat16
+
+    return np.dtype(bfloat16 if precision == "bfloat16" else np.float32)
+
+
 def precision_key(precision: str) -> dict[str, str | int]:
     """What a cache key or run id adds for `precision`: nothing for float32, so that float32 keys are as before; for
     bfloat16 the pass's version and, where the CPU has no AMX, the instructions that ran it (`bfloat16_isa`)."""
@@ -91,8 +100,9 @@ bit for bit, in an inference of any size."""
 def run_pass(model: keras.Model, batches: tf.data.Dataset, precision: str, verbose: int = 0,
              out: np.ndarray | None = None) -> np.ndarray:
     """`model`'s outputs on every batch of raw 0-255 faces, in order, computed in `precision` (bfloat16: in
-    inferences of at most OPENVINO_BATCH faces). `out`: a float32 array of their shape to fill and return, so that
-    no second copy of them is made (the bfloat16 pass writes each inference's outputs into it)."""
+    inferences of at most OPENVINO_BATCH faces). `out`: an array of their shape to fill and return, so that no second
+    copy of them is made: float32, or for the bfloat16 pass `feature_dtype`'s bfloat16 (each inference's outputs are
+    written into it)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "float32":

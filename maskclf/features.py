@@ -18,6 +18,7 @@ from typing import Callable, Mapping, Sequence
 import keras
 import numpy as np
 import tensorflow as tf
+from numpy.typing import DTypeLike
 
 from .fastpass import precision_key, release, run_pass
 from .fsutil import atomic_path, reads_back
@@ -27,6 +28,11 @@ from .paths import PROCESSED_DIR
 FEATURE_FORMAT = 2
 """Bumped when the way features are computed changes, to invalidate old caches (2: band pooling reduces each row
 first, which moves the features in their last bits)."""
+
+CACHED_DTYPE = np.dtype(np.float32)
+"""What a feature cache file holds, whatever the dtype its features are held in once read (`cached_outputs`)."""
+READ_ROWS = 256
+"""Rows of a cache file read at a time when they are converted to another dtype."""
 
 FEATURES_DIR = Path(os.environ.get("MASKCLF_FEATURES_DIR") or PROCESSED_DIR / "features")
 """The cache of backbone outputs (and, under cv/, of cross-validation results); tests point it elsewhere."""
@@ -69,6 +75,7 @@ def cached_outputs(
     loaders: Mapping[str, Callable[[int], np.ndarray]] | None = None,
     recipes: Mapping[str, object] | None = None,
     precision: str = "float32",
+    dtype: DTypeLike = np.float32,
 ) -> tuple[np.ndarray, bool]:
     """Outputs of `model` on every crop (and augmented view), from the cache when present.
 
@@ -79,6 +86,8 @@ def cached_outputs(
     face, e.g. the jittered re-cuts of maskclf.framing); their recipe enters the key: `recipes[view]`, else
     the jitter recipe's version. `precision` is the pass's (maskclf.fastpass), in the key too. The pass compiled
     for `model` is released at the end (`fastpass.release`): the views share it, and nothing after them needs it.
+    `dtype`: what the returned array holds, float32 or the bfloat16 pass's `fastpass.feature_dtype`; the cache
+    files hold float32 either way, so a bfloat16 pass's cached views serve both.
     """
     from .framing import JITTER_VERSION
 
@@ -93,16 +102,16 @@ def cached_outputs(
                             **precision_key(precision))
             cache_file = Path(cache_dir) / f"{key_parts.get('backbone', 'model')}-{image_size}-{view}-{key}.npz"
             layout = _cached_layout(cache_file, names)
-            if layout is not None and stacked is not None and (layout[1], layout[2]) != (stacked.shape[1:], stacked.dtype):
+            if layout is not None and stacked is not None and layout[1] != stacked.shape[1:]:
                 layout = None  # not of this model's outputs: computed again
             hits.append(layout is not None)
             if layout is not None:  # read straight into its place: no second copy of the view
-                offset, shape, dtype = layout
+                offset, shape = layout
                 stacked = np.empty((len(views), *shape), dtype) if stacked is None else stacked
                 _read_into(cache_file, offset, stacked[v])
                 continue
             if stacked is None:  # each view computed into its place: no second copy of it, nor of every view
-                stacked = np.empty((len(views), len(paths), *model.output.shape[1:]), np.float32)
+                stacked = np.empty((len(views), len(paths), *model.output.shape[1:]), dtype)
             if view in loaders:
                 batches = face_dataset(loaders[view], len(paths), image_size, batch_size)
             else:
@@ -110,15 +119,16 @@ def cached_outputs(
             stored = run_pass(model, batches, precision, verbose, out=stacked[v])
             with atomic_path(cache_file, suffix=".npz", check=reads_back("npz")) as tmp:
                 with open(tmp, "wb") as f:
-                    np.savez(f, outputs=stored, paths=np.array(names), key=json.dumps(key_parts, default=str))
+                    np.savez(f, outputs=np.asarray(stored, CACHED_DTYPE), paths=np.array(names),
+                             key=json.dumps(key_parts, default=str))
     finally:
         release(model)
     return stacked, all(hits)
 
 
-def _cached_layout(cache_file: Path, names: list[str]) -> tuple[int, tuple[int, ...], np.dtype] | None:
-    """Where a cache file's outputs lie (byte offset, shape, dtype) when it holds the outputs of `names`; None when
-    it is missing, is of other crops, or is not an uncompressed, C-ordered numeric array filling its member.
+def _cached_layout(cache_file: Path, names: list[str]) -> tuple[int, tuple[int, ...]] | None:
+    """Where a cache file's outputs lie (byte offset, shape) when it holds the outputs of `names`; None when it is
+    missing, is of other crops, or is not an uncompressed, C-ordered CACHED_DTYPE array filling its member.
 
     np.savez stores its arrays uncompressed, so the outputs can be read in place (`_read_into`): about five times
     faster than through np.load, which copies them through the zip reader and then once more into the stack."""
@@ -142,17 +152,26 @@ def _cached_layout(cache_file: Path, names: list[str]) -> tuple[int, tuple[int, 
         shape, fortran_order, dtype = read_header(f)
         offset = f.tell()
     size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if fortran_order or dtype.hasobject or offset + size != member_start + info.file_size:
+    if fortran_order or dtype != CACHED_DTYPE or offset + size != member_start + info.file_size:
         return None
-    return offset, tuple(shape), dtype
+    return offset, tuple(shape)
 
 
 def _read_into(cache_file: Path, offset: int, out: np.ndarray) -> None:
-    """Fill `out` (C-contiguous) with the bytes of `cache_file` from `offset` (`_cached_layout`)."""
+    """Fill `out` (C-contiguous) with the CACHED_DTYPE values of `cache_file` from `offset` (`_cached_layout`): their
+    bytes straight into place, or for another dtype (bfloat16), converted READ_ROWS rows at a time."""
     with open(cache_file, "rb") as f:
         f.seek(offset)
-        if f.readinto(memoryview(out).cast("B")) != out.nbytes:
-            raise OSError(f"{cache_file}: truncated while it was read")
+        if out.dtype == CACHED_DTYPE:
+            if f.readinto(memoryview(out).cast("B")) != out.nbytes:
+                raise OSError(f"{cache_file}: truncated while it was read")
+            return
+        block = np.empty((min(READ_ROWS, len(out)), *out.shape[1:]), CACHED_DTYPE)
+        for start in range(0, len(out), READ_ROWS):
+            rows = block[:len(out) - start]
+            if f.readinto(memoryview(rows).cast("B")) != rows.nbytes:
+                raise OSError(f"{cache_file}: truncated while it was read")
+            out[start:start + len(rows)] = rows
 
 
 def _view_dataset(paths: Sequence[str], image_size: int, batch_size: int, view: str, seed: int) -> tf.data.Dataset:

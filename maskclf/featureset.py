@@ -17,7 +17,7 @@ from . import detector_views
 from .augment import view_names
 from .backbones import get_backbone, weights_id
 from .data import face_size, hash_extraction, source_photos_dir
-from .fastpass import feature_precision
+from .fastpass import feature_dtype, feature_precision
 from .features import FEATURES_DIR, cached_outputs
 from .framing import jittered_loader
 from .model import run_batched
@@ -111,7 +111,8 @@ def prepare_features(
                "init_seed": config.train_seed if config.weights is None else None}
         acts, hit = cached_outputs(keras.Model(inputs, stored), list(manifest["crop_file"]), size, key, cache_dir,
                                    batch_size=config.batch_size, views=views, seed=config.train_seed, verbose=verbose,
-                                   loaders=loaders, recipes=recipes, precision=precision)
+                                   loaders=loaders, recipes=recipes, precision=precision,
+                                   dtype=np.float32 if upper is not None else feature_dtype(precision))
         parts.append(acts if columns is None else np.ascontiguousarray(acts[..., columns]))
         hits.append(hit)
     acts = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)

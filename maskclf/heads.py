@@ -25,10 +25,10 @@ def _dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: 
 
 
 def _train_views(values: np.ndarray, y: np.ndarray, idx: np.ndarray, available: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every view of the training faces that they have (`available`: views x faces) as training samples."""
+    """Every view of the training faces that they have (`available`: views x faces) as training samples, in float32."""
     keep = available[:, idx].reshape(-1) > 0
     x = values[:, idx].reshape((-1, *values.shape[2:]))[keep]
-    return x, np.tile(y[idx], values.shape[0])[keep]
+    return x.astype(np.float32, copy=False), np.tile(y[idx], values.shape[0])[keep]
 
 
 def _fit(model: keras.Model, x, y, xv, yv, config: TrainConfig, epochs: int, verbose: int,
@@ -121,8 +121,8 @@ def _adam_head(fs: FeatureSet, labels: TrainingLabels, train_idx: np.ndarray, va
         standardization = standardisation(x) if config.pooling != "avg" else None
         core = compile_model(build_head(x.shape[-1], config.dropout, len(labels.names), standardization),
                              config.learning_rate)
-        history = _fit(core, x, lt, fs.pooled[0, val_idx], labels.values[val_idx], config, config.epochs, verbose,
-                       labels.names)
+        val_x = np.asarray(fs.pooled[0, val_idx], np.float32)
+        history = _fit(core, x, lt, val_x, labels.values[val_idx], config, config.epochs, verbose, labels.names)
         return with_merge(core, labels.merge), history
 
 

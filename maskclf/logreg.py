@@ -11,7 +11,8 @@ Several fits on subsets of the rows of one feature array (the folds of a cross-v
 run in lockstep: each round reads the array once, a chunk at a time, and one matrix product
 per chunk serves every fit. The fits share no parameters, so each reaches its own optimum;
 to the last bits of rounding, its path depends on which others share its products. The features are neither copied nor standardised in memory: the standardisation is
-folded into the weights, z @ K = x @ (K / s) - (m / s) @ K.
+folded into the weights, z @ K = x @ (K / s) - (m / s) @ K. Features held in bfloat16 (a bfloat16 pass's) are widened
+to float32 a chunk at a time: the fits are those of the same values held in float32, bit for bit.
 
 The fitted standardisation and weights are copied into a Keras head (see `train`).
 """
@@ -22,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+from ml_dtypes import bfloat16
 from scipy.special import log_softmax
 
 CHUNK_ROWS = 1024
@@ -31,7 +33,7 @@ MEMORY = 50
 scipy's default of 10 took 219, to the same tolerance (5-fold CV, docs/performance.md)."""
 PAIRS_DTYPE = np.float32
 """How the correction pairs are kept; the recursion runs in float64 on them. In float64, the 20 lockstep fits of the
-study's cross-validation (66,051 parameters each) kept 0.98 GiB of pairs beside the 1.67 GiB feature array; float32
+study's cross-validation (66,051 parameters each) kept 0.98 GiB of pairs beside the feature array (1.67 GiB in float32); float32
 halves that, and the fits stop within tolerance of the same optimum (docs/performance.md#memory)."""
 LINE_SEARCH_TRIES = 20
 """Evaluations one line search may take."""
@@ -79,11 +81,23 @@ def _usable_scale(scale: np.ndarray) -> np.ndarray:
     return np.where(scale > 1e-6, scale, 1.0)
 
 
+def compute_dtype(x: np.ndarray) -> np.dtype:
+    """The dtype the products over `x` run in: its own, float32 for bfloat16 features (held in half the memory,
+    widened exactly a chunk at a time)."""
+    return np.dtype(np.float32) if x.dtype == bfloat16 else x.dtype
+
+
 def _chunks(x: np.ndarray):
-    """(view, first row, rows) over the feature array, in a fixed order."""
+    """(view, first row, rows) over the feature array, in a fixed order; bfloat16 rows come widened to float32, in a
+    buffer that the next chunk reuses."""
+    widened = np.empty((min(CHUNK_ROWS, x.shape[1]), x.shape[-1]), np.float32) if x.dtype == bfloat16 else None
     for v in range(x.shape[0]):
         for start in range(0, x.shape[1], CHUNK_ROWS):
-            yield v, start, x[v, start:start + CHUNK_ROWS]
+            rows = x[v, start:start + CHUNK_ROWS]
+            if widened is not None:
+                np.copyto(widened[:len(rows)], rows)
+                rows = widened[:len(rows)]
+            yield v, start, rows
 
 
 def _subset_standardisations(x: np.ndarray, masks: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -93,13 +107,13 @@ def _subset_standardisations(x: np.ndarray, masks: list[np.ndarray]) -> list[tup
     (float32 within a chunk, float64 across chunks). The squares are taken about the mean of all rows, near every
     subset's own, so that the variance loses no digits to cancellation."""
     d = x.shape[-1]
-    indicators = np.stack([np.ones(x.shape[:2], bool), *masks]).astype(x.dtype)  # row 0: every row
+    indicators = np.stack([np.ones(x.shape[:2], bool), *masks]).astype(compute_dtype(x))  # row 0: every row
     sums = np.zeros((len(indicators), d))
     for v, start, rows in _chunks(x):
         sums += indicators[:, v, start:start + len(rows)] @ rows
     counts = indicators.sum(axis=(1, 2), dtype=np.float64)[:, None]
     means = sums / counts
-    centre = means[0].astype(x.dtype)
+    centre = means[0].astype(compute_dtype(x))
     squares = np.zeros((len(indicators), d))
     for v, start, rows in _chunks(x):
         squares += indicators[:, v, start:start + len(rows)] @ np.square(rows - centre)
@@ -138,7 +152,7 @@ def _evaluate(x: np.ndarray, onehot: np.ndarray, val_labels: np.ndarray | None, 
     k, d, m = onehot.shape[1], x.shape[-1], len(points)
     kernels = [point.params[:-k].reshape(d, k) for point in points]
     folded = np.concatenate([kernel / prob.scale[:, None] for kernel, prob in zip(kernels, problems)], axis=1)
-    folded = folded.astype(x.dtype)
+    folded = folded.astype(compute_dtype(x))
     biases = np.stack([point.params[-k:] - (prob.mean / prob.scale) @ kernel
                        for point, prob, kernel in zip(points, problems, kernels)])
     weights = np.stack([prob.weight for prob in problems])  # (problems, views, faces)
@@ -155,7 +169,7 @@ def _evaluate(x: np.ndarray, onehot: np.ndarray, val_labels: np.ndarray | None, 
         ll += (w * (oh * logp).sum(axis=2)).sum(axis=0)
         g = (np.exp(logp) - oh) * (w / totals)[:, :, None]
         gsum += g.sum(axis=0)
-        xg += (g.reshape(n, m * k).astype(x.dtype).T @ rows).T  # this order of the product is the faster one
+        xg += (g.reshape(n, m * k).astype(compute_dtype(x)).T @ rows).T  # this order of the product is the faster one
         loss, correct = _row_metrics(logp, output[start:start + n], merge)
         learn = w > 0
         sums[""] += np.stack([(loss * learn).sum(axis=0), (correct & learn).sum(axis=0), learn.sum(axis=0)], axis=1)

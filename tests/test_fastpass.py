@@ -224,6 +224,33 @@ def test_the_feature_cache_shares_one_compiled_pass_and_then_releases_it(tmp_pat
     assert model not in fastpass._COMPILED, "released once the views are computed: its memory is freed now"
 
 
+def test_a_bfloat16_pass_holds_its_features_in_bfloat16_and_caches_them_in_float32(tmp_path):
+    """Half the memory in the study, the same numbers: the cache file holds the held values exactly, in float32, and
+    serves a float32 or a bfloat16 reader alike."""
+    from ml_dtypes import bfloat16
+
+    from maskclf.features import cached_outputs
+
+    assert fastpass.feature_dtype("bfloat16") == bfloat16 and fastpass.feature_dtype("float32") == np.float32
+    faces = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    args = (small_convnet(), ["a.png", "b.png", "c.png"], 32, {"backbone": "tiny"}, tmp_path)
+    kwargs = {"batch_size": 2, "views": ["first"], "verbose": 0, "loaders": {"first": faces.__getitem__},
+              "precision": "bfloat16"}
+    held, hit = cached_outputs(*args, dtype=bfloat16, **kwargs)
+    assert held.dtype == bfloat16 and held.shape == (1, 3, 32) and not hit
+    [cache_file] = tmp_path.glob("*.npz")
+    with np.load(cache_file) as stored:
+        cached = stored["outputs"]
+    assert cached.dtype == np.float32 and cached.any()
+    np.testing.assert_array_equal(held[0].astype(np.float32), cached)
+    as_float32, hit = cached_outputs(*args, **kwargs)
+    assert hit and as_float32.dtype == np.float32
+    np.testing.assert_array_equal(as_float32[0], cached)
+    again, hit = cached_outputs(*args, dtype=bfloat16, **kwargs)
+    assert hit and again.dtype == bfloat16
+    np.testing.assert_array_equal(again, held)
+
+
 def test_the_evaluation_scores_a_bfloat16_run_as_its_export_does_and_caches_it_apart(precision, monkeypatch):
     from maskclf import memo
     from maskclf.model import as_deployed

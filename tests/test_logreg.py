@@ -144,3 +144,23 @@ def test_the_correction_pairs_are_kept_in_float32_and_the_run_says_so(data, monk
     assert fit.converged and pairs and all(s.dtype == y.dtype == np.float32 for s, y, _ in pairs)
     assert logreg.solver_identity("lbfgs") == {"lbfgs_memory": logreg.MEMORY, "lbfgs_pairs": "float32"}
     assert logreg.solver_identity("adam") == {}
+
+
+def test_bfloat16_features_fit_exactly_as_their_float32_values(data, monkeypatch):
+    """Features held in bfloat16 (a bfloat16 pass's) are widened a chunk at a time, into a buffer the chunks share:
+    the fits are those of the same values in float32, bit for bit, in every chunk and view."""
+    from ml_dtypes import bfloat16
+
+    monkeypatch.setattr(logreg, "CHUNK_ROWS", 64)  # several chunks per view, the last one short
+    x, labels = data
+    views = np.stack([x, x[:, ::-1] * 0.9]).astype(bfloat16)
+    folds = np.arange(400) % 4
+    subsets = [Subset(rows(400, np.flatnonzero(folds != k), views=2), np.flatnonzero(folds == k)) for k in range(2)]
+    held = fit_logistic(views, labels, 3, 0.1, subsets)
+    widened = fit_logistic(views.astype(np.float32), labels, 3, 0.1, subsets)
+    assert logreg.compute_dtype(views) == np.float32
+    for a, b in zip(held, widened):
+        assert a.objective == b.objective
+        np.testing.assert_array_equal(a.kernel, b.kernel)
+        np.testing.assert_array_equal(a.mean, b.mean)
+        np.testing.assert_array_equal(a.scale, b.scale)

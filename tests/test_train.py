@@ -75,11 +75,14 @@ def test_a_cached_view_is_read_in_place_and_a_malformed_one_is_computed_again(tm
     outputs = np.arange(2 * 5, dtype=np.float32).reshape(2, 5)
     good = tmp_path / "good.npz"
     np.savez(good, outputs=outputs, paths=np.array(names), key="{}")
-    offset, shape, dtype = features._cached_layout(good, names)
-    into = np.zeros((3, *shape), dtype)
+    offset, shape = features._cached_layout(good, names)
+    into = np.zeros((3, *shape), np.float32)
     features._read_into(good, offset, into[1])
     np.testing.assert_array_equal(into[1], outputs)
     assert not into[0].any() and not into[2].any(), "only its own place is written"
+    float64 = tmp_path / "float64.npz"
+    np.savez(float64, outputs=outputs.astype(np.float64), paths=np.array(names), key="{}")
+    assert features._cached_layout(float64, names) is None, "not the cached dtype"
     assert features._cached_layout(good, ["a.png", "c.png"]) is None, "the outputs of other crops"
     packed = tmp_path / "packed.npz"
     np.savez_compressed(packed, outputs=outputs, paths=np.array(names), key="{}")
@@ -89,6 +92,26 @@ def test_a_cached_view_is_read_in_place_and_a_malformed_one_is_computed_again(tm
     blob = short.read_bytes().replace(b"(2, 5)", b"(9, 5)", 1)  # a header that promises more than the file holds
     short.write_bytes(blob)
     assert features._cached_layout(short, names) is None
+
+
+def test_a_cached_view_is_read_into_bfloat16_row_block_by_row_block(tmp_path, monkeypatch):
+    """A bfloat16 pass's features (bfloat16 numbers, cached as float32) are held in bfloat16: read exactly, in blocks
+    of READ_ROWS rows, the last one short."""
+    from ml_dtypes import bfloat16
+
+    from maskclf import features
+
+    monkeypatch.setattr(features, "READ_ROWS", 2)
+    names = ["a.png", "b.png", "c.png"]
+    outputs = (np.random.default_rng(0).uniform(0, 50, (3, 7)).astype(bfloat16)).astype(np.float32)
+    cached = tmp_path / "view.npz"
+    np.savez(cached, outputs=outputs, paths=np.array(names), key="{}")
+    offset, shape = features._cached_layout(cached, names)
+    into = np.zeros((2, *shape), bfloat16)
+    features._read_into(cached, offset, into[1])
+    assert into.dtype == bfloat16
+    np.testing.assert_array_equal(into[1].astype(np.float32), outputs)
+    assert not into[0].astype(np.float32).any(), "only its own place is written"
 
 
 def test_one_backbone_pass_feeds_every_pooling(faces, cache):
