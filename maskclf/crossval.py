@@ -96,7 +96,7 @@ def train_fold(fs: FeatureSet, manifest: pd.DataFrame, val_fold: int, verbose: i
 def predict_cached(fs: FeatureSet, head: keras.Model, upper: keras.Model | None, idx: np.ndarray) -> np.ndarray:
     """P(without_mask) for faces `idx` from cached outputs (original view)."""
     if upper is None:
-        features = np.asarray(fs.pooled[0, idx], np.float32)
+        features = fs.original_view(idx)
     else:
         features = pool_upper(upper, fs.activations[:1, idx], fs.config.batch_size)[0]
     return run_batched(lambda b: head(b, training=False), features)[:, 1]

@@ -45,6 +45,11 @@ class FeatureSet:
         """(views, faces) 1.0 where the face has the view, 0.0 where it has none (a missed detector view)."""
         return np.ones(self.pooled.shape[:2]) if self.view_weight is None else self.view_weight
 
+    def original_view(self, idx: np.ndarray) -> np.ndarray:
+        """The pooled features of faces `idx` in their original view, in float32 (widened where they are held in
+        bfloat16): what a Keras head takes."""
+        return np.asarray(self.pooled[0, idx], np.float32)
+
     def summary(self) -> str:
         """The cached array's shape and size, the pooled features' shape and the views, in words."""
         return (f"cached array {self.activations.shape} ({self.activations.nbytes / 2**20:.0f} MiB); "

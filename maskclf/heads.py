@@ -121,8 +121,8 @@ def _adam_head(fs: FeatureSet, labels: TrainingLabels, train_idx: np.ndarray, va
         standardization = standardisation(x) if config.pooling != "avg" else None
         core = compile_model(build_head(x.shape[-1], config.dropout, len(labels.names), standardization),
                              config.learning_rate)
-        val_x = np.asarray(fs.pooled[0, val_idx], np.float32)
-        history = _fit(core, x, lt, val_x, labels.values[val_idx], config, config.epochs, verbose, labels.names)
+        history = _fit(core, x, lt, fs.original_view(val_idx), labels.values[val_idx], config, config.epochs, verbose,
+                       labels.names)
         return with_merge(core, labels.merge), history
 
 

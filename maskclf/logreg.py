@@ -106,14 +106,14 @@ def _subset_standardisations(x: np.ndarray, masks: list[np.ndarray]) -> list[tup
     Each chunk's sums, over every subset at once, are one matrix product with the subsets' 0/1 indicator rows
     (float32 within a chunk, float64 across chunks). The squares are taken about the mean of all rows, near every
     subset's own, so that the variance loses no digits to cancellation."""
-    d = x.shape[-1]
-    indicators = np.stack([np.ones(x.shape[:2], bool), *masks]).astype(compute_dtype(x))  # row 0: every row
+    d, dtype = x.shape[-1], compute_dtype(x)
+    indicators = np.stack([np.ones(x.shape[:2], bool), *masks]).astype(dtype)  # row 0: every row
     sums = np.zeros((len(indicators), d))
     for v, start, rows in _chunks(x):
         sums += indicators[:, v, start:start + len(rows)] @ rows
     counts = indicators.sum(axis=(1, 2), dtype=np.float64)[:, None]
     means = sums / counts
-    centre = means[0].astype(compute_dtype(x))
+    centre = means[0].astype(dtype)
     squares = np.zeros((len(indicators), d))
     for v, start, rows in _chunks(x):
         squares += indicators[:, v, start:start + len(rows)] @ np.square(rows - centre)
@@ -169,7 +169,7 @@ def _evaluate(x: np.ndarray, onehot: np.ndarray, val_labels: np.ndarray | None, 
         ll += (w * (oh * logp).sum(axis=2)).sum(axis=0)
         g = (np.exp(logp) - oh) * (w / totals)[:, :, None]
         gsum += g.sum(axis=0)
-        xg += (g.reshape(n, m * k).astype(compute_dtype(x)).T @ rows).T  # this order of the product is the faster one
+        xg += (g.reshape(n, m * k).astype(folded.dtype).T @ rows).T  # this order of the product is the faster one
         loss, correct = _row_metrics(logp, output[start:start + n], merge)
         learn = w > 0
         sums[""] += np.stack([(loss * learn).sum(axis=0), (correct & learn).sum(axis=0), learn.sum(axis=0)], axis=1)
