@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,9 @@ from .answers import RULE_KEYS, keep_by_rule, logit
 from .detect import CENTERFACE_SCORE
 from .framing import cut_face, manifest_boxes
 from .logreg import LinearFit, Subset, fit_logistic, solver_identity
+
+if TYPE_CHECKING:
+    from .features import KnownRows
 
 ROLES = ("face", "negative", "ambiguous")
 MATCH_IOU = 0.5
@@ -129,9 +132,16 @@ def candidate_loader(table: pd.DataFrame, photos_dir: str | Path, image_size: in
 # --------------------------------------------------------------------------- features and fit
 
 
-def candidate_features(fs: Any, table: pd.DataFrame, photos_dir: str | Path, cache_dir: str | Path) -> np.ndarray:
+def candidate_name(photo: str, box: Sequence[int]) -> str:
+    """A candidate's name in the feature cache: its photo and box."""
+    return f"{photo}#{','.join(str(int(v)) for v in box)}"
+
+
+def candidate_features(fs: Any, table: pd.DataFrame, manifest: pd.DataFrame, photos_dir: str | Path,
+                       cache_dir: str | Path) -> np.ndarray:
     """(candidates, features): the pooled backbone features of every candidate of `table`, as the mask head sees a
-    face (`fs`: the study's FeatureSet, frozen backbone), cached like a view of the faces."""
+    face (`fs`: the study's FeatureSet of `manifest`'s faces, frozen backbone), cached like a view of the faces. The
+    candidates that are the detector view's crops are read from that view's cache (`detector_view_rows`)."""
     from .backbones import weights_id
     from .detect import candidate_settings
     from .features import cached_outputs
@@ -140,7 +150,8 @@ def candidate_features(fs: Any, table: pd.DataFrame, photos_dir: str | Path, cac
     config = fs.config
     if fs.upper is not None:
         raise ValueError("the face verifier needs a frozen backbone (fine_tune_blocks: 0)")
-    names = [f"{row.source_image}#{row.xmin},{row.ymin},{row.xmax},{row.ymax}" for row in table.itertuples()]
+    names = [candidate_name(row.source_image, (row.xmin, row.ymin, row.xmax, row.ymax)) for row in table.itertuples()]
+    known = detector_view_rows(fs, names, manifest, photos_dir)
     photos = sorted(set(table["source_image"]))
     key = {"backbone": config.backbone, "weights": weights_id(config.weights), "cut": "pooled",
            "pooling": config.pooling, "init_seed": config.train_seed if config.weights is None else None,
@@ -148,8 +159,30 @@ def candidate_features(fs: Any, table: pd.DataFrame, photos_dir: str | Path, cac
     outputs, _ = cached_outputs(fs.frozen, names, config.image_size, key, cache_dir, batch_size=config.batch_size,
                                 views=[VIEW], seed=config.train_seed, verbose=0,
                                 loaders={VIEW: candidate_loader(table, photos_dir, config.image_size)},
-                                recipes={VIEW: {"finder": candidate_settings(), "recipe": RECIPE}}, precision=fs.precision)
+                                recipes={VIEW: {"finder": candidate_settings(), "recipe": RECIPE}}, precision=fs.precision,
+                                known={} if known is None else {VIEW: known})
     return outputs[0]
+
+
+def detector_view_rows(fs: Any, names: Sequence[str], manifest: pd.DataFrame,
+                       photos_dir: str | Path) -> KnownRows | None:
+    """The candidates `names` that are crops of `fs`'s detector view, as `features.KnownRows` of its cache file (None:
+    none, or no such file in `fs.view_files`). The view's boxes are the default finder's candidates that score
+    CENTERFACE_SCORE or more (maskclf.detector_views), cut alike: in the study, 3,535 of the 5,456 candidates."""
+    from .detector_views import VIEW as DETECTOR_VIEW
+    from .detector_views import detector_boxes
+    from .features import KnownRows
+
+    if fs.view_files is None or DETECTOR_VIEW not in fs.views:
+        return None
+    boxes = detector_boxes(manifest, photos_dir)
+    faces = {candidate_name(photo, box): i for i, (photo, box) in enumerate(zip(manifest["source_image"], boxes))
+             if not np.isnan(box).any()}
+    pairs = np.array([(j, faces[name]) for j, name in enumerate(names) if name in faces], dtype=np.int64).reshape(-1, 2)
+    if not len(pairs):
+        return None
+    return KnownRows(pairs[:, 0], fs.view_files[fs.views.index(DETECTOR_VIEW)], pairs[:, 1],
+                     [Path(p).name for p in manifest["crop_file"]])
 
 
 @dataclass
@@ -245,7 +278,7 @@ def train_verifier(fs: Any, manifest: pd.DataFrame, faces_dir: str | Path, val_f
 
     photos_dir = source_photos_dir(faces_dir)
     table = photo_candidates(manifest, photos_dir)
-    features = candidate_features(fs, table, photos_dir, cache_dir)
+    features = candidate_features(fs, table, manifest, photos_dir, cache_dir)
     faces_per_fold = manifest.groupby("fold").size()
     photos_per_fold = manifest.groupby("fold")["source_image"].nunique()
     key = {"features": array_fingerprint(features), "fit": FIT_VERSION, **solver_identity("lbfgs"),

@@ -57,14 +57,18 @@ def train_folds_together(studies: Sequence[tuple[FeatureSet, pd.DataFrame, Seque
                          verbose: int = 0) -> list[list[TrainResult]]:
     """`train_folds` of several (feature set, faces, folds); the "lbfgs" folds of feature sets that are the first
     views of one array share their passes over it (heads.fit_heads_together)."""
-    tasks, held_out = [], []
+    tasks, held_out, stopping = [], [], {}
     for fs, manifest, val_folds in studies:
         splits, validation = [], []
+        faces = (tuple(manifest["label"]), tuple(manifest["source_image"]))
         for k in val_folds:
             train_idx, val_idx = train_val_indices(manifest["fold"], k)
             validation.append(val_idx)
-            splits.append(early_stopping_split(manifest["label"], manifest["source_image"], train_idx,
-                                               seed=fs.config.train_seed))
+            key = (faces, train_idx.tobytes(), fs.config.train_seed)  # configurations on the same faces share it
+            if key not in stopping:
+                stopping[key] = early_stopping_split(manifest["label"], manifest["source_image"], train_idx,
+                                                     seed=fs.config.train_seed)
+            splits.append(stopping[key])
         tasks.append((fs, training_labels(manifest, fs.config.labels), encode_labels(manifest["label"]), splits))
         held_out.append(validation)
     results = []

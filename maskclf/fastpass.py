@@ -67,6 +67,13 @@ def feature_dtype(precision: str) -> np.dtype:
     return np.dtype(bfloat16 if precision == "bfloat16" else np.float32)
 
 
+def batch_invariant(precision: str) -> bool:
+    """Whether the pass in `precision` gives each face the same outputs, bit for bit, whatever it is batched with, so
+    that a face's outputs cached from one pass may stand for it in another (`features.KnownRows`): the bfloat16 pass
+    (OPENVINO_BATCH); not Keras' float32 pass, whose kernels may change with the batch."""
+    return precision == "bfloat16"
+
+
 def precision_key(precision: str) -> dict[str, str | int]:
     """What a cache key or run id adds for `precision`: nothing for float32, so that float32 keys are as before; for
     bfloat16 the pass's version and, where the CPU has no AMX, the instructions that ran it (`bfloat16_isa`)."""

@@ -12,6 +12,7 @@ import json
 import os
 import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -76,6 +77,7 @@ def cached_outputs(
     recipes: Mapping[str, object] | None = None,
     precision: str = "float32",
     dtype: DTypeLike = np.float32,
+    known: Mapping[str, KnownRows] | None = None,
 ) -> tuple[np.ndarray, bool]:
     """Outputs of `model` on every crop (and augmented view), from the cache when present.
 
@@ -88,19 +90,14 @@ def cached_outputs(
     for `model` is released at the end (`fastpass.release`): the views share it, and nothing after them needs it.
     `dtype`: what the returned array holds, float32 or the bfloat16 pass's `fastpass.feature_dtype`; the cache
     files hold float32 either way, so a bfloat16 pass's cached views serve both.
+    `known[view]`: rows of a loader's view that another cache file already holds (`KnownRows`), read from it instead
+    of computed.
     """
-    from .framing import JITTER_VERSION
-
-    loaders = loaders or {}
     names = [Path(p).name for p in paths]
-    crops = hashlib.sha256("\n".join(names).encode()).hexdigest()
+    files = view_cache_files(paths, image_size, key_parts, cache_dir, views, seed, loaders, recipes, precision)
     stacked, hits = None, []
     try:
-        for v, view in enumerate(views):
-            recipe = {"recipe": (recipes or {}).get(view, JITTER_VERSION)} if view in loaders else {}
-            key = cache_key(**key_parts, image_size=image_size, view=view, seed=seed + 10 * v, crops=crops, **recipe,
-                            **precision_key(precision))
-            cache_file = Path(cache_dir) / f"{key_parts.get('backbone', 'model')}-{image_size}-{view}-{key}.npz"
+        for v, (view, cache_file) in enumerate(zip(views, files)):
             layout = _cached_layout(cache_file, names)
             if layout is not None and stacked is not None and layout[1] != stacked.shape[1:]:
                 layout = None  # not of this model's outputs: computed again
@@ -112,11 +109,13 @@ def cached_outputs(
                 continue
             if stacked is None:  # each view computed into its place: no second copy of it, nor of every view
                 stacked = np.empty((len(views), len(paths), *model.output.shape[1:]), dtype)
-            if view in loaders:
-                batches = face_dataset(loaders[view], len(paths), image_size, batch_size)
+            if view in (loaders or {}):
+                _loaded_view(model, loaders[view], image_size, batch_size, precision, verbose, stacked[v],
+                             (known or {}).get(view))
             else:
-                batches = _view_dataset(paths, image_size, batch_size, view, seed + 10 * v)
-            stored = run_pass(model, batches, precision, verbose, out=stacked[v])
+                run_pass(model, _view_dataset(paths, image_size, batch_size, view, seed + 10 * v), precision, verbose,
+                         out=stacked[v])
+            stored = stacked[v]
             with atomic_path(cache_file, suffix=".npz", check=reads_back("npz")) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, outputs=np.asarray(stored, CACHED_DTYPE), paths=np.array(names),
@@ -124,6 +123,75 @@ def cached_outputs(
     finally:
         release(model)
     return stacked, all(hits)
+
+
+def view_cache_files(
+    paths: Sequence[str],
+    image_size: int,
+    key_parts: dict[str, object],
+    cache_dir: str | Path = FEATURES_DIR,
+    views: Sequence[str] = ("none",),
+    seed: int = 0,
+    loaders: Mapping[str, Callable[[int], np.ndarray]] | None = None,
+    recipes: Mapping[str, object] | None = None,
+    precision: str = "float32",
+) -> list[Path]:
+    """The cache file of each of `views`, as `cached_outputs` (same arguments) reads and writes them."""
+    from .framing import JITTER_VERSION
+
+    crops = hashlib.sha256("\n".join(Path(p).name for p in paths).encode()).hexdigest()
+    files = []
+    for v, view in enumerate(views):
+        recipe = {"recipe": (recipes or {}).get(view, JITTER_VERSION)} if view in (loaders or {}) else {}
+        key = cache_key(**key_parts, image_size=image_size, view=view, seed=seed + 10 * v, crops=crops, **recipe,
+                        **precision_key(precision))
+        files.append(Path(cache_dir) / f"{key_parts.get('backbone', 'model')}-{image_size}-{view}-{key}.npz")
+    return files
+
+
+@dataclass(frozen=True)
+class KnownRows:
+    """Rows of a view whose faces another cache file holds, computed by the same pass: `rows` of the view are
+    `file_rows` of `file`, whose crops are `file_names` (checked before it is read). Only a pass that gives each face
+    the same outputs whatever it is batched with (`fastpass.batch_invariant`) may copy them: they are then the very
+    numbers the pass would give."""
+
+    rows: np.ndarray
+    file: Path
+    file_rows: np.ndarray
+    file_names: list[str]
+
+
+def _loaded_view(model: keras.Model, load: Callable[[int], np.ndarray], image_size: int, batch_size: int,
+                 precision: str, verbose: int, out: np.ndarray, known: KnownRows | None) -> None:
+    """Fill `out` with `model`'s outputs on faces `load(0) .. load(len(out) - 1)`: the `known` rows read from their
+    file (when it still holds them), only the others computed."""
+    layout = None if known is None else _cached_layout(known.file, known.file_names)
+    if layout is not None and layout[1][1:] != out.shape[1:]:
+        layout = None  # not of this model's outputs: every row computed
+    rows = np.arange(len(out))
+    todo = rows if layout is None else np.setdiff1d(rows, known.rows)
+    if len(todo):
+        run_pass(model, face_dataset(lambda j: load(int(todo[j])), len(todo), image_size, batch_size), precision,
+                 verbose, out=out[:len(todo)])
+    if layout is None:
+        return
+    for j in range(len(todo) - 1, -1, -1):  # each computed row to its place; todo[j] >= j, so none is overwritten unread
+        out[todo[j]] = out[j]
+    _read_rows(known.file, layout, known.file_rows, out, known.rows)
+
+
+def _read_rows(cache_file: Path, layout: tuple[int, tuple[int, ...]], rows: np.ndarray, out: np.ndarray,
+               out_rows: np.ndarray) -> None:
+    """`out[out_rows[i]]` = row `rows[i]` of the CACHED_DTYPE array of `cache_file` (at `layout`, `_cached_layout`)."""
+    offset, shape = layout
+    row = np.empty(shape[1:], CACHED_DTYPE)
+    with open(cache_file, "rb") as f:
+        for source, target in zip(rows, out_rows):
+            f.seek(offset + int(source) * row.nbytes)
+            if f.readinto(memoryview(row).cast("B")) != row.nbytes:
+                raise OSError(f"{cache_file}: truncated while it was read")
+            out[target] = row
 
 
 def _cached_layout(cache_file: Path, names: list[str]) -> tuple[int, tuple[int, ...]] | None:

@@ -17,8 +17,8 @@ from . import detector_views
 from .augment import view_names
 from .backbones import get_backbone, weights_id
 from .data import face_size, hash_extraction, source_photos_dir
-from .fastpass import feature_dtype, feature_precision
-from .features import FEATURES_DIR, cached_outputs
+from .fastpass import batch_invariant, feature_dtype, feature_precision
+from .features import FEATURES_DIR, cached_outputs, view_cache_files
 from .framing import jittered_loader
 from .model import run_batched
 from .network import pooled_features, pooling_columns, split_at_block, stage_outputs
@@ -40,6 +40,10 @@ class FeatureSet:
     views: list[str] = field(default_factory=list)
     view_weight: np.ndarray | None = None  # (views, faces) 1/0: whether a face has that view (None: every face)
     precision: str = "float32"  # of the backbone pass (maskclf.fastpass)
+    view_files: list[Path] | None = None
+    """Each view's cache file, of every face of the extraction, where it holds exactly `frozen`'s outputs and a face's
+    outputs stand for it in any pass (one backbone, its pooling cached as it is, no fine-tuning, a batch-invariant
+    pass): a later pass over crops that are the same reads them there (`features.KnownRows`). None elsewhere."""
 
     def available(self) -> np.ndarray:
         """(views, faces) 1.0 where the face has the view, 0.0 where it has none (a missed detector view)."""
@@ -108,22 +112,25 @@ def prepare_features(
         recipes[detector_views.VIEW] = detector_views.recipe()
         view_weight = np.ones((len(views), len(manifest)))
         view_weight[-1] = detector_views.available(boxes)
-    parts, hits, precision = [], [], feature_precision()
+    parts, hits, precision, view_files = [], [], feature_precision(), None
     for name, branch, (superset, columns) in zip(config.backbones, branches, supersets):
         stored = branch if superset is None else superset
         key = {"backbone": name, "weights": weights_id(config.weights), "cut": first or "pooled",
                "pooling": config.pooling if superset is None else "bands", "data_sha256": data_sha256,
                "init_seed": config.train_seed if config.weights is None else None}
-        acts, hit = cached_outputs(keras.Model(inputs, stored), list(manifest["crop_file"]), size, key, cache_dir,
-                                   batch_size=config.batch_size, views=views, seed=config.train_seed, verbose=verbose,
-                                   loaders=loaders, recipes=recipes, precision=precision,
-                                   dtype=np.float32 if upper is not None else feature_dtype(precision))
+        where = {"cache_dir": cache_dir, "views": views, "seed": config.train_seed, "loaders": loaders,
+                 "recipes": recipes, "precision": precision}
+        acts, hit = cached_outputs(keras.Model(inputs, stored), list(manifest["crop_file"]), size, key,
+                                   batch_size=config.batch_size, verbose=verbose,
+                                   dtype=np.float32 if upper is not None else feature_dtype(precision), **where)
         parts.append(acts if columns is None else np.ascontiguousarray(acts[..., columns]))
         hits.append(hit)
+        if len(branches) == 1 and superset is None and upper is None and batch_invariant(precision):
+            view_files = view_cache_files(list(manifest["crop_file"]), size, key, **where)
     acts = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
     pooled = acts if upper is None else pool_upper(upper, acts, config.batch_size)
     return FeatureSet(config, frozen, upper, acts, pooled, data_sha256, all(hits), time.perf_counter() - t0, views,
-                      view_weight, precision)
+                      view_weight, precision, view_files)
 
 
 def config_views(config: TrainConfig) -> list[str]:
@@ -152,7 +159,8 @@ def derived_features(base: FeatureSet, config: TrainConfig) -> FeatureSet | None
     k = len(views)
     weight = None if base.view_weight is None or detector_views.VIEW not in views else base.view_weight[:k]
     return dataclasses.replace(base, config=config, activations=base.activations[:k], pooled=base.pooled[:k],
-                               cache_hit=True, seconds=0.0, views=views, view_weight=weight)
+                               cache_hit=True, seconds=0.0, views=views, view_weight=weight,
+                               view_files=None if base.view_files is None else base.view_files[:k])
 
 
 def _superset_branch(name: str, base: keras.Model, inputs: keras.KerasTensor,

@@ -100,3 +100,26 @@ def test_the_default_views_boxes_come_from_the_cached_candidates_and_are_the_def
     detected = detect.detect_faces(detect.make_detector(), np.asarray(load_rgb(REAL_DATA / "images" / name)))
     assert [tuple(box) for box in found.astype(int).tolist()] == detected and len(detected) > 0
     assert list((tmp_path / "cache").rglob("candidates*")), "read from the verifier's candidate cache, one pass for both"
+
+
+def test_the_candidates_that_are_detector_view_crops_are_named_as_rows_of_that_views_cache(monkeypatch, tmp_path):
+    """The verifier's candidates include the detector view's crops (same photo, same box, same cut): those are read
+    from the view's cache file, matched by photo and box; a face the detector missed matches nothing."""
+    from types import SimpleNamespace
+
+    from maskclf.candidates import candidate_name, detector_view_rows
+
+    manifest = pd.DataFrame({"source_image": ["p.png", "p.png", "q.png"],
+                             "crop_file": [str(tmp_path / f"c{i}.png") for i in range(3)]})
+    boxes = np.array([[1, 2, 3, 4], [np.nan] * 4, [5, 6, 7, 8]])
+    monkeypatch.setattr(detector_views, "detector_boxes", lambda m, photos: boxes)
+    fs = SimpleNamespace(views=["none", detector_views.VIEW], view_files=[tmp_path / "none.npz", tmp_path / "det.npz"])
+    names = [candidate_name("q.png", (5, 6, 7, 8)), candidate_name("p.png", (9, 9, 19, 19)),
+             candidate_name("p.png", (1, 2, 3, 4)), candidate_name("q.png", (1, 2, 3, 4))]
+    known = detector_view_rows(fs, names, manifest, tmp_path)
+    assert known.file == tmp_path / "det.npz" and known.file_names == ["c0.png", "c1.png", "c2.png"]
+    assert known.rows.tolist() == [0, 2] and known.file_rows.tolist() == [2, 0]
+    assert detector_view_rows(SimpleNamespace(views=fs.views, view_files=None), names, manifest, tmp_path) is None
+    assert detector_view_rows(SimpleNamespace(views=["none"], view_files=fs.view_files[:1]), names, manifest,
+                              tmp_path) is None
+    assert detector_view_rows(fs, names[1:2], manifest, tmp_path) is None, "no candidate is a detector-view crop"

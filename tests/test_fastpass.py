@@ -275,3 +275,66 @@ def test_the_evaluation_scores_a_bfloat16_run_as_its_export_does_and_caches_it_a
     assert compiled == ["bfloat16"], "compiled once"
     np.testing.assert_allclose(fast, model.predict_on_batch(crops), atol=0.02)
     assert fast.dtype == np.float32 and fast.shape == (6, 2)
+
+
+def test_known_rows_are_read_from_their_cache_file_and_only_the_others_are_computed(tmp_path):
+    """A view whose faces another cache file already holds (the verifier's candidates that are detector-view crops)
+    reads those rows there, loads none of those faces, and writes a cache file like any other; a file that no longer
+    holds the crops it is said to hold is not read."""
+    from maskclf.features import KnownRows, cached_outputs, view_cache_files
+
+    faces = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    model = small_convnet()
+    first = {"batch_size": 2, "views": ["faces"], "verbose": 0, "loaders": {"faces": faces.__getitem__}}
+    names = [f"face{i}.png" for i in range(6)]
+    held, _ = cached_outputs(model, names, 32, {"backbone": "tiny"}, tmp_path, **first)
+    [held_file] = view_cache_files(names, 32, {"backbone": "tiny"}, tmp_path, views=["faces"],
+                                   loaders=first["loaders"])
+    assert held_file.is_file(), "view_cache_files names the file cached_outputs wrote"
+
+    order = [5, 2, 0, 3]  # the second view's faces, as rows of the first; its rows 1 and 3 are known
+    loaded: list[int] = []
+
+    def load(i: int) -> np.ndarray:
+        loaded.append(i)
+        return faces[order[i]]
+
+    def second(known: KnownRows, folder) -> np.ndarray:
+        loaded.clear()
+        out, hit = cached_outputs(model, ["a", "b", "c", "d"], 32, {"backbone": "tiny"}, folder, batch_size=2,
+                                  views=["candidates"], verbose=0, loaders={"candidates": load},
+                                  known={"candidates": known})
+        assert not hit
+        return out[0]
+
+    known = KnownRows(np.array([1, 3]), held_file, np.array([2, 3]), names)
+    out = second(known, tmp_path / "second")
+    assert sorted(loaded) == [0, 2], "the known faces are never loaded"
+    np.testing.assert_array_equal(out[[1, 3]], held[0, [2, 3]])
+    np.testing.assert_allclose(out[[0, 2]], held[0, [5, 0]], rtol=1e-5, atol=1e-6)
+    [written] = (tmp_path / "second").glob("*.npz")
+    with np.load(written) as stored:
+        np.testing.assert_array_equal(stored["outputs"], out)
+
+    stale = KnownRows(np.array([1, 3]), held_file, np.array([2, 3]), [f"other{i}.png" for i in range(6)])
+    second(stale, tmp_path / "third")
+    assert sorted(loaded) == [0, 1, 2, 3], "a file of other crops is not read: every row is computed"
+
+
+def test_only_a_batch_invariant_pass_lends_its_views_cache_files(extracted_faces, tmp_path, precision):
+    """The bfloat16 pass gives a face the same numbers in any batch, so a later pass over the same crops may read
+    them from the views' files (FeatureSet.view_files); the float32 Keras pass lends none, nor a cache that holds more
+    than the model's features (a pooling cut from the band-pooled superset)."""
+    config = trainconfig.TrainConfig.from_params({**TINY, "pooling": "bands", "augment_views": 1})
+    manifest = read_manifest(extracted_faces)
+    precision("float32")
+    assert prepare_features(manifest, extracted_faces, config, tmp_path, verbose=0).view_files is None
+    if precision("bfloat16") != "bfloat16":
+        pytest.skip("this CPU has no native bfloat16: the pass falls back to float32")
+    superset = trainconfig.TrainConfig.from_params({**TINY, "pooling": "avg"})
+    assert prepare_features(manifest, extracted_faces, superset, tmp_path, verbose=0).view_files is None
+    fs = prepare_features(manifest, extracted_faces, config, tmp_path, verbose=0)
+    assert fastpass.batch_invariant("bfloat16") and not fastpass.batch_invariant("float32")
+    assert len(fs.view_files) == len(fs.views) and all(f.is_file() for f in fs.view_files)
+    with np.load(fs.view_files[-1]) as stored:
+        np.testing.assert_array_equal(stored["outputs"], fs.pooled[-1].astype(np.float32))
