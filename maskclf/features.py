@@ -14,7 +14,7 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import BinaryIO, Callable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -93,6 +93,7 @@ def cached_outputs(
     `known[view]`: rows of a loader's view that another cache file already holds (`KnownRows`), read from it instead
     of computed.
     """
+    loaders, known = loaders or {}, known or {}
     names = [Path(p).name for p in paths]
     files = view_cache_files(paths, image_size, key_parts, cache_dir, views, seed, loaders, recipes, precision)
     stacked, hits = None, []
@@ -109,16 +110,15 @@ def cached_outputs(
                 continue
             if stacked is None:  # each view computed into its place: no second copy of it, nor of every view
                 stacked = np.empty((len(views), len(paths), *model.output.shape[1:]), dtype)
-            if view in (loaders or {}):
+            if view in loaders:
                 _loaded_view(model, loaders[view], image_size, batch_size, precision, verbose, stacked[v],
-                             (known or {}).get(view))
+                             known.get(view))
             else:
                 run_pass(model, _view_dataset(paths, image_size, batch_size, view, seed + 10 * v), precision, verbose,
                          out=stacked[v])
-            stored = stacked[v]
             with atomic_path(cache_file, suffix=".npz", check=reads_back("npz")) as tmp:
                 with open(tmp, "wb") as f:
-                    np.savez(f, outputs=np.asarray(stored, CACHED_DTYPE), paths=np.array(names),
+                    np.savez(f, outputs=np.asarray(stacked[v], CACHED_DTYPE), paths=np.array(names),
                              key=json.dumps(key_parts, default=str))
     finally:
         release(model)
@@ -189,8 +189,7 @@ def _read_rows(cache_file: Path, layout: tuple[int, tuple[int, ...]], rows: np.n
     with open(cache_file, "rb") as f:
         for source, target in zip(rows, out_rows):
             f.seek(offset + int(source) * row.nbytes)
-            if f.readinto(memoryview(row).cast("B")) != row.nbytes:
-                raise OSError(f"{cache_file}: truncated while it was read")
+            _read_exactly(f, row, cache_file)
             out[target] = row
 
 
@@ -231,15 +230,19 @@ def _read_into(cache_file: Path, offset: int, out: np.ndarray) -> None:
     with open(cache_file, "rb") as f:
         f.seek(offset)
         if out.dtype == CACHED_DTYPE:
-            if f.readinto(memoryview(out).cast("B")) != out.nbytes:
-                raise OSError(f"{cache_file}: truncated while it was read")
+            _read_exactly(f, out, cache_file)
             return
         block = np.empty((min(READ_ROWS, len(out)), *out.shape[1:]), CACHED_DTYPE)
         for start in range(0, len(out), READ_ROWS):
             rows = block[:len(out) - start]
-            if f.readinto(memoryview(rows).cast("B")) != rows.nbytes:
-                raise OSError(f"{cache_file}: truncated while it was read")
+            _read_exactly(f, rows, cache_file)
             out[start:start + len(rows)] = rows
+
+
+def _read_exactly(f: BinaryIO, out: np.ndarray, cache_file: Path) -> None:
+    """Fill C-contiguous `out` with the next `out.nbytes` bytes of the open file `f` (of `cache_file`)."""
+    if f.readinto(memoryview(out).cast("B")) != out.nbytes:
+        raise OSError(f"{cache_file}: truncated while it was read")
 
 
 def _view_dataset(paths: Sequence[str], image_size: int, batch_size: int, view: str, seed: int) -> tf.data.Dataset:
