@@ -11,12 +11,15 @@ view's backbone outputs are cached like the flip and jitter views, keyed by the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .framing import cut_face, manifest_boxes
+
+if TYPE_CHECKING:
+    from .features import KnownRows
 
 VIEW = "detector"
 """The view's name among a FeatureSet's views."""
@@ -88,6 +91,20 @@ def detector_loader(manifest: pd.DataFrame, photos_dir: str | Path, boxes: np.nd
         return cut_face(photos[i], box, image_size)
 
     return load
+
+
+def placeholder_rows(manifest: pd.DataFrame, boxes: np.ndarray, faces_dir: str | Path,
+                     original_file: Path) -> KnownRows | None:
+    """The faces the detector missed, as `features.KnownRows` of the original view's cache file `original_file`: their
+    placeholder is the annotated box's cut, the very crop of that view when the extraction added no margin. None when
+    it added one, or when every face was found."""
+    from .data import read_extraction_info
+    from .features import KnownRows
+
+    rows = np.flatnonzero(available(boxes) == 0)
+    if not len(rows) or read_extraction_info(faces_dir).get("margin") != 0:
+        return None
+    return KnownRows(rows, original_file, rows, [Path(p).name for p in manifest["crop_file"]])
 
 
 def available(boxes: np.ndarray) -> np.ndarray:

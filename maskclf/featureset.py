@@ -18,7 +18,7 @@ from .augment import view_names
 from .backbones import get_backbone, weights_id
 from .data import face_size, hash_extraction, source_photos_dir
 from .fastpass import batch_invariant, feature_dtype, feature_precision
-from .features import FEATURES_DIR, cached_outputs, view_cache_files
+from .features import FEATURES_DIR, KnownRows, cached_outputs, view_cache_files
 from .framing import jittered_loader
 from .model import run_batched
 from .network import pooled_features, pooling_columns, split_at_block, stage_outputs
@@ -104,7 +104,7 @@ def prepare_features(
     jitter = [view for view in views if view.startswith("jitter")]
     photos = source_photos_dir(faces_dir) if jitter else None
     loaders = {view: jittered_loader(manifest, photos, view, config.train_seed, size) for view in jitter}
-    recipes, view_weight = {}, None
+    recipes, view_weight, boxes = {}, None, None
     if config.detector_views:
         photos = source_photos_dir(faces_dir)
         boxes = detector_views.detector_boxes(manifest, photos)
@@ -120,17 +120,30 @@ def prepare_features(
                "init_seed": config.train_seed if config.weights is None else None}
         where = {"cache_dir": cache_dir, "views": views, "seed": config.train_seed, "loaders": loaders,
                  "recipes": recipes, "precision": precision}
+        files = view_cache_files(list(manifest["crop_file"]), size, key, **where) if batch_invariant(precision) else None
         acts, hit = cached_outputs(keras.Model(inputs, stored), list(manifest["crop_file"]), size, key,
                                    batch_size=config.batch_size, verbose=verbose,
-                                   dtype=np.float32 if upper is not None else feature_dtype(precision), **where)
+                                   dtype=np.float32 if upper is not None else feature_dtype(precision),
+                                   known=_placeholders_known(manifest, faces_dir, views, files, boxes), **where)
         parts.append(acts if columns is None else np.ascontiguousarray(acts[..., columns]))
         hits.append(hit)
-        if len(branches) == 1 and superset is None and upper is None and batch_invariant(precision):
-            view_files = view_cache_files(list(manifest["crop_file"]), size, key, **where)
+        if len(branches) == 1 and superset is None and upper is None:
+            view_files = files
     acts = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
     pooled = acts if upper is None else pool_upper(upper, acts, config.batch_size)
     return FeatureSet(config, frozen, upper, acts, pooled, data_sha256, all(hits), time.perf_counter() - t0, views,
                       view_weight, precision, view_files)
+
+
+def _placeholders_known(manifest: pd.DataFrame, faces_dir: str | Path, views: list[str], files: list[Path] | None,
+                        boxes: np.ndarray | None) -> dict[str, KnownRows]:
+    """`cached_outputs`' known rows for one model: the detector view's placeholders, read from the original view's
+    cache file (`detector_views.placeholder_rows`). `files`: the views' cache files, None where the pass may not lend
+    rows (`fastpass.batch_invariant`)."""
+    if files is None or boxes is None or "none" not in views:
+        return {}
+    known = detector_views.placeholder_rows(manifest, boxes, faces_dir, files[views.index("none")])
+    return {} if known is None else {detector_views.VIEW: known}
 
 
 def config_views(config: TrainConfig) -> list[str]:

@@ -76,3 +76,20 @@ def extracted_faces(tmp_path_factory, voc_master) -> Path:
     out = tmp_path_factory.mktemp("faces") / "faces"
     extract_faces(voc_master, out, progress=False)
     return out
+
+
+@pytest.fixture
+def precision(monkeypatch):
+    """Set MASKCLF_PRECISION for one test, with feature_precision's memory of it cleared before and after."""
+    from maskclf import fastpass
+
+    def choose(value: str | None) -> str:
+        fastpass.feature_precision.cache_clear()
+        if value is None:
+            monkeypatch.delenv(fastpass.PRECISION_ENV, raising=False)
+        else:
+            monkeypatch.setenv(fastpass.PRECISION_ENV, value)
+        return fastpass.feature_precision()
+
+    yield choose
+    fastpass.feature_precision.cache_clear()

@@ -123,3 +123,37 @@ def test_the_candidates_that_are_detector_view_crops_are_named_as_rows_of_that_v
     assert detector_view_rows(SimpleNamespace(views=["none"], view_files=fs.view_files[:1]), names, manifest,
                               tmp_path) is None
     assert detector_view_rows(fs, names[1:2], manifest, tmp_path) is None, "no candidate is a detector-view crop"
+
+
+def test_a_missed_faces_placeholder_is_read_from_the_original_view_when_the_crops_have_no_margin(faces, fake, tmp_path,
+                                                                                                  monkeypatch, precision):
+    """A face the detector missed is cut with its annotated box: with no extraction margin, its crop file. The
+    bfloat16 pass gives a face the same numbers in any batch, so that row is read from the original view's cache, not
+    passed again; with a margin it is computed, and is the same."""
+    from maskclf import data
+
+    if precision("bfloat16") != "bfloat16":
+        pytest.skip("this CPU has no native bfloat16: the float32 pass lends no rows")
+    manifest, missed, _, find = fake
+    real_boxes, real_loader = detector_views.detector_boxes, detector_views.detector_loader
+    monkeypatch.setattr(detector_views, "detector_boxes", lambda m, p: real_boxes(m, p, find))
+    asked = []
+
+    def loader(*args):
+        load = real_loader(*args)
+        return lambda i: asked.append(i) or load(i)
+
+    monkeypatch.setattr(detector_views, "detector_loader", loader)
+    config = trainconfig.TrainConfig.from_params(dict(backbone="efficientnet_lite0", weights="imagenet", image_size=32,
+                                                      batch_size=16, pooling="avg", head="lbfgs", labels="original",
+                                                      augment_views=0, jitter_views=0, detector_views=1))
+    row = manifest.index.get_loc(missed)
+    fs = featureset.prepare_features(manifest, faces, config, cache_dir=tmp_path / "read", verbose=0)
+    assert sorted(asked) == [i for i in range(len(manifest)) if i != row]
+    np.testing.assert_array_equal(fs.pooled[1, row], fs.pooled[0, row])
+    asked.clear()
+    info = data.read_extraction_info(faces)
+    monkeypatch.setattr(data, "read_extraction_info", lambda d: {**info, "margin": 0.1})
+    computed = featureset.prepare_features(manifest, faces, config, cache_dir=tmp_path / "computed", verbose=0)
+    assert sorted(asked) == list(range(len(manifest))), "with a margin the crop is not the cut: every row computed"
+    np.testing.assert_array_equal(computed.pooled, fs.pooled)

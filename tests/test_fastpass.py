@@ -17,22 +17,6 @@ from maskclf.featureset import prepare_features
 from test_train import TINY
 
 
-@pytest.fixture
-def precision(monkeypatch):
-    """Set MASKCLF_PRECISION for one test, with feature_precision's memory of it cleared before and after."""
-
-    def choose(value: str | None) -> str:
-        fastpass.feature_precision.cache_clear()
-        if value is None:
-            monkeypatch.delenv(fastpass.PRECISION_ENV, raising=False)
-        else:
-            monkeypatch.setenv(fastpass.PRECISION_ENV, value)
-        return fastpass.feature_precision()
-
-    yield choose
-    fastpass.feature_precision.cache_clear()
-
-
 def small_convnet() -> keras.Model:
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Rescaling(1 / 127.5, -1)(inputs)
