@@ -54,7 +54,17 @@ def face_dataset(load: Callable[[int], np.ndarray], n: int, image_size: int, bat
         return tf.cast(img, tf.float32)
 
     ds = tf.data.Dataset.range(n)
-    return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return untuned(ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+                   .prefetch(tf.data.AUTOTUNE))
+
+
+def untuned(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`ds` with tf.data's autotuning off: its AUTOTUNE parallel calls then use one thread per core. With it on
+    (TensorFlow 2.21), deleting a finished iterator often waited, the CPU idle, until the tuner's own timer ran out:
+    about 8 s after 512 faces, 18 s after 1,024 and 64 s after a view of 4,072 (docs/performance.md)."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
 
 
 def cache_key(**parts: object) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import CLASS_NAMES
+from .features import untuned
 from .featureset import FeatureSet
 from .labels import TrainingLabels, head_class_weights
 from .logreg import LinearFit, Subset, fit_logistic, standardisation
@@ -21,7 +22,7 @@ def _dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return untuned(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def _train_views(values: np.ndarray, y: np.ndarray, idx: np.ndarray, available: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
