@@ -59,9 +59,9 @@ def face_dataset(load: Callable[[int], np.ndarray], n: int, image_size: int, bat
 
 
 def untuned(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """`ds` with tf.data's autotuning off: its AUTOTUNE parallel calls then use one thread per core. With it on
-    (TensorFlow 2.21), deleting a finished iterator often waited, the CPU idle, until the tuner's own timer ran out:
-    about 8 s after 512 faces, 18 s after 1,024 and 64 s after a view of 4,072 (docs/performance.md)."""
+    """`ds` with tf.data's autotuning off. With it on (TensorFlow 2.21), deleting a finished iterator often waited,
+    the CPU idle, until the tuner's timer ran out: a pass over 512 faces then took 20.5 s instead of about 11, 7-9 s
+    of it in the `del`, and the study's views 144 s instead of about 100 (docs/performance.md)."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)
