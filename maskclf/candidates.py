@@ -170,19 +170,19 @@ def detector_view_rows(fs: Any, names: Sequence[str], manifest: pd.DataFrame,
     none, or no such file in `fs.view_files`). The view's boxes are the default finder's candidates that score
     CENTERFACE_SCORE or more (maskclf.detector_views), cut alike: in the study, 3,535 of the 5,456 candidates."""
     from .detector_views import VIEW as DETECTOR_VIEW
-    from .detector_views import detector_boxes
-    from .features import KnownRows
+    from .detector_views import available, detector_boxes
+    from .features import KnownRows, cache_names
 
     if fs.view_files is None or DETECTOR_VIEW not in fs.views:
         return None
     boxes = detector_boxes(manifest, photos_dir)
-    faces = {candidate_name(photo, box): i for i, (photo, box) in enumerate(zip(manifest["source_image"], boxes))
-             if not np.isnan(box).any()}
+    photos = manifest["source_image"].to_numpy()
+    faces = {candidate_name(photos[i], boxes[i]): i for i in np.flatnonzero(available(boxes))}
     pairs = np.array([(j, faces[name]) for j, name in enumerate(names) if name in faces], dtype=np.int64).reshape(-1, 2)
     if not len(pairs):
         return None
     return KnownRows(pairs[:, 0], fs.view_files[fs.views.index(DETECTOR_VIEW)], pairs[:, 1],
-                     [Path(p).name for p in manifest["crop_file"]])
+                     cache_names(manifest["crop_file"]))
 
 
 @dataclass

@@ -99,12 +99,12 @@ def placeholder_rows(manifest: pd.DataFrame, boxes: np.ndarray, faces_dir: str |
     placeholder is the annotated box's cut, the very crop of that view when the extraction added no margin. None when
     it added one, or when every face was found."""
     from .data import read_extraction_info
-    from .features import KnownRows
+    from .features import KnownRows, cache_names
 
     rows = np.flatnonzero(available(boxes) == 0)
     if not len(rows) or read_extraction_info(faces_dir).get("margin") != 0:
         return None
-    return KnownRows(rows, original_file, rows, [Path(p).name for p in manifest["crop_file"]])
+    return KnownRows(rows, original_file, rows, cache_names(manifest["crop_file"]))
 
 
 def available(boxes: np.ndarray) -> np.ndarray:

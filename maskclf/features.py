@@ -67,6 +67,11 @@ def untuned(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.with_options(options)
 
 
+def cache_names(paths: Sequence[str]) -> list[str]:
+    """The names a view's cache file records for its crops `paths` (and checks before it is read): their file names."""
+    return [Path(p).name for p in paths]
+
+
 def cache_key(**parts: object) -> str:
     """Hex digest identifying one feature configuration."""
     blob = json.dumps({"format": FEATURE_FORMAT, **parts}, sort_keys=True, default=str)
@@ -104,7 +109,7 @@ def cached_outputs(
     of computed.
     """
     loaders, known = loaders or {}, known or {}
-    names = [Path(p).name for p in paths]
+    names = cache_names(paths)
     files = view_cache_files(paths, image_size, key_parts, cache_dir, views, seed, loaders, recipes, precision)
     stacked, hits = None, []
     try:
@@ -149,7 +154,7 @@ def view_cache_files(
     """The cache file of each of `views`, as `cached_outputs` (same arguments) reads and writes them."""
     from .framing import JITTER_VERSION
 
-    crops = hashlib.sha256("\n".join(Path(p).name for p in paths).encode()).hexdigest()
+    crops = hashlib.sha256("\n".join(cache_names(paths)).encode()).hexdigest()
     files = []
     for v, view in enumerate(views):
         recipe = {"recipe": (recipes or {}).get(view, JITTER_VERSION)} if view in (loaders or {}) else {}
