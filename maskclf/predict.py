@@ -485,7 +485,8 @@ def no_face_message(paths: Sequence[Path], detected: bool = True) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `predict`: 0 if every file was read, 1 if some failed, 2 if nothing could start or no face was classified."""
+    """Run `predict`: 0 if every file was read, 1 if some failed but faces were classified, 2 if nothing could start or
+    no face was classified (every file failed, or none had a face)."""
     from .runs import RunFolderError
 
     if args.boxes_from is not None and not args.boxes_from.exists():
@@ -544,5 +545,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{counted(len(failed), 'file')} failed:", file=sys.stderr)
         for result in failed:
             print(f"  {result.error}", file=sys.stderr)
-        return 1
-    return 0 if n_faces else 2
+    if not n_faces:
+        return 2
+    return 1 if failed else 0

@@ -273,7 +273,7 @@ def test_cli_single_xml_and_missing_annotation(tiny_run, voc_dir, capsys):
     assert status == 0 and len(lines) == 2
     (voc_dir / "annotations" / "photo1.xml").unlink()
     status, _, err = run_cli(capsys, voc_dir / "images" / "photo1.png", "--model", tiny_run, "--boxes-from", voc_dir)
-    assert status == 1 and "photo1.png: no annotation file" in err
+    assert status == 2 and "photo1.png: no annotation file" in err, "no face classified at all"
 
 
 def test_cli_boxes_from_a_missing_path(tiny_run, voc_dir, tmp_path, capsys):
@@ -403,7 +403,7 @@ def test_cli_counts_in_the_singular_and_shows_100_percent_once(tiny_run, tmp_pat
 def test_cli_huge_image_is_refused_by_name(tiny_run, tmp_path, capsys):
     Image.new("L", (8100, 8000)).save(tmp_path / "huge.png")  # 64.8 Mpx, over the 64 Mpx limit
     status, lines, err = run_cli(capsys, tmp_path / "huge.png", "--crops", "--model", tiny_run)
-    assert status == 1 and not lines
+    assert status == 2 and not lines, "the only file failed: no face classified"
     assert "huge.png" in err and "exceeds the limit" in err
 
 
