@@ -113,6 +113,7 @@ def prepare_features(
         view_weight = np.ones((len(views), len(manifest)))
         view_weight[-1] = detector_views.available(boxes)
     parts, hits, precision, view_files = [], [], feature_precision(), None
+    paths = list(manifest["crop_file"])
     for name, branch, (superset, columns) in zip(config.backbones, branches, supersets):
         stored = branch if superset is None else superset
         key = {"backbone": name, "weights": weights_id(config.weights), "cut": first or "pooled",
@@ -120,8 +121,8 @@ def prepare_features(
                "init_seed": config.train_seed if config.weights is None else None}
         where = {"cache_dir": cache_dir, "views": views, "seed": config.train_seed, "loaders": loaders,
                  "recipes": recipes, "precision": precision}
-        files = view_cache_files(list(manifest["crop_file"]), size, key, **where) if batch_invariant(precision) else None
-        acts, hit = cached_outputs(keras.Model(inputs, stored), list(manifest["crop_file"]), size, key,
+        files = view_cache_files(paths, size, key, **where) if batch_invariant(precision) else None
+        acts, hit = cached_outputs(keras.Model(inputs, stored), paths, size, key,
                                    batch_size=config.batch_size, verbose=verbose,
                                    dtype=np.float32 if upper is not None else feature_dtype(precision),
                                    known=_placeholders_known(manifest, faces_dir, views, files, boxes), **where)
